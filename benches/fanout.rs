@@ -1,0 +1,40 @@
+//! CPU cost of fan-out: one encoded `Bytes` queued to N connections' outbound queues and
+//! then drained as if each socket took the whole frame. Measures the refcount bump, the
+//! queue push and the bookkeeping per recipient; the `send(2)` per recipient is not here
+//! (see BENCHMARKS.md for the end-to-end figure with real sockets).
+//!
+//! Run: `cargo bench --bench fanout`
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use slab::Slab;
+use volley::conn::Outbox;
+use volley::fanout::encode_message;
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout_one_frame");
+    let frame = encode_message(&[b'x'; 100]);
+    for n in [1_000usize, 10_000, 64_000] {
+        let mut queues: Slab<Outbox> = Slab::with_capacity(n);
+        for _ in 0..n {
+            queues.insert(Outbox::default());
+        }
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
+            b.iter(|| {
+                for (_, queue) in queues.iter_mut() {
+                    queue.push(frame.clone());
+                }
+                for (_, queue) in queues.iter_mut() {
+                    let len = queue.bytes as usize;
+                    black_box(queue.advance(len));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, fanout);
+criterion_main!(benches);

@@ -1,0 +1,392 @@
+//! Command-line flags and the checked `Config` every other module reads.
+//!
+//! Owns every default (a named const whose doc says why) and `validate()`, which turns raw
+//! flags into typed values or an error a user can act on. Called once by `main.rs`; nothing
+//! downstream re-checks what is checked here.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Loopback by default: the HTTP API has no authentication yet, so exposing it is a choice the
+/// operator makes with `--listen 0.0.0.0:8080`.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
+/// Enough to absorb a reconnect storm of a few thousand clients per shard between two accept
+/// loop turns; the kernel caps it at `net.core.somaxconn` (see tuning/).
+pub const BACKLOG_DEFAULT: u32 = 4096;
+/// The design target for one box (DESIGN.md): 128k connections.
+pub const MAX_CONNECTIONS_DEFAULT: usize = 131_072;
+/// Request heads of real browsers and API clients fit in 8 KiB; nginx uses the same default.
+pub const HTTP_HEAD_BYTES_MAX_DEFAULT: usize = 8 * 1024;
+/// More headers than this is an attack or a bug, not a client.
+pub const HTTP_HEADERS_MAX_DEFAULT: usize = 64;
+/// A slowloris client gets this long to send a full request head, and an idle keep-alive API
+/// client this long to start its next request.
+pub const HTTP_HEAD_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Time to receive a request body once the head is in.
+pub const HTTP_BODY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Largest publish body: push messages are small; 64 KiB leaves room for rich payloads.
+pub const BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Largest message a client may send (after reassembly of fragments).
+pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Frames queued for one client before it counts as a slow consumer and is closed with 1008.
+/// At one broadcast every few seconds, 1024 frames is minutes of backlog.
+pub const OUTBOUND_FRAMES_MAX_DEFAULT: usize = 1024;
+/// Bytes queued for one client before it is closed with 1008. The frames are shared `Bytes`,
+/// so this bounds how long one slow client can pin broadcast buffers, not a copy per client.
+pub const OUTBOUND_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
+/// socket.io's default ping interval; below common proxy idle timeouts (60 s).
+pub const PING_INTERVAL_S_DEFAULT: u64 = 25;
+/// Two missed pings and a margin: a client silent this long is gone.
+pub const IDLE_TIMEOUT_S_DEFAULT: u64 = 60;
+/// How long shutdown waits for clients to receive their 1001 close before exiting anyway.
+pub const SHUTDOWN_GRACE_MS_DEFAULT: u64 = 5_000;
+/// After the server sends a close frame it waits this long for the client's close reply.
+pub const CLOSE_TIMEOUT_MS: u64 = 2_000;
+/// Bytes of a per-shard scratch buffer used for every socket read; no connection owns one.
+pub const READ_SCRATCH_BYTES: usize = 64 * 1024;
+/// Bytes of a per-shard buffer that joins queued frames into one send.
+pub const WRITE_SCRATCH_BYTES: usize = 64 * 1024;
+/// Registered DMA memory per executor. glommio's 10 MiB default is resident and serves only
+/// file I/O, which volley does not do (FACTS.md).
+pub const IO_MEMORY_BYTES: usize = 512 * 1024;
+/// Capacity of each shard-to-shard channel.
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "volley",
+    version,
+    about = "A WebSocket push engine: many connections, tiny memory, encode once, fan out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server: WebSocket clients on /ws, the publish API on /api on the same port.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on (WebSocket and HTTP API share it).
+    #[arg(long, default_value = LISTEN_DEFAULT)]
+    pub listen: String,
+    /// Number of shards (one io_uring executor each). Default: one per available core.
+    #[arg(long)]
+    pub shards: Option<usize>,
+    /// CPUs to pin shards to, e.g. "0,1" or "0-3"; one CPU per shard. Use it to place several
+    /// volley processes on one box. Default: spread over the available CPUs.
+    #[arg(long)]
+    pub cpus: Option<String>,
+    /// Listen backlog of each shard's socket (capped by net.core.somaxconn).
+    #[arg(long, default_value_t = BACKLOG_DEFAULT)]
+    pub backlog: u32,
+    /// Maximum WebSocket connections for this process; past it, upgrades get HTTP 503.
+    #[arg(long, default_value_t = MAX_CONNECTIONS_DEFAULT)]
+    pub max_connections: usize,
+    /// Maximum bytes of an HTTP request head (431 beyond).
+    #[arg(long, default_value_t = HTTP_HEAD_BYTES_MAX_DEFAULT)]
+    pub http_head_bytes_max: usize,
+    /// Time allowed to receive a request head, in milliseconds (slowloris guard).
+    #[arg(long, default_value_t = HTTP_HEAD_TIMEOUT_MS_DEFAULT)]
+    pub http_head_timeout_ms: u64,
+    /// Maximum bytes of a publish request body (413 beyond).
+    #[arg(long, default_value_t = BODY_BYTES_MAX_DEFAULT)]
+    pub body_bytes_max: usize,
+    /// Maximum bytes of one client message after reassembly (close 1009 beyond).
+    #[arg(long, default_value_t = MESSAGE_BYTES_MAX_DEFAULT)]
+    pub message_bytes_max: usize,
+    /// Frames queued per client before it is closed as a slow consumer (1008).
+    #[arg(long, default_value_t = OUTBOUND_FRAMES_MAX_DEFAULT)]
+    pub outbound_frames_max: usize,
+    /// Bytes queued per client before it is closed as a slow consumer (1008).
+    #[arg(long, default_value_t = OUTBOUND_BYTES_MAX_DEFAULT)]
+    pub outbound_bytes_max: usize,
+    /// Seconds between server pings to every client.
+    #[arg(long, default_value_t = PING_INTERVAL_S_DEFAULT)]
+    pub ping_interval_s: u64,
+    /// Seconds of silence (no frame at all, pongs included) after which a client is closed.
+    #[arg(long, default_value_t = IDLE_TIMEOUT_S_DEFAULT)]
+    pub idle_timeout_s: u64,
+    /// Milliseconds that shutdown waits for clients to get their 1001 close.
+    #[arg(long, default_value_t = SHUTDOWN_GRACE_MS_DEFAULT)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// Checked configuration. Every value here has passed `ServeArgs::validate`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub shards: usize,
+    /// One CPU per shard when `--cpus` was given.
+    pub cpus: Option<Vec<usize>>,
+    pub backlog: u32,
+    pub max_connections: usize,
+    pub http_head_bytes_max: usize,
+    pub http_headers_max: usize,
+    pub http_head_timeout: Duration,
+    pub http_body_timeout: Duration,
+    pub body_bytes_max: usize,
+    pub message_bytes_max: usize,
+    pub outbound_frames_max: usize,
+    pub outbound_bytes_max: usize,
+    pub ping_interval_s: u32,
+    pub idle_timeout_s: u32,
+    pub shutdown_grace: Duration,
+    pub close_timeout: Duration,
+}
+
+/// A flag value that cannot be used, said in words with what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err(msg: String) -> Result<Config, ConfigError> {
+    Err(ConfigError(msg))
+}
+
+/// Parses "0,2" or "0-3" or "0-1,4" into a list of CPU ids.
+pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (lo.trim(), hi.trim()),
+            None => (part, part),
+        };
+        let lo: usize = lo
+            .parse()
+            .map_err(|_| format!("'{part}' is not a CPU id or range"))?;
+        let hi: usize = hi
+            .parse()
+            .map_err(|_| format!("'{part}' is not a CPU id or range"))?;
+        if lo > hi {
+            return Err(format!("range '{part}' goes backwards"));
+        }
+        if hi - lo >= 4096 {
+            return Err(format!("range '{part}' is too large"));
+        }
+        for cpu in lo..=hi {
+            if cpus.contains(&cpu) {
+                return Err(format!("CPU {cpu} is listed twice"));
+            }
+            cpus.push(cpu);
+        }
+    }
+    if cpus.is_empty() {
+        return Err("the list is empty".into());
+    }
+    Ok(cpus)
+}
+
+impl ServeArgs {
+    /// Checks every flag. `cpus_online` is the number of CPUs this process may run on.
+    pub fn validate(&self, cpus_online: usize) -> Result<Config, ConfigError> {
+        let listen: SocketAddr = match self.listen.parse() {
+            Ok(addr) => addr,
+            Err(_) => {
+                return err(format!(
+                    "--listen {}: not an IP:port address; use e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
+                    self.listen
+                ))
+            }
+        };
+        let cpus = match &self.cpus {
+            None => None,
+            Some(list) => match parse_cpu_list(list) {
+                Ok(cpus) => Some(cpus),
+                Err(why) => {
+                    return err(format!(
+                        "--cpus {list}: {why}; use a list like 0,1 or a range like 0-1"
+                    ))
+                }
+            },
+        };
+        let shards = match (self.shards, &cpus) {
+            (Some(0), _) => {
+                return err(format!(
+                    "--shards 0: must be 1..={cpus_online} (cores here); omit it for one shard per core"
+                ))
+            }
+            (Some(n), Some(cpus)) if n != cpus.len() => {
+                return err(format!(
+                    "--shards {n} with --cpus {}: one CPU per shard, so give {n} CPUs or omit --shards",
+                    self.cpus.as_deref().unwrap_or_default()
+                ))
+            }
+            (Some(n), None) if n > cpus_online => {
+                return err(format!(
+                    "--shards {n}: only {cpus_online} CPUs are available to this process; use at most {cpus_online}"
+                ))
+            }
+            (Some(n), _) => n,
+            (None, Some(cpus)) => cpus.len(),
+            (None, None) => cpus_online.max(1),
+        };
+        if self.backlog == 0 || self.backlog > 1 << 20 {
+            return err(format!("--backlog {}: must be 1..=1048576", self.backlog));
+        }
+        if self.max_connections == 0 {
+            return err("--max-connections 0: must be at least 1".into());
+        }
+        if !(512..=1 << 20).contains(&self.http_head_bytes_max) {
+            return err(format!(
+                "--http-head-bytes-max {}: must be 512..=1048576 bytes",
+                self.http_head_bytes_max
+            ));
+        }
+        if !(100..=600_000).contains(&self.http_head_timeout_ms) {
+            return err(format!(
+                "--http-head-timeout-ms {}: must be 100..=600000",
+                self.http_head_timeout_ms
+            ));
+        }
+        if !(1..=64 << 20).contains(&self.body_bytes_max) {
+            return err(format!(
+                "--body-bytes-max {}: must be 1..=67108864 bytes",
+                self.body_bytes_max
+            ));
+        }
+        if !(125..=64 << 20).contains(&self.message_bytes_max) {
+            return err(format!(
+                "--message-bytes-max {}: must be 125..=67108864 bytes",
+                self.message_bytes_max
+            ));
+        }
+        if !(2..=1 << 20).contains(&self.outbound_frames_max) {
+            return err(format!(
+                "--outbound-frames-max {}: must be 2..=1048576",
+                self.outbound_frames_max
+            ));
+        }
+        if self.outbound_bytes_max < 1024 || self.outbound_bytes_max > u32::MAX as usize {
+            return err(format!(
+                "--outbound-bytes-max {}: must be 1024..=4294967295 bytes",
+                self.outbound_bytes_max
+            ));
+        }
+        if self.outbound_bytes_max < self.body_bytes_max + 14 {
+            return err(format!(
+                "--outbound-bytes-max {} is below one full message (--body-bytes-max {} plus a frame header): raise it",
+                self.outbound_bytes_max, self.body_bytes_max
+            ));
+        }
+        if !(1..=3600).contains(&self.ping_interval_s) {
+            return err(format!(
+                "--ping-interval-s {}: must be 1..=3600",
+                self.ping_interval_s
+            ));
+        }
+        if self.idle_timeout_s <= self.ping_interval_s || self.idle_timeout_s > 86_400 {
+            return err(format!(
+                "--idle-timeout-s {}: must be greater than --ping-interval-s ({}) so a live client gets a ping before it is dropped, and at most 86400",
+                self.idle_timeout_s, self.ping_interval_s
+            ));
+        }
+        if self.shutdown_grace_ms > 600_000 {
+            return err(format!(
+                "--shutdown-grace-ms {}: must be at most 600000",
+                self.shutdown_grace_ms
+            ));
+        }
+        Ok(Config {
+            listen,
+            shards,
+            cpus,
+            backlog: self.backlog,
+            max_connections: self.max_connections,
+            http_head_bytes_max: self.http_head_bytes_max,
+            http_headers_max: HTTP_HEADERS_MAX_DEFAULT,
+            http_head_timeout: Duration::from_millis(self.http_head_timeout_ms),
+            http_body_timeout: Duration::from_millis(HTTP_BODY_TIMEOUT_MS_DEFAULT),
+            body_bytes_max: self.body_bytes_max,
+            message_bytes_max: self.message_bytes_max,
+            outbound_frames_max: self.outbound_frames_max,
+            outbound_bytes_max: self.outbound_bytes_max,
+            ping_interval_s: self.ping_interval_s as u32,
+            idle_timeout_s: self.idle_timeout_s as u32,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            close_timeout: Duration::from_millis(CLOSE_TIMEOUT_MS),
+        })
+    }
+}
+
+impl Config {
+    /// A config for tests: loopback, ephemeral port, defaults elsewhere.
+    pub fn for_tests(shards: usize) -> Config {
+        let args = Cli::parse_from(["volley", "serve", "--listen", "127.0.0.1:0"]);
+        let Command::Serve(args) = args.command;
+        let mut config = args.validate(shards).expect("defaults are valid");
+        config.shards = shards;
+        config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["volley", "serve"];
+        argv.extend_from_slice(extra);
+        let Command::Serve(args) = Cli::parse_from(argv).command;
+        args
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let config = args(&[]).validate(2).unwrap();
+        assert_eq!(config.shards, 2);
+        assert_eq!(config.backlog, 4096);
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0,1").unwrap(), vec![0, 1]);
+        assert_eq!(parse_cpu_list("0-3").unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(parse_cpu_list("1, 3-4").unwrap(), vec![1, 3, 4]);
+        assert!(parse_cpu_list("").is_err());
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("0,0").is_err());
+        assert!(parse_cpu_list("x").is_err());
+    }
+
+    #[test]
+    fn errors_name_the_value_and_the_fix() {
+        let e = args(&["--shards", "0"]).validate(2).unwrap_err().0;
+        assert!(e.contains("--shards 0") && e.contains("1..=2"), "{e}");
+        let e = args(&["--shards", "3"]).validate(2).unwrap_err().0;
+        assert!(e.contains("--shards 3") && e.contains("at most 2"), "{e}");
+        let e = args(&["--listen", "nowhere"]).validate(2).unwrap_err().0;
+        assert!(e.contains("--listen nowhere"), "{e}");
+        let e = args(&["--cpus", "1-0"]).validate(2).unwrap_err().0;
+        assert!(e.contains("--cpus 1-0"), "{e}");
+        let e = args(&["--shards", "1", "--cpus", "0,1"])
+            .validate(2)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("one CPU per shard"), "{e}");
+        let e = args(&["--idle-timeout-s", "10"]).validate(2).unwrap_err().0;
+        assert!(e.contains("--ping-interval-s"), "{e}");
+    }
+
+    #[test]
+    fn cpus_set_the_shard_count() {
+        let config = args(&["--cpus", "1"]).validate(2).unwrap();
+        assert_eq!(config.shards, 1);
+        assert_eq!(config.cpus, Some(vec![1]));
+    }
+}

@@ -1,0 +1,49 @@
+//! volley: a WebSocket push engine for Linux. One glommio (io_uring) executor per core, each
+//! owning its connections; a broadcast is encoded once and its bytes shared by every
+//! recipient.
+//!
+//! # Layout
+//! ```text
+//! main.rs          flags -> Config, mimalloc, signals, exit codes
+//! server.rs        binds the listeners, raises the fd limit, starts one executor per shard
+//! config.rs        Config: every default named and explained; validate() with actionable errors
+//! shard.rs         the per-core owner: slab of Conns, clock, sweep, accept loop; spawns and stops tasks
+//! listener.rs      socket2 listeners with SO_REUSEPORT and a chosen backlog
+//! mesh.rs          the only cross-thread types: ShardMsg, the channel mesh, process-wide atomics
+//! conn.rs          one upgraded connection: bounded outbound queue, read/write poll
+//! http.rs          sans-IO HTTP/1.1 request heads, bodies and responses
+//! api.rs           the HTTP routes (upgrade, broadcast, health, stats, metrics)
+//! ws/handshake.rs  sans-IO RFC 6455 upgrade checks and the 101 response
+//! ws/frame.rs      sans-IO frames: encode once, decode and unmask client frames, close codes
+//! fanout.rs        publish -> one frame -> local queues and other shards
+//! protocol.rs      the client protocol boundary (client data messages land here)
+//! metrics.rs       per-shard counters, snapshots, JSON and Prometheus text
+//! ```
+
+pub mod api;
+pub mod config;
+pub mod conn;
+pub mod fanout;
+pub mod http;
+pub mod listener;
+pub mod mesh;
+pub mod metrics;
+pub mod protocol;
+pub mod server;
+pub mod shard;
+pub mod ws {
+    pub mod frame;
+    pub mod handshake;
+}
+
+/// One log line on stderr: `volley[shard N]: message` (or `volley: message` outside a shard).
+#[macro_export]
+macro_rules! log {
+    ($shard:expr, $($arg:tt)*) => {{
+        let shard: Option<usize> = $shard;
+        match shard {
+            Some(id) => eprintln!("volley[shard {}]: {}", id, format_args!($($arg)*)),
+            None => eprintln!("volley: {}", format_args!($($arg)*)),
+        }
+    }};
+}

@@ -1,0 +1,43 @@
+//! The `volley` binary: parse flags, check them, wire signals to a graceful shutdown, run the
+//! shards, and turn the outcome into an exit code (0 clean, 1 runtime failure, 2 bad flags).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use volley::config::{Cli, Command};
+use volley::mesh::Shared;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let Command::Serve(args) = cli.command;
+    let cpus_online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let config = match args.validate(cpus_online) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("volley: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let shared = Arc::new(Shared::new(config.max_connections));
+    let flag = shared.shutdown_flag();
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        // A second signal while shutting down exits at once.
+        let registered = signal_hook::flag::register_conditional_shutdown(signal, 1, flag.clone())
+            .and_then(|_| signal_hook::flag::register(signal, flag.clone()));
+        if let Err(e) = registered {
+            eprintln!("volley: cannot install the handler for signal {signal}: {e}");
+            return ExitCode::from(1);
+        }
+    }
+    match volley::server::serve(config, shared) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("volley: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

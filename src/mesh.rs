@@ -1,0 +1,96 @@
+//! Everything that crosses threads: the shard-to-shard messages (`ShardMsg`), the glommio
+//! channel mesh that carries them, and the few process-wide atomics (`Shared`).
+//!
+//! This is the ONLY module whose types are `Send`; every other module is shard-local
+//! (`Rc`, `Cell`, `RefCell`). Reading this file tells you everything that moves between cores.
+//! Called by `shard` (which owns the mesh endpoints) and `fanout` (which sends through them).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_channel::oneshot;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+
+use crate::metrics::Snapshot;
+
+/// A message from one shard to another.
+pub enum ShardMsg {
+    /// Queue `frame` (already encoded, shared, never copied) to every local client; answer
+    /// with how many connections it was queued to.
+    Broadcast {
+        frame: Bytes,
+        done: oneshot::Sender<u32>,
+    },
+    /// Answer with this shard's counters.
+    Stats { reply: oneshot::Sender<Snapshot> },
+}
+
+// The compiler checks that what crosses cores can cross cores.
+const _: fn() = || {
+    fn is_send<T: Send>() {}
+    is_send::<ShardMsg>();
+    is_send::<Arc<Shared>>();
+};
+
+pub type Mesh = MeshBuilder<ShardMsg, Full>;
+pub type MeshSenders = Senders<ShardMsg>;
+
+/// Builds the full mesh that every shard joins once at start.
+pub fn build(shards: usize, capacity: usize) -> Mesh {
+    MeshBuilder::full(shards, capacity)
+}
+
+/// Process-wide state. Touched on accept, close and shutdown, never per message.
+#[derive(Debug)]
+pub struct Shared {
+    /// Open WebSocket connections in this process, for `--max-connections`. An atomic rather
+    /// than a per-shard share, because SO_REUSEPORT does not balance exactly and a user who
+    /// sets 10,000 expects 10,000, not 9,500 on an unlucky shard.
+    connections: AtomicUsize,
+    max_connections: usize,
+    /// Set by SIGINT/SIGTERM; every shard polls it and starts its shutdown.
+    shutdown: Arc<AtomicBool>,
+}
+
+impl Shared {
+    pub fn new(max_connections: usize) -> Shared {
+        Shared {
+            connections: AtomicUsize::new(0),
+            max_connections,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Reserves a connection slot, or returns false when the process is full.
+    pub fn try_reserve_connection(&self) -> bool {
+        let before = self.connections.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max_connections {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a slot taken by `try_reserve_connection`.
+    pub fn release_connection(&self) {
+        let before = self.connections.fetch_sub(1, Ordering::Relaxed);
+        debug_assert!(before > 0, "released more connections than reserved");
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    pub fn shutdown_flag(&self) -> Arc<AtomicBool> {
+        self.shutdown.clone()
+    }
+
+    pub fn shutdown_requested(&self) -> bool {
+        self.shutdown.load(Ordering::Relaxed)
+    }
+
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+}

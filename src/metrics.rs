@@ -1,0 +1,153 @@
+//! Per-shard counters (`Cell<u64>`, no atomics on the hot path), a `Snapshot` that can be
+//! sent across shards and merged, and its JSON and Prometheus text renderings.
+//!
+//! Owned by `shard`; incremented by `conn`, `fanout` and `api`; read by `api` for
+//! `/api/stats` and `/metrics`.
+
+use std::cell::Cell;
+use std::fmt::Write;
+
+/// Declares the counters once; the struct, the snapshot, merge and both renderings follow.
+macro_rules! counters {
+    ($( $(#[doc = $doc:literal])* $name:ident: $kind:literal ),* $(,)?) => {
+        /// Live counters of one shard.
+        #[derive(Default, Debug)]
+        pub struct Metrics {
+            $( $(#[doc = $doc])* pub $name: Cell<u64>, )*
+        }
+
+        /// A copy of one shard's counters, or their sum over shards.
+        #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Snapshot {
+            $( $(#[doc = $doc])* pub $name: u64, )*
+        }
+
+        impl Metrics {
+            pub fn snapshot(&self) -> Snapshot {
+                Snapshot { $( $name: self.$name.get(), )* }
+            }
+        }
+
+        impl Snapshot {
+            /// Adds another shard's figures (gauges and counters alike sum across shards).
+            pub fn merge(&mut self, other: &Snapshot) {
+                $( self.$name += other.$name; )*
+            }
+
+            /// Fields as (name, kind, help, value), in declaration order.
+            pub fn fields(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+                vec![ $( (stringify!($name), $kind, concat!($($doc),*), self.$name), )* ]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Open WebSocket connections.
+    connections: "gauge",
+    /// TCP connections accepted (WebSocket and HTTP API alike).
+    accepted_total: "counter",
+    /// WebSocket upgrades completed.
+    upgrades_total: "counter",
+    /// Upgrades refused with 503 because --max-connections was reached.
+    rejected_full_total: "counter",
+    /// Accept errors (e.g. EMFILE when the fd limit is reached).
+    accept_errors_total: "counter",
+    /// HTTP requests answered (API and failed upgrades).
+    http_requests_total: "counter",
+    /// HTTP requests answered with a 4xx or 5xx status.
+    http_errors_total: "counter",
+    /// Broadcasts received by this shard (from its API or from another shard).
+    broadcasts_total: "counter",
+    /// WebSocket frames written to clients.
+    frames_sent_total: "counter",
+    /// Bytes written to WebSocket clients.
+    bytes_sent_total: "counter",
+    /// socket send calls made to WebSocket clients (several frames may share one).
+    sends_total: "counter",
+    /// Data messages received from clients.
+    messages_received_total: "counter",
+    /// Clients closed with 1008 because their outbound queue was full.
+    slow_consumer_closes_total: "counter",
+    /// Clients closed for a protocol violation (1002, 1007, 1009).
+    protocol_error_closes_total: "counter",
+    /// Clients closed because they were silent past --idle-timeout-s.
+    idle_closes_total: "counter",
+    /// Connections that ended (any reason).
+    disconnects_total: "counter",
+}
+
+impl Snapshot {
+    /// One JSON object with every field.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::new();
+        for (name, _, _, value) in self.fields() {
+            map.insert(name.to_string(), value.into());
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+impl Metrics {
+    pub fn add(cell: &Cell<u64>, n: u64) {
+        cell.set(cell.get() + n);
+    }
+
+    pub fn inc(cell: &Cell<u64>) {
+        cell.set(cell.get() + 1);
+    }
+}
+
+/// Prometheus text exposition (format 0.0.4): one family per field, one sample per shard.
+pub fn prometheus(shards: &[Snapshot]) -> String {
+    let mut out = String::new();
+    let Some(first) = shards.first() else {
+        return out;
+    };
+    for (i, (name, kind, help, _)) in first.fields().into_iter().enumerate() {
+        let _ = writeln!(out, "# HELP volley_{name} {}", help.trim());
+        let _ = writeln!(out, "# TYPE volley_{name} {kind}");
+        for (shard, snapshot) in shards.iter().enumerate() {
+            let value = snapshot.fields()[i].3;
+            let _ = writeln!(out, "volley_{name}{{shard=\"{shard}\"}} {value}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_sums_every_field() {
+        let a = Metrics::default();
+        Metrics::add(&a.frames_sent_total, 3);
+        Metrics::inc(&a.connections);
+        let mut total = a.snapshot();
+        total.merge(&a.snapshot());
+        assert_eq!(total.frames_sent_total, 6);
+        assert_eq!(total.connections, 2);
+    }
+
+    #[test]
+    fn prometheus_has_help_type_and_a_sample_per_shard() {
+        let a = Metrics::default();
+        Metrics::add(&a.bytes_sent_total, 42);
+        let text = prometheus(&[a.snapshot(), Snapshot::default()]);
+        assert!(text.contains("# TYPE volley_bytes_sent_total counter"));
+        assert!(text.contains("# TYPE volley_connections gauge"));
+        assert!(text.contains("volley_bytes_sent_total{shard=\"0\"} 42"));
+        assert!(text.contains("volley_bytes_sent_total{shard=\"1\"} 0"));
+        assert!(text.contains("# HELP volley_connections Open WebSocket connections."));
+    }
+
+    #[test]
+    fn json_has_every_field() {
+        let json = Snapshot::default().to_json();
+        assert_eq!(
+            json.as_object().unwrap().len(),
+            Snapshot::default().fields().len()
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! The per-core owner: one `Shard` per glommio executor holds that core's listener, slab of
+//! connections, scratch buffers, clock, counters and mesh endpoints.
+//!
+//! This is the only module that spawns long-lived tasks (accept loop, mesh receivers, the
+//! sweep, one small task per connection) and the only one that stops them, so shutdown is
+//! `Shard::run`'s last lines. Called by `server::serve` once per executor.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::RawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_lite::StreamExt;
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::{GlommioError, ResourceType};
+use slab::Slab;
+
+use crate::config::{Config, READ_SCRATCH_BYTES, WRITE_SCRATCH_BYTES};
+use crate::conn::{Conn, ConnKey, ConnLimits, ConnState, PollEnv};
+use crate::mesh::{Mesh, MeshSenders, ShardMsg, Shared};
+use crate::metrics::Metrics;
+use crate::ws::frame::{self, close_code, OpCode};
+use crate::{api, listener, log};
+
+/// How often the sweep runs: the clock's resolution, and the granularity of idle and close
+/// deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a shard checks the process-wide shutdown flag.
+const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Pause after an accept error such as EMFILE, so a full fd table does not spin a core.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// At most one log line per this many seconds for a repeating accept error.
+const ACCEPT_ERROR_LOG_INTERVAL_S: u32 = 10;
+
+pub struct Shard {
+    pub id: usize,
+    pub config: Config,
+    pub shared: Arc<Shared>,
+    pub metrics: Metrics,
+    conns: RefCell<Slab<Conn>>,
+    next_generation: Cell<u32>,
+    /// Every socket read on this shard lands here first; connections own no read buffer.
+    read_buf: RefCell<Box<[u8]>>,
+    /// Queued frames of one connection are joined here into one send.
+    write_buf: RefCell<Box<[u8]>>,
+    started: Instant,
+    /// Seconds since `started`, advanced by the sweep; connection deadlines use it.
+    now_s: Cell<u32>,
+    senders: MeshSenders,
+    limits: ConnLimits,
+    /// One empty Ping, encoded once and shared by every connection at every ping round.
+    ping_frame: Bytes,
+    /// False once shutdown began: upgrades in flight are refused instead of joining a
+    /// shard that is closing everyone.
+    accepting: Cell<bool>,
+    accept_error_logged_s: Cell<Option<u32>>,
+}
+
+/// The long-lived future of one connection: 16 bytes, whatever the connection does.
+/// Everything else of the connection sits in the slab, reachable through `key`.
+struct ConnTask {
+    shard: Rc<Shard>,
+    key: ConnKey,
+}
+
+const _: () = assert!(std::mem::size_of::<ConnTask>() <= 16);
+
+impl Future for ConnTask {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        match this.shard.poll_conn(this.key, cx) {
+            Poll::Ready(()) => {
+                this.shard.remove_conn(this.key);
+                Poll::Ready(())
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Shard {
+    fn new(id: usize, config: Config, shared: Arc<Shared>, senders: MeshSenders) -> Shard {
+        let limits = ConnLimits {
+            outbound_frames_max: config.outbound_frames_max,
+            outbound_bytes_max: config.outbound_bytes_max,
+            decode: frame::Limits {
+                message_bytes_max: config.message_bytes_max,
+            },
+            close_timeout_s: config.close_timeout.as_secs().max(1) as u32,
+        };
+        Shard {
+            id,
+            config,
+            shared,
+            metrics: Metrics::default(),
+            conns: RefCell::new(Slab::new()),
+            next_generation: Cell::new(0),
+            read_buf: RefCell::new(vec![0; READ_SCRATCH_BYTES].into_boxed_slice()),
+            write_buf: RefCell::new(vec![0; WRITE_SCRATCH_BYTES].into_boxed_slice()),
+            started: Instant::now(),
+            now_s: Cell::new(0),
+            senders,
+            limits,
+            ping_frame: frame::encode(OpCode::Ping, &[]),
+            accepting: Cell::new(true),
+            accept_error_logged_s: Cell::new(None),
+        }
+    }
+
+    /// Number of shards in this process.
+    pub fn shard_count(&self) -> usize {
+        self.config.shards
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.get()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    /// Sends a message to another shard. A peer that is gone (shutting down) hands the
+    /// message back; `Err(None)` means the mesh refused it without giving it back (a peer
+    /// index that does not exist: our bug).
+    pub async fn send_to(&self, peer: usize, msg: ShardMsg) -> Result<(), Option<ShardMsg>> {
+        debug_assert_ne!(
+            peer, self.id,
+            "the local fast path never goes through the mesh"
+        );
+        let msg = match self.senders.try_send_to(peer, msg) {
+            Ok(()) => return Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => msg,
+            Err(e) => return Err(give_back(e)),
+        };
+        self.senders.send_to(peer, msg).await.map_err(give_back)
+    }
+
+    /// Registers an upgraded connection and starts its task. `early` holds bytes the client
+    /// sent right behind its upgrade request; they are decoded before anything else.
+    pub fn insert_conn(self: &Rc<Self>, stream: TcpStream, early: &mut [u8]) -> ConnKey {
+        let now_s = self.now_s.get();
+        let generation = self.next_generation.get();
+        self.next_generation.set(generation.wrapping_add(1));
+        let mut conn = Conn::new(stream, generation, now_s);
+        if !early.is_empty() {
+            conn.on_input(early, &self.limits, &self.metrics, now_s);
+        }
+        let index = self.conns.borrow_mut().insert(conn);
+        let key = ConnKey {
+            index: index as u32,
+            generation,
+        };
+        Metrics::inc(&self.metrics.connections);
+        Metrics::inc(&self.metrics.upgrades_total);
+        glommio::spawn_local(ConnTask {
+            shard: self.clone(),
+            key,
+        })
+        .detach();
+        key
+    }
+
+    fn poll_conn(&self, key: ConnKey, cx: &mut Context<'_>) -> Poll<()> {
+        let mut conns = self.conns.borrow_mut();
+        let Some(conn) = conns.get_mut(key.index as usize) else {
+            return Poll::Ready(());
+        };
+        if conn.generation() != key.generation {
+            return Poll::Ready(());
+        }
+        let mut read_buf = self.read_buf.borrow_mut();
+        let mut write_buf = self.write_buf.borrow_mut();
+        let mut env = PollEnv {
+            read_buf: &mut read_buf,
+            write_buf: &mut write_buf,
+            limits: &self.limits,
+            metrics: &self.metrics,
+            now_s: self.now_s.get(),
+        };
+        conn.poll(cx, &mut env)
+    }
+
+    fn remove_conn(&self, key: ConnKey) {
+        let mut conns = self.conns.borrow_mut();
+        let matches = conns
+            .get(key.index as usize)
+            .is_some_and(|c| c.generation() == key.generation);
+        if !matches {
+            return;
+        }
+        // Dropping the Conn closes the socket.
+        drop(conns.remove(key.index as usize));
+        let open = self.metrics.connections.get();
+        debug_assert!(open > 0);
+        self.metrics.connections.set(open - 1);
+        Metrics::inc(&self.metrics.disconnects_total);
+        self.shared.release_connection();
+    }
+
+    /// Queues `frame` to every open connection of this shard; returns how many.
+    pub fn deliver_local(&self, frame: &Bytes) -> u32 {
+        Metrics::inc(&self.metrics.broadcasts_total);
+        let now_s = self.now_s.get();
+        let mut queued = 0;
+        for (_, conn) in self.conns.borrow_mut().iter_mut() {
+            if conn.push(frame.clone(), &self.limits, &self.metrics, now_s) {
+                queued += 1;
+            }
+        }
+        queued
+    }
+
+    fn handle_msg(&self, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Broadcast { frame, done } => {
+                // One copy per shard, not per client: the clones and drops of this
+                // shard's recipients then touch a refcount no other core writes to.
+                let local = Bytes::copy_from_slice(&frame);
+                drop(frame);
+                let _ = done.send(self.deliver_local(&local));
+            }
+            ShardMsg::Stats { reply } => {
+                let _ = reply.send(self.metrics.snapshot());
+            }
+        }
+    }
+
+    async fn serve_mesh(self: Rc<Self>, mut rx: ConnectedReceiver<ShardMsg>) {
+        while let Some(msg) = rx.next().await {
+            self.handle_msg(msg);
+        }
+    }
+
+    async fn accept_loop(self: Rc<Self>, listener: TcpListener) {
+        loop {
+            match listener.accept().await {
+                Ok(stream) => {
+                    Metrics::inc(&self.metrics.accepted_total);
+                    // Pushes are small and latency matters more than packet count.
+                    let _ = stream.set_nodelay(true);
+                    glommio::spawn_local(api::serve_http(self.clone(), stream)).detach();
+                }
+                Err(e) => {
+                    Metrics::inc(&self.metrics.accept_errors_total);
+                    let e = io::Error::from(e);
+                    let now_s = self.now_s.get();
+                    let last = self.accept_error_logged_s.get();
+                    if last.is_none_or(|last| now_s >= last + ACCEPT_ERROR_LOG_INTERVAL_S) {
+                        self.accept_error_logged_s.set(Some(now_s));
+                        let hint = match e.raw_os_error() {
+                            Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                                " (open file limit reached: raise LimitNOFILE, see tuning/, or lower --max-connections)"
+                            }
+                            _ => "",
+                        };
+                        log!(Some(self.id), "accept failed: {e}{hint}; retrying");
+                    }
+                    glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            }
+        }
+    }
+
+    /// Advances the clock once a second; pings every connection each ping interval; closes
+    /// the idle ones and cuts off closing ones past their deadline. One pass over the slab
+    /// replaces a timer per connection.
+    async fn sweep_loop(self: Rc<Self>) {
+        let mut next_ping_s = self.config.ping_interval_s;
+        loop {
+            glommio::timer::sleep(SWEEP_INTERVAL).await;
+            let now_s = self.started.elapsed().as_secs() as u32;
+            self.now_s.set(now_s);
+            let ping_due = now_s >= next_ping_s;
+            if ping_due {
+                next_ping_s = now_s + self.config.ping_interval_s;
+            }
+            let idle_s = self.config.idle_timeout_s;
+            for (_, conn) in self.conns.borrow_mut().iter_mut() {
+                match conn.state() {
+                    ConnState::Open if now_s.saturating_sub(conn.last_rx_s()) >= idle_s => {
+                        Metrics::inc(&self.metrics.idle_closes_total);
+                        conn.close(close_code::GOING_AWAY, "idle timeout", &self.limits, now_s);
+                    }
+                    ConnState::Open if ping_due => {
+                        conn.push(self.ping_frame.clone(), &self.limits, &self.metrics, now_s);
+                    }
+                    ConnState::Open => {}
+                    ConnState::Dead => {}
+                    _ if now_s >= conn.deadline_s() => conn.kill(),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Queues a close frame to every open connection.
+    fn close_all(&self, code: u16, reason: &str) {
+        let now_s = self.now_s.get();
+        for (_, conn) in self.conns.borrow_mut().iter_mut() {
+            conn.close(code, reason, &self.limits, now_s);
+        }
+    }
+}
+
+/// Runs one shard until shutdown. `listeners[i]` is shard i's bound listening socket.
+pub async fn run(
+    config: Config,
+    shared: Arc<Shared>,
+    mesh: Mesh,
+    listeners: Arc<[RawFd]>,
+) -> Result<(), String> {
+    let (senders, mut receivers) = mesh
+        .join()
+        .await
+        .map_err(|e| format!("could not join the shard mesh: {e}"))?;
+    let id = senders.peer_id();
+    let fd = *listeners
+        .get(id)
+        .ok_or_else(|| format!("no listener for shard {id}"))?;
+    // SAFETY: `server::serve` bound one listener per shard and each shard takes only its own.
+    let listener = unsafe { listener::into_glommio(fd) };
+    let grace = config.shutdown_grace;
+    let shard = Rc::new(Shard::new(id, config, shared.clone(), senders));
+
+    let mesh_tasks: Vec<_> = receivers
+        .streams()
+        .into_iter()
+        .map(|(_, rx)| glommio::spawn_local(shard.clone().serve_mesh(rx)))
+        .collect();
+    let sweep_task = glommio::spawn_local(shard.clone().sweep_loop());
+    let accept_task = glommio::spawn_local(shard.clone().accept_loop(listener));
+
+    while !shared.shutdown_requested() {
+        glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL).await;
+    }
+
+    // Shutdown: stop accepting (dropping the task drops the listener), tell every client
+    // we are going away, and give them until the grace deadline to get it.
+    shard.accepting.set(false);
+    accept_task.cancel().await;
+    shard.close_all(close_code::GOING_AWAY, "server shutting down");
+    let deadline = Instant::now() + grace;
+    while shard.connection_count() > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+    }
+    let left = shard.connection_count();
+    if left > 0 {
+        log!(
+            Some(id),
+            "shutdown grace over with {left} connections still closing; dropping them"
+        );
+    }
+    sweep_task.cancel().await;
+    drop(mesh_tasks);
+    Ok(())
+}
+
+/// The message inside a failed mesh send, when the error carries it.
+fn give_back(e: GlommioError<ShardMsg>) -> Option<ShardMsg> {
+    match e {
+        GlommioError::Closed(ResourceType::Channel(msg))
+        | GlommioError::WouldBlock(ResourceType::Channel(msg)) => Some(msg),
+        _ => None,
+    }
+}
