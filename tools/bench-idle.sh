@@ -153,7 +153,7 @@ cpu_ticks() { # utime + stime; fields after the ")" that ends comm.
     awk '{print $12 + $13}' <<<"$stat"
 }
 cpu_ns() { # run time of every thread, from schedstat (ns): a finer cross-check of cpu_ticks
-    cat /proc/"$SERVER_PID"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%d\n", t}'
+    cat /proc/"$SERVER_PID"/task/*/schedstat 2>/dev/null | awk '{t += $1} END {printf "%.0f\n", t}'
 }
 stats_conns() { # connections the server counts, or empty
     curl -s --max-time 2 "http://127.0.0.1:$PORT/api/stats" >"$LOGS/stats.json" 2>/dev/null || { echo ""; return; }
