@@ -13,12 +13,12 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde_json::json;
 
-use crate::fanout;
 use crate::http::{self, BodyKind, ChunkedDecoder, Head, Method, Progress};
-use crate::mesh::ShardMsg;
+use crate::mesh::{ShardMsg, ShardReport};
 use crate::metrics::{self, Metrics, Snapshot};
 use crate::shard::Shard;
 use crate::ws::handshake;
+use crate::{broker, fanout};
 
 /// Bytes read per `read` call while collecting a request.
 const READ_CHUNK_BYTES: usize = 4096;
@@ -302,21 +302,8 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8], keep_alive: bool) ->
         );
     }
     match head.path.as_str() {
-        "/api/broadcast" => {
-            let recipients = fanout::broadcast(shard, body).await;
-            json_response(200, json!({ "recipients": recipients }), keep_alive)
-        }
-        "/healthz" => {
-            if shard.is_accepting() {
-                json_response(
-                    200,
-                    json!({ "status": "ok", "shards": shard.shard_count() }),
-                    keep_alive,
-                )
-            } else {
-                json_response(503, json!({ "status": "shutting_down" }), keep_alive)
-            }
-        }
+        "/api/broadcast" => broadcast(shard, head, body, keep_alive).await,
+        "/healthz" => health(shard, keep_alive).await,
         "/api/stats" => {
             let shards = gather_stats(shard).await;
             let mut total = Snapshot::default();
@@ -355,8 +342,92 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8], keep_alive: bool) ->
     }
 }
 
-/// Every shard's counters, indexed by shard id. A shard that is gone counts as zeros.
-async fn gather_stats(shard: &Rc<Shard>) -> Vec<Snapshot> {
+/// `GET /healthz`: ok, degraded (cluster mode with a Redis link down, with the reason), or
+/// shutting down.
+async fn health(shard: &Rc<Shard>, keep_alive: bool) -> Vec<u8> {
+    if !shard.is_accepting() {
+        return json_response(503, json!({ "status": "shutting_down" }), keep_alive);
+    }
+    let Some(broker) = &shard.broker else {
+        return json_response(
+            200,
+            json!({ "status": "ok", "shards": shard.shard_count() }),
+            keep_alive,
+        );
+    };
+    let problems: Vec<String> = gather_reports(shard)
+        .await
+        .into_iter()
+        .enumerate()
+        .filter_map(|(id, r)| r.redis_problem.map(|p| format!("shard {id}: {p}")))
+        .collect();
+    // Degraded still answers 200: local clients are served, and a load balancer should not
+    // pull a node that can still deliver to its own clients.
+    let status = if problems.is_empty() {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let mut answer = json!({
+        "status": status,
+        "shards": shard.shard_count(),
+        "redis": broker.config.display,
+        "node": shard.node_id(),
+    });
+    if !problems.is_empty() {
+        answer["reason"] = format!("Redis: {}", problems.join("; ")).into();
+    }
+    json_response(200, answer, keep_alive)
+}
+
+/// `POST /api/broadcast[?scope=local|cluster]`.
+async fn broadcast(shard: &Rc<Shard>, head: &Head, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    let local = match head.query_param("scope") {
+        None | Some("cluster") => shard.broker.is_none(),
+        Some("local") => true,
+        Some(other) => {
+            Metrics::inc(&shard.metrics.http_errors_total);
+            let message =
+                format!("scope={other}: use scope=local (this process only) or scope=cluster");
+            return http::json_error(400, &message, keep_alive);
+        }
+    };
+    let broker = match (&shard.broker, local) {
+        (Some(broker), false) => broker,
+        _ => {
+            let recipients = fanout::broadcast(shard, body).await;
+            return json_response(200, json!({ "recipients": recipients }), keep_alive);
+        }
+    };
+    match fanout::publish_cluster(shard, broker, body).await {
+        Ok(published) => json_response(
+            200,
+            json!({ "recipients": published.recipients, "nodes": published.nodes, "id": published.id }),
+            keep_alive,
+        ),
+        Err(e) => {
+            Metrics::inc(&shard.metrics.redis_publish_errors_total);
+            Metrics::inc(&shard.metrics.http_errors_total);
+            let (status, message) = match e {
+                broker::Error::Unavailable(why) => (
+                    503,
+                    format!(
+                        "broker {} is unavailable ({why}); nothing was published. Retry later, or use ?scope=local to deliver to this process only",
+                        broker.config.display
+                    ),
+                ),
+                broker::Error::Reply(words) => (
+                    502,
+                    format!("broker {} refused the publish: {words}", broker.config.display),
+                ),
+            };
+            http::json_error(status, &message, keep_alive)
+        }
+    }
+}
+
+/// Every shard's report, indexed by shard id. A shard that is gone reports zeros.
+async fn gather_reports(shard: &Rc<Shard>) -> Vec<ShardReport> {
     let mut answers = Vec::new();
     for peer in 0..shard.shard_count() {
         if peer == shard.id {
@@ -371,12 +442,20 @@ async fn gather_stats(shard: &Rc<Shard>) -> Vec<Snapshot> {
     }
     let mut out = Vec::with_capacity(answers.len());
     for (peer, answer) in answers.into_iter().enumerate() {
-        let snapshot = match answer {
-            _ if peer == shard.id => shard.metrics.snapshot(),
+        let report = match answer {
+            _ if peer == shard.id => shard.report(),
             Some(answer) => answer.await.unwrap_or_default(),
-            None => Snapshot::default(),
+            None => ShardReport::default(),
         };
-        out.push(snapshot);
+        out.push(report);
     }
     out
+}
+
+async fn gather_stats(shard: &Rc<Shard>) -> Vec<Snapshot> {
+    gather_reports(shard)
+        .await
+        .into_iter()
+        .map(|r| r.snapshot)
+        .collect()
 }

@@ -52,6 +52,9 @@ pub const WRITE_SCRATCH_BYTES: usize = 64 * 1024;
 /// Registered DMA memory per executor. glommio's 10 MiB default is resident and serves only
 /// file I/O, which volley does not do (FACTS.md).
 pub const IO_MEMORY_BYTES: usize = 512 * 1024;
+/// Prefix of every Redis channel volley uses (`volley:all`, later `volley:user:<id>` ...), so
+/// several volley clusters can share one Redis.
+pub const REDIS_PREFIX_DEFAULT: &str = "volley";
 /// Capacity of each shard-to-shard channel.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
@@ -117,6 +120,91 @@ pub struct ServeArgs {
     /// Milliseconds that shutdown waits for clients to get their 1001 close.
     #[arg(long, default_value_t = SHUTDOWN_GRACE_MS_DEFAULT)]
     pub shutdown_grace_ms: u64,
+    /// Join a cluster through Redis: redis://[[user]:password@]host[:port][/db]. Without it,
+    /// volley runs standalone.
+    #[arg(long, env = "VOLLEY_REDIS")]
+    pub redis: Option<String>,
+    /// Prefix of the Redis channels this cluster uses.
+    #[arg(long, default_value = REDIS_PREFIX_DEFAULT)]
+    pub redis_prefix: String,
+}
+
+/// Where and how to reach Redis, checked and resolved at start.
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub addr: SocketAddr,
+    /// `host:port/db` as the user wrote it, without credentials: safe to log and show.
+    pub display: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+    pub prefix: String,
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the password.
+        write!(f, "RedisConfig({}, prefix {})", self.display, self.prefix)
+    }
+}
+
+/// The parts of a `redis://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+/// Parses `redis://[[user]:password@]host[:port][/db]`; the error says what is wrong.
+pub fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or("must start with redis:// (TLS, rediss://, is not supported yet)")?;
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((auth, rest)) => (Some(auth), rest),
+        None => (None, rest),
+    };
+    let (username, password) = match auth {
+        None => (None, None),
+        Some(auth) => match auth.split_once(':') {
+            Some((user, pass)) => (
+                (!user.is_empty()).then(|| user.to_string()),
+                Some(pass.to_string()),
+            ),
+            None => return Err("credentials must be :password or user:password".into()),
+        },
+    };
+    let (hostport, db) = match rest.split_once('/') {
+        Some((hostport, "")) => (hostport, 0),
+        Some((hostport, db)) => (
+            hostport,
+            db.parse()
+                .map_err(|_| format!("database '{db}' is not a number"))?,
+        ),
+        None => (rest, 0),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("port '{port}' is not a number"))?,
+        ),
+        _ => (hostport, 6379),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    Ok(RedisUrl {
+        host: host.to_string(),
+        port,
+        username,
+        password,
+        db,
+    })
 }
 
 /// Checked configuration. Every value here has passed `ServeArgs::validate`.
@@ -140,6 +228,8 @@ pub struct Config {
     pub idle_timeout_s: u32,
     pub shutdown_grace: Duration,
     pub close_timeout: Duration,
+    /// Cluster mode when set; standalone otherwise.
+    pub redis: Option<RedisConfig>,
 }
 
 /// A flag value that cannot be used, said in words with what to do.
@@ -301,7 +391,50 @@ impl ServeArgs {
                 self.shutdown_grace_ms
             ));
         }
+        let redis = match &self.redis {
+            None => None,
+            Some(url) => {
+                let shown = url.rsplit_once('@').map_or(url.as_str(), |(_, rest)| rest);
+                let RedisUrl {
+                    host,
+                    port,
+                    username,
+                    password,
+                    db,
+                } = parse_redis_url(url).map_err(|why| {
+                    ConfigError(format!(
+                        "--redis {shown}: {why}; use e.g. redis://127.0.0.1:6379 or redis://:password@host:6379/0"
+                    ))
+                })?;
+                use std::net::ToSocketAddrs;
+                let addr = (host.as_str(), port)
+                    .to_socket_addrs()
+                    .ok()
+                    .and_then(|mut addrs| addrs.next())
+                    .ok_or_else(|| {
+                        ConfigError(format!(
+                            "--redis {shown}: cannot resolve host '{host}'; check the name or use an IP address"
+                        ))
+                    })?;
+                let prefix = self.redis_prefix.trim();
+                if prefix.is_empty() || prefix.len() > 64 || prefix.contains(char::is_whitespace) {
+                    return err(format!(
+                        "--redis-prefix '{}': must be 1..=64 characters without spaces",
+                        self.redis_prefix
+                    ));
+                }
+                Some(RedisConfig {
+                    addr,
+                    display: format!("redis://{}", shown.trim_start_matches("redis://")),
+                    username,
+                    password,
+                    db,
+                    prefix: prefix.to_string(),
+                })
+            }
+        };
         Ok(Config {
+            redis,
             listen,
             shards,
             cpus,
@@ -381,6 +514,58 @@ mod tests {
         assert!(e.contains("one CPU per shard"), "{e}");
         let e = args(&["--idle-timeout-s", "10"]).validate(2).unwrap_err().0;
         assert!(e.contains("--ping-interval-s"), "{e}");
+    }
+
+    #[test]
+    fn redis_urls() {
+        assert_eq!(
+            parse_redis_url("redis://127.0.0.1:6380").unwrap(),
+            RedisUrl {
+                host: "127.0.0.1".into(),
+                port: 6380,
+                username: None,
+                password: None,
+                db: 0
+            }
+        );
+        assert_eq!(
+            parse_redis_url("redis://:s3cret@h/2").unwrap(),
+            RedisUrl {
+                host: "h".into(),
+                port: 6379,
+                username: None,
+                password: Some("s3cret".into()),
+                db: 2
+            }
+        );
+        assert_eq!(
+            parse_redis_url("redis://me:p@ss@h:1/").unwrap(),
+            RedisUrl {
+                host: "h".into(),
+                port: 1,
+                username: Some("me".into()),
+                password: Some("p@ss".into()),
+                db: 0
+            }
+        );
+        assert_eq!(parse_redis_url("redis://[::1]:7000").unwrap().host, "::1");
+        assert!(parse_redis_url("http://h").is_err());
+        assert!(parse_redis_url("redis://h:port").is_err());
+        assert!(parse_redis_url("redis://h/x").is_err());
+        let config = args(&["--redis", "redis://:hunter2@127.0.0.1:6390/1"])
+            .validate(2)
+            .unwrap();
+        let redis = config.redis.unwrap();
+        assert_eq!(redis.display, "redis://127.0.0.1:6390/1");
+        assert!(
+            !format!("{redis:?}").contains("hunter2"),
+            "the password is never shown"
+        );
+        let e = args(&["--redis", "redis://:hunter2@h:x"])
+            .validate(2)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("--redis") && !e.contains("hunter2"), "{e}");
     }
 
     #[test]

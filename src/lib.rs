@@ -15,14 +15,19 @@
 //! api.rs           the HTTP routes (upgrade, broadcast, health, stats, metrics)
 //! ws/handshake.rs  sans-IO RFC 6455 upgrade checks and the 101 response
 //! ws/frame.rs      sans-IO frames: encode once, decode and unmask client frames, close codes
-//! fanout.rs        publish -> one frame -> local queues and other shards
+//! fanout.rs        publish -> one frame -> local queues and other shards, or Redis
+//! envelope.rs      the MessagePack envelope published messages travel in between processes
+//! broker/resp.rs   sans-IO RESP2 glue over redis-protocol
+//! broker/client.rs one shard's Redis links: reconnect with backoff, refcounted SUBSCRIBE
 //! protocol.rs      the client protocol boundary (client data messages land here)
 //! metrics.rs       per-shard counters, snapshots, JSON and Prometheus text
 //! ```
 
 pub mod api;
+pub mod broker;
 pub mod config;
 pub mod conn;
+pub mod envelope;
 pub mod fanout;
 pub mod http;
 pub mod listener;

@@ -22,8 +22,23 @@ pub enum ShardMsg {
         frame: Bytes,
         done: oneshot::Sender<u32>,
     },
-    /// Answer with this shard's counters.
-    Stats { reply: oneshot::Sender<Snapshot> },
+    /// Answer with this shard's counters and health.
+    Stats { reply: oneshot::Sender<ShardReport> },
+    /// Cluster mode: answer how many local connections the message `id` (published by this
+    /// process through Redis) was queued to on this shard, once it has arrived; 0 when this
+    /// shard is not subscribed or it does not arrive in time.
+    AwaitDelivery {
+        id: String,
+        reply: oneshot::Sender<u32>,
+    },
+}
+
+/// What a shard reports about itself.
+#[derive(Debug, Clone, Default)]
+pub struct ShardReport {
+    pub snapshot: Snapshot,
+    /// Cluster mode: why this shard's Redis links are not up, in words.
+    pub redis_problem: Option<String>,
 }
 
 // The compiler checks that what crosses cores can cross cores.
@@ -51,6 +66,8 @@ pub struct Shared {
     max_connections: usize,
     /// Set by SIGINT/SIGTERM; every shard polls it and starts its shutdown.
     shutdown: Arc<AtomicBool>,
+    /// This process's name in the cluster: the `origin` of every envelope it publishes.
+    pub node_id: String,
 }
 
 impl Shared {
@@ -59,6 +76,7 @@ impl Shared {
             connections: AtomicUsize::new(0),
             max_connections,
             shutdown: Arc::new(AtomicBool::new(false)),
+            node_id: new_node_id(),
         }
     }
 
@@ -93,4 +111,20 @@ impl Shared {
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Relaxed);
     }
+}
+
+/// A random 64-bit node id in hex, from the kernel's random source (getrandom(2)), so two
+/// processes started in the same instant still differ.
+fn new_node_id() -> String {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        // Fall back to time and pid: unique enough for an origin tag.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes = (nanos ^ ((std::process::id() as u64) << 40)).to_be_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

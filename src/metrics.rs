@@ -75,6 +75,16 @@ counters! {
     idle_closes_total: "counter",
     /// Connections that ended (any reason).
     disconnects_total: "counter",
+    /// Cluster mode: 1 when this shard's Redis links are both up.
+    redis_up: "gauge",
+    /// Cluster mode: Redis links lost after having been up.
+    redis_reconnects_total: "counter",
+    /// Cluster mode: publishes refused because Redis was down or answered an error.
+    redis_publish_errors_total: "counter",
+    /// Cluster mode: messages received from Redis subscriptions.
+    redis_messages_total: "counter",
+    /// Cluster mode: messages from Redis dropped because their envelope did not decode.
+    redis_envelope_errors_total: "counter",
 }
 
 impl Snapshot {

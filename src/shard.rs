@@ -6,6 +6,7 @@
 //! `Shard::run`'s last lines. Called by `server::serve` once per executor.
 
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
@@ -16,15 +17,18 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_channel::oneshot;
 use futures_lite::StreamExt;
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::{GlommioError, ResourceType};
 use slab::Slab;
 
+use crate::broker::{self, Broker};
 use crate::config::{Config, READ_SCRATCH_BYTES, WRITE_SCRATCH_BYTES};
 use crate::conn::{Conn, ConnKey, ConnLimits, ConnState, PollEnv};
-use crate::mesh::{Mesh, MeshSenders, ShardMsg, Shared};
+use crate::envelope::{self, PayloadKind, Target};
+use crate::mesh::{Mesh, MeshSenders, ShardMsg, ShardReport, Shared};
 use crate::metrics::Metrics;
 use crate::ws::frame::{self, close_code, OpCode};
 use crate::{api, listener, log};
@@ -38,6 +42,10 @@ const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 /// At most one log line per this many seconds for a repeating accept error.
 const ACCEPT_ERROR_LOG_INTERVAL_S: u32 = 10;
+/// Own messages whose local delivery count is kept until the publishing shard asks for it.
+const OWN_DELIVERIES_KEPT: usize = 256;
+/// Seconds a publishing shard waits for a subscribed shard to see its own message.
+const AWAIT_DELIVERY_S: u32 = 2;
 
 pub struct Shard {
     pub id: usize,
@@ -61,6 +69,18 @@ pub struct Shard {
     /// shard that is closing everyone.
     accepting: Cell<bool>,
     accept_error_logged_s: Cell<Option<u32>>,
+    /// Cluster mode: this shard's Redis links.
+    pub broker: Option<Rc<Broker>>,
+    /// Cluster mode: the Redis channel every connection listens on (`{prefix}:all`).
+    all_channel: String,
+    /// Counter behind the ids of messages this shard publishes.
+    next_message: Cell<u64>,
+    /// Cluster mode: (message id, local recipients) of this process's own messages seen on
+    /// this shard's subscription, newest last, until the publishing shard asks.
+    own_deliveries: RefCell<VecDeque<(String, u32)>>,
+    /// Cluster mode: publishing shards waiting for one of their messages to arrive here.
+    awaiting_delivery: RefCell<Vec<(String, oneshot::Sender<u32>, u32)>>,
+    envelope_error_logged_s: Cell<Option<u32>>,
 }
 
 /// The long-lived future of one connection: 16 bytes, whatever the connection does.
@@ -97,7 +117,20 @@ impl Shard {
             },
             close_timeout_s: config.close_timeout.as_secs().max(1) as u32,
         };
+        let broker = config
+            .redis
+            .clone()
+            .map(|redis| Rc::new(Broker::new(id, redis)));
+        let all_channel = broker
+            .as_ref()
+            .map_or_else(String::new, |b| b.channel("all"));
         Shard {
+            broker,
+            all_channel,
+            next_message: Cell::new(0),
+            own_deliveries: RefCell::new(VecDeque::new()),
+            awaiting_delivery: RefCell::new(Vec::new()),
+            envelope_error_logged_s: Cell::new(None),
             id,
             config,
             shared,
@@ -156,6 +189,9 @@ impl Shard {
             conn.on_input(early, &self.limits, &self.metrics, now_s);
         }
         let index = self.conns.borrow_mut().insert(conn);
+        if let Some(broker) = &self.broker {
+            broker.interest_add(&self.all_channel);
+        }
         let key = ConnKey {
             index: index as u32,
             generation,
@@ -200,6 +236,10 @@ impl Shard {
         }
         // Dropping the Conn closes the socket.
         drop(conns.remove(key.index as usize));
+        drop(conns);
+        if let Some(broker) = &self.broker {
+            broker.interest_remove(&self.all_channel);
+        }
         let open = self.metrics.connections.get();
         debug_assert!(open > 0);
         self.metrics.connections.set(open - 1);
@@ -230,8 +270,110 @@ impl Shard {
                 let _ = done.send(self.deliver_local(&local));
             }
             ShardMsg::Stats { reply } => {
-                let _ = reply.send(self.metrics.snapshot());
+                let _ = reply.send(self.report());
             }
+            ShardMsg::AwaitDelivery { id, reply } => self.await_delivery(id, reply),
+        }
+    }
+
+    /// This shard's counters and health.
+    pub fn report(&self) -> ShardReport {
+        ShardReport {
+            snapshot: self.metrics.snapshot(),
+            redis_problem: self.broker.as_ref().and_then(|b| b.problem()),
+        }
+    }
+
+    /// This process's name in the cluster.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node_id
+    }
+
+    /// A message id unique in the cluster: node, shard, counter.
+    pub fn next_message_id(&self) -> String {
+        let n = self.next_message.get();
+        self.next_message.set(n + 1);
+        format!("{}-{}-{}", self.shared.node_id, self.id, n)
+    }
+
+    /// The Redis channel of broadcasts (`{prefix}:all`); empty in standalone mode.
+    pub fn all_channel(&self) -> &str {
+        &self.all_channel
+    }
+
+    /// A message arrived on this shard's Redis subscription: decode, encode the frame once
+    /// for this shard, queue it locally.
+    pub fn on_broker_message(&self, channel: &[u8], payload: Bytes) {
+        Metrics::inc(&self.metrics.redis_messages_total);
+        if channel != self.all_channel.as_bytes() {
+            return;
+        }
+        let envelope = match envelope::decode(&payload) {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                Metrics::inc(&self.metrics.redis_envelope_errors_total);
+                let now_s = self.now_s.get();
+                let last = self.envelope_error_logged_s.get();
+                if last.is_none_or(|last| now_s >= last + ACCEPT_ERROR_LOG_INTERVAL_S) {
+                    self.envelope_error_logged_s.set(Some(now_s));
+                    log!(
+                        Some(self.id),
+                        "dropped a message on {}: {e} (see docs/ENVELOPE.md)",
+                        self.all_channel
+                    );
+                }
+                return;
+            }
+        };
+        if envelope.target != Target::All {
+            // User and room targets arrive with the addressing step; this channel carries
+            // broadcasts only.
+            Metrics::inc(&self.metrics.redis_envelope_errors_total);
+            return;
+        }
+        let opcode = match envelope.kind {
+            PayloadKind::Text => OpCode::Text,
+            PayloadKind::Binary => OpCode::Binary,
+        };
+        let recipients = self.deliver_local(&frame::encode(opcode, &envelope.payload));
+        if envelope.origin == self.shared.node_id {
+            self.record_own_delivery(envelope.id, recipients);
+        }
+    }
+
+    fn record_own_delivery(&self, id: String, recipients: u32) {
+        let mut awaiting = self.awaiting_delivery.borrow_mut();
+        if let Some(at) = awaiting.iter().position(|(waiting, _, _)| *waiting == id) {
+            let (_, reply, _) = awaiting.swap_remove(at);
+            let _ = reply.send(recipients);
+            return;
+        }
+        let mut own = self.own_deliveries.borrow_mut();
+        if own.len() == OWN_DELIVERIES_KEPT {
+            own.pop_front();
+        }
+        own.push_back((id, recipients));
+    }
+
+    /// Answers how many local connections message `id` reached here, now or once it arrives.
+    pub fn await_delivery(&self, id: String, reply: oneshot::Sender<u32>) {
+        let mut own = self.own_deliveries.borrow_mut();
+        if let Some(at) = own.iter().position(|(seen, _)| *seen == id) {
+            let (_, recipients) = own.remove(at).unwrap_or_default();
+            let _ = reply.send(recipients);
+            return;
+        }
+        let subscribed = self
+            .broker
+            .as_ref()
+            .is_some_and(|b| b.is_subscribed(&self.all_channel));
+        if subscribed {
+            let deadline_s = self.now_s.get() + AWAIT_DELIVERY_S;
+            self.awaiting_delivery
+                .borrow_mut()
+                .push((id, reply, deadline_s));
+        } else {
+            let _ = reply.send(0);
         }
     }
 
@@ -284,6 +426,9 @@ impl Shard {
             if ping_due {
                 next_ping_s = now_s + self.config.ping_interval_s;
             }
+            self.awaiting_delivery
+                .borrow_mut()
+                .retain(|(_, _, deadline_s)| now_s < *deadline_s);
             let idle_s = self.config.idle_timeout_s;
             for (_, conn) in self.conns.borrow_mut().iter_mut() {
                 match conn.state() {
@@ -339,6 +484,13 @@ pub async fn run(
         .collect();
     let sweep_task = glommio::spawn_local(shard.clone().sweep_loop());
     let accept_task = glommio::spawn_local(shard.clone().accept_loop(listener));
+    let broker_tasks: Vec<_> = match &shard.broker {
+        Some(b) => vec![
+            glommio::spawn_local(broker::client::run_subscriber(shard.clone(), b.clone())),
+            glommio::spawn_local(broker::client::run_commands(shard.clone(), b.clone())),
+        ],
+        None => Vec::new(),
+    };
 
     while !shared.shutdown_requested() {
         glommio::timer::sleep(SHUTDOWN_POLL_INTERVAL).await;
@@ -361,6 +513,9 @@ pub async fn run(
         );
     }
     sweep_task.cancel().await;
+    for task in broker_tasks {
+        task.cancel().await;
+    }
     drop(mesh_tasks);
     Ok(())
 }

@@ -4,17 +4,38 @@
 # The project's test command (README.md, .ci/run). Installs what the tests need when it is
 # missing on this machine, then runs every test of the workspace:
 #   - python3 `websockets` package: the third-party WebSocket client in tests/third_party_client.rs
+#   - redis-server (Debian package): the cluster tests in tests/redis.rs start their own
+#   - python3 `redis` and `msgpack` packages: tools/publish_redis.py, run by tests/redis.rs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+apt_updated=""
+apt_install() {
+    if [ -z "$apt_updated" ]; then
+        apt-get update -qq
+        apt_updated=1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+pip_install() {
+    python3 -m pip install --quiet "$@" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages "$@"
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+    echo "tools/test.sh: installing redis-server (cluster tests)" >&2
+    apt_install redis-server
+fi
+
 if ! command -v python3 >/dev/null 2>&1; then
     echo "tools/test.sh: python3 is missing; installing it with apt-get" >&2
-    apt-get update -qq && apt-get install -y -qq python3 python3-pip
+    apt_install python3 python3-pip
 fi
-if ! python3 -c 'import websockets' >/dev/null 2>&1; then
-    echo "tools/test.sh: installing the python 'websockets' package (third-party client test)" >&2
-    python3 -m pip install --quiet websockets 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages websockets
-fi
+for module in websockets redis msgpack; do
+    if ! python3 -c "import $module" >/dev/null 2>&1; then
+        echo "tools/test.sh: installing the python '$module' package" >&2
+        pip_install "$module"
+    fi
+done
 
 cargo test --workspace "$@"

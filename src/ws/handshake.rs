@@ -188,6 +188,40 @@ pub fn response_101(accept: &str) -> Vec<u8> {
     out
 }
 
+/// Fuzz entry point: parses `data` as a request head with [`http::parse_head`]
+/// and, when a complete head comes out, runs [`check`] on it. It must never
+/// panic; it asserts what the caller relies on: an accepted key gives a
+/// 28-character base64 accept value (a SHA-1) and a 101 that ends its head,
+/// and a refusal has a 400 or 426 status and a complete response.
+pub fn fuzz_one(data: &[u8]) {
+    let limits = http::Limits {
+        head_bytes_max: 1024,
+        headers_max: 16,
+        body_bytes_max: 0,
+    };
+    let Ok(Some(head)) = http::parse_head(data, &limits) else {
+        return;
+    };
+    match check(&head) {
+        Ok(accept) => {
+            assert_eq!(head.method, Method::Get);
+            assert_eq!(accept.len(), 28, "base64 of a 20-byte SHA-1");
+            assert!(accept.ends_with('='));
+            assert!(accept[..27].bytes().all(|b| base64_value(b).is_some()));
+            let response = response_101(&accept);
+            assert!(response.starts_with(b"HTTP/1.1 101 "));
+            assert!(response.ends_with(b"\r\n\r\n"));
+        }
+        Err(reject) => {
+            assert!(matches!(reject.status(), 400 | 426));
+            let response = reject.response();
+            let text = String::from_utf8_lossy(&response);
+            assert!(text.starts_with(&format!("HTTP/1.1 {} ", reject.status())));
+            assert!(text.contains("\r\n\r\n"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,5 +449,24 @@ mod tests {
     #[test]
     fn display_and_reason_agree() {
         assert_eq!(Reject::NotGet.to_string(), Reject::NotGet.reason());
+    }
+
+    #[test]
+    fn fuzz_one_on_every_prefix_and_byte_flip_of_a_good_request() {
+        let mut good = b"GET /ws HTTP/1.1\r\n".to_vec();
+        for (name, value) in GOOD {
+            good.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+        }
+        good.extend_from_slice(b"\r\n");
+        for end in 0..=good.len() {
+            fuzz_one(&good[..end]);
+        }
+        for at in 0..good.len() {
+            for bit in 0..8 {
+                let mut data = good.clone();
+                data[at] ^= 1 << bit;
+                fuzz_one(&data);
+            }
+        }
     }
 }

@@ -341,3 +341,56 @@ pub fn set_read_timeout(client: &mut Client, timeout: std::time::Duration) {
         _ => unreachable!("tests use plain TCP"),
     }
 }
+
+/// A masked client frame whose length uses the given form: 0 = the minimal one, 2 = the
+/// 16-bit form, 8 = the 64-bit form (RFC 6455 §5.2), so non-minimal encodings can be sent.
+pub fn client_frame_with_form(first: u8, payload: &[u8], mask: [u8; 4], form: u8) -> Vec<u8> {
+    let len = payload.len();
+    let form = match form {
+        0 if len < 126 => 0,
+        0 if len <= 0xffff => 2,
+        0 => 8,
+        other => other,
+    };
+    let mut out = vec![first];
+    match form {
+        0 => out.push(0x80 | len as u8),
+        2 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
+
+/// Resident memory of a process in KiB (`VmRSS` in /proc/<pid>/status).
+pub fn vm_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+/// Whether the process is still running (not exited, not a zombie).
+pub fn process_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // The state letter follows the parenthesised command name.
+            let after = stat.rsplit_once(')')?.1;
+            after
+                .split_whitespace()
+                .next()
+                .map(|s| s != "Z" && s != "X")
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,645 @@
+//! One shard's Redis links, written by us on glommio's `TcpStream` with redis-protocol as
+//! the codec: a subscriber link and a command link, each reconnecting with capped
+//! exponential backoff plus jitter, each pinging when idle so a dead link is noticed.
+//!
+//! Subscriptions are refcounted per shard: the first local interest in a channel queues a
+//! SUBSCRIBE, the last one leaving queues an UNSUBSCRIBE; the subscriber loop sends what is
+//! queued in one command, so 10k clients arriving at once cost one round trip, not 10k.
+//! After a reconnect every channel still wanted is subscribed again.
+//!
+//! `shard` spawns `run_subscriber` and `run_commands` and cancels them at shutdown; `api`
+//! calls `Broker::command`; messages go to `Shard::on_broker_message`.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_channel::oneshot;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::TcpStream;
+use redis_protocol::resp2::types::BytesFrame;
+
+use super::resp::{self, Push};
+use super::Error;
+use crate::config::RedisConfig;
+use crate::log;
+use crate::metrics::Metrics;
+use crate::shard::Shard;
+
+/// First wait after a failed connect; doubles up to `BACKOFF_MAX`.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest wait between reconnect attempts: Redis coming back is noticed within this.
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// A link with no traffic for this long sends a PING.
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// A PING (or a command) unanswered for this long means the link is dead.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time allowed for TCP connect plus AUTH/SELECT.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Channels per SUBSCRIBE/UNSUBSCRIBE command when many change at once.
+const CHANNELS_PER_COMMAND: usize = 1000;
+/// Bytes read from a Redis link per read call.
+const READ_BYTES: usize = 16 * 1024;
+/// Commands queued for the command link before callers are refused.
+const COMMAND_QUEUE_MAX: usize = 4096;
+
+/// Which of the two links.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Subscriber,
+    Commands,
+}
+
+impl Link {
+    fn name(self) -> &'static str {
+        match self {
+            Link::Subscriber => "subscriber",
+            Link::Commands => "command",
+        }
+    }
+}
+
+/// Where a command's reply goes: the frame, or why the link could not deliver one.
+type ReplySender = oneshot::Sender<Result<BytesFrame, String>>;
+
+/// A command for the command link and where its reply goes.
+struct Request {
+    wire: BytesMut,
+    reply: ReplySender,
+}
+
+/// State of a link as the rest of the shard sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    /// Never connected yet.
+    Starting,
+    Up,
+    Down,
+}
+
+pub struct Broker {
+    shard_id: usize,
+    pub config: RedisConfig,
+    /// Local refcount per channel: how many local connections want it.
+    interest: RefCell<HashMap<String, u32>>,
+    /// Wakes the subscriber loop when `interest` crossed 0 <-> 1 for some channel.
+    interest_changed: LocalSender<()>,
+    interest_changed_rx: RefCell<Option<LocalReceiver<()>>>,
+    requests: LocalSender<Request>,
+    requests_rx: RefCell<Option<LocalReceiver<Request>>>,
+    sub_state: Cell<LinkState>,
+    cmd_state: Cell<LinkState>,
+    /// Channels the subscriber link has confirmed, for health and delivery counting.
+    confirmed: RefCell<HashSet<Bytes>>,
+    /// The last failure, in words, for /healthz and the 503 answers.
+    last_error: RefCell<Option<String>>,
+}
+
+impl Broker {
+    pub fn new(shard_id: usize, config: RedisConfig) -> Broker {
+        let (interest_changed, interest_rx) = local_channel::new_bounded(1);
+        let (requests, requests_rx) = local_channel::new_bounded(COMMAND_QUEUE_MAX);
+        Broker {
+            shard_id,
+            config,
+            interest: RefCell::new(HashMap::new()),
+            interest_changed,
+            interest_changed_rx: RefCell::new(Some(interest_rx)),
+            requests,
+            requests_rx: RefCell::new(Some(requests_rx)),
+            sub_state: Cell::new(LinkState::Starting),
+            cmd_state: Cell::new(LinkState::Starting),
+            confirmed: RefCell::new(HashSet::new()),
+            last_error: RefCell::new(None),
+        }
+    }
+
+    /// The Redis channel name for a volley channel: `{prefix}:{name}`.
+    pub fn channel(&self, name: &str) -> String {
+        format!("{}:{}", self.config.prefix, name)
+    }
+
+    /// True when both links are connected.
+    pub fn is_up(&self) -> bool {
+        self.sub_state.get() == LinkState::Up && self.cmd_state.get() == LinkState::Up
+    }
+
+    /// Why the broker is not up, in words (None when it is).
+    pub fn problem(&self) -> Option<String> {
+        if self.is_up() {
+            return None;
+        }
+        let reason = self.last_error.borrow().clone();
+        Some(reason.unwrap_or_else(|| format!("connecting to {}", self.config.display)))
+    }
+
+    /// True when the subscriber link has confirmed a subscription to `channel`.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.sub_state.get() == LinkState::Up
+            && self.confirmed.borrow().contains(channel.as_bytes())
+    }
+
+    /// One more local connection wants `channel`.
+    pub fn interest_add(&self, channel: &str) {
+        let mut interest = self.interest.borrow_mut();
+        let count = interest.entry(channel.to_string()).or_insert(0);
+        *count += 1;
+        if *count == 1 {
+            // A full signal channel already means "look again"; nothing more to say.
+            let _ = self.interest_changed.try_send(());
+        }
+    }
+
+    /// One local connection no longer wants `channel`.
+    pub fn interest_remove(&self, channel: &str) {
+        let mut interest = self.interest.borrow_mut();
+        let Some(count) = interest.get_mut(channel) else {
+            debug_assert!(false, "interest_remove without interest_add for {channel}");
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            interest.remove(channel);
+            let _ = self.interest_changed.try_send(());
+        }
+    }
+
+    fn set_state(&self, link: Link, up: bool, reason: Option<String>, metrics: &Metrics) {
+        let cell = match link {
+            Link::Subscriber => &self.sub_state,
+            Link::Commands => &self.cmd_state,
+        };
+        let before = cell.get();
+        let was_up = self.is_up();
+        let after = if up { LinkState::Up } else { LinkState::Down };
+        cell.set(after);
+        if let Some(reason) = &reason {
+            *self.last_error.borrow_mut() = Some(reason.clone());
+        }
+        // One line per state change, never one per retry.
+        if before != after {
+            match (&reason, up) {
+                (_, true) => log!(
+                    Some(self.shard_id),
+                    "redis {} link to {} is up",
+                    link.name(),
+                    self.config.display
+                ),
+                (Some(reason), false) => log!(
+                    Some(self.shard_id),
+                    "redis {} link to {} is down: {reason}; retrying with backoff",
+                    link.name(),
+                    self.config.display
+                ),
+                (None, false) => {}
+            }
+        }
+        if before == LinkState::Up && after == LinkState::Down {
+            Metrics::inc(&metrics.redis_reconnects_total);
+        }
+        let now_up = self.is_up();
+        if now_up != was_up {
+            metrics.redis_up.set(now_up as u64);
+        }
+        if now_up {
+            *self.last_error.borrow_mut() = None;
+        }
+    }
+
+    /// Sends one command on the command link and waits for its reply. Fails at once when the
+    /// link is down, so a publish never waits on a dead Redis.
+    pub async fn command(&self, args: &[&[u8]]) -> Result<BytesFrame, Error> {
+        if self.cmd_state.get() != LinkState::Up {
+            return Err(Error::Unavailable(self.problem().unwrap_or_default()));
+        }
+        let mut wire = BytesMut::new();
+        resp::encode_command(&mut wire, args);
+        let (reply, answer) = oneshot::channel();
+        if self.requests.try_send(Request { wire, reply }).is_err() {
+            return Err(Error::Unavailable("too many Redis commands queued".into()));
+        }
+        let timeout = async {
+            glommio::timer::sleep(REPLY_TIMEOUT + Duration::from_secs(1)).await;
+            Err(Error::Unavailable(format!(
+                "no reply from {} within {} s",
+                self.config.display,
+                REPLY_TIMEOUT.as_secs() + 1
+            )))
+        };
+        let answer = async {
+            match answer.await {
+                Ok(Ok(BytesFrame::Error(e))) => Err(Error::Reply(e.to_string())),
+                Ok(Ok(frame)) => Ok(frame),
+                Ok(Err(reason)) => Err(Error::Unavailable(reason)),
+                Err(_) => Err(Error::Unavailable("the Redis link was lost".into())),
+            }
+        };
+        answer.or(timeout).await
+    }
+}
+
+/// Capped exponential backoff with jitter, so many shards and processes do not reconnect in
+/// lockstep after Redis comes back.
+struct Backoff {
+    next: Duration,
+    rng: u64,
+}
+
+impl Backoff {
+    fn new(seed: u64) -> Backoff {
+        Backoff {
+            next: BACKOFF_MIN,
+            rng: seed | 1,
+        }
+    }
+
+    fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+
+    /// The next wait: a random point in [next/2, next], then next doubles up to the cap.
+    fn wait(&mut self) -> Duration {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let base = self.next.as_millis() as u64;
+        let wait = base / 2 + self.rng % (base / 2 + 1);
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        Duration::from_millis(wait)
+    }
+}
+
+fn seed(shard_id: usize, link: Link) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    now ^ ((shard_id as u64) << 32) ^ (link as u64) ^ std::process::id() as u64
+}
+
+/// Reads what is available into `buf`; `Ok(0)` is the end of the stream.
+async fn read_some(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    scratch: &mut [u8],
+) -> io::Result<usize> {
+    let n = stream.read(scratch).await?;
+    buf.extend_from_slice(&scratch[..n]);
+    Ok(n)
+}
+
+async fn read_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    scratch: &mut [u8],
+) -> Result<BytesFrame, String> {
+    loop {
+        if let Some(frame) = resp::decode(buf).map_err(|e| e.to_string())? {
+            return Ok(frame);
+        }
+        match read_some(stream, buf, scratch).await {
+            Ok(0) => return Err("Redis closed the connection".into()),
+            Ok(_) => {}
+            Err(e) => return Err(format!("read failed: {e}")),
+        }
+    }
+}
+
+/// TCP connect plus AUTH and SELECT from the URL; errors say what failed in words.
+async fn connect(config: &RedisConfig) -> Result<(TcpStream, BytesMut), String> {
+    let handshake = async {
+        let mut stream = TcpStream::connect(config.addr)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", config.display))?;
+        let _ = stream.set_nodelay(true);
+        let mut buf = BytesMut::new();
+        let mut scratch = vec![0u8; 512];
+        let mut wire = BytesMut::new();
+        let mut expected = 0;
+        if let Some(password) = &config.password {
+            let mut args: Vec<&[u8]> = vec![b"AUTH"];
+            if let Some(user) = &config.username {
+                args.push(user.as_bytes());
+            }
+            args.push(password.as_bytes());
+            resp::encode_command(&mut wire, &args);
+            expected += 1;
+        }
+        let db = config.db.to_string();
+        if config.db != 0 {
+            resp::encode_command(&mut wire, &[b"SELECT", db.as_bytes()]);
+            expected += 1;
+        }
+        if expected > 0 {
+            stream
+                .write_all(&wire)
+                .await
+                .map_err(|e| format!("write to {} failed: {e}", config.display))?;
+            for _ in 0..expected {
+                if let BytesFrame::Error(e) =
+                    read_frame(&mut stream, &mut buf, &mut scratch).await?
+                {
+                    return Err(format!("{} refused AUTH/SELECT: {e}", config.display));
+                }
+            }
+        }
+        Ok((stream, buf))
+    };
+    let timeout = async {
+        glommio::timer::sleep(CONNECT_TIMEOUT).await;
+        Err(format!(
+            "no answer from {} within {} s",
+            config.display,
+            CONNECT_TIMEOUT.as_secs()
+        ))
+    };
+    handshake.or(timeout).await
+}
+
+/// Keeps the subscriber link up for the life of the shard.
+pub async fn run_subscriber(shard: Rc<Shard>, broker: Rc<Broker>) {
+    let Some(changed) = broker.interest_changed_rx.borrow_mut().take() else {
+        return;
+    };
+    let mut backoff = Backoff::new(seed(broker.shard_id, Link::Subscriber));
+    loop {
+        let reason = match connect(&broker.config).await {
+            Ok((mut stream, buf)) => {
+                backoff.reset();
+                let reason = subscriber_session(&shard, &broker, &mut stream, buf, &changed).await;
+                broker.confirmed.borrow_mut().clear();
+                reason
+            }
+            Err(reason) => reason,
+        };
+        broker.set_state(Link::Subscriber, false, Some(reason), &shard.metrics);
+        glommio::timer::sleep(backoff.wait()).await;
+    }
+}
+
+/// Sends SUBSCRIBE/UNSUBSCRIBE for the difference between what is wanted and `subscribed`.
+async fn sync_subscriptions(
+    broker: &Broker,
+    stream: &mut TcpStream,
+    subscribed: &mut HashSet<String>,
+) -> Result<(), String> {
+    let (to_subscribe, to_unsubscribe) = {
+        let interest = broker.interest.borrow();
+        let add: Vec<String> = interest
+            .keys()
+            .filter(|c| !subscribed.contains(*c))
+            .cloned()
+            .collect();
+        let drop: Vec<String> = subscribed
+            .iter()
+            .filter(|c| !interest.contains_key(*c))
+            .cloned()
+            .collect();
+        (add, drop)
+    };
+    let mut wire = BytesMut::new();
+    for (verb, channels) in [
+        (&b"SUBSCRIBE"[..], &to_subscribe),
+        (&b"UNSUBSCRIBE"[..], &to_unsubscribe),
+    ] {
+        for chunk in channels.chunks(CHANNELS_PER_COMMAND) {
+            let mut args: Vec<&[u8]> = Vec::with_capacity(chunk.len() + 1);
+            args.push(verb);
+            args.extend(chunk.iter().map(|c| c.as_bytes()));
+            resp::encode_command(&mut wire, &args);
+        }
+    }
+    if wire.is_empty() {
+        return Ok(());
+    }
+    stream
+        .write_all(&wire)
+        .await
+        .map_err(|e| format!("write to {} failed: {e}", broker.config.display))?;
+    subscribed.extend(to_subscribe);
+    for channel in &to_unsubscribe {
+        subscribed.remove(channel);
+    }
+    Ok(())
+}
+
+enum SubEvent {
+    Read(io::Result<usize>),
+    InterestChanged,
+    Tick,
+}
+
+/// One connected subscriber session; returns why it ended.
+async fn subscriber_session(
+    shard: &Rc<Shard>,
+    broker: &Broker,
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    changed: &LocalReceiver<()>,
+) -> String {
+    let mut subscribed = HashSet::new();
+    if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
+        return reason;
+    }
+    broker.set_state(Link::Subscriber, true, None, &shard.metrics);
+    let mut scratch = vec![0u8; READ_BYTES];
+    let mut last_rx = Instant::now();
+    let mut ping_sent: Option<Instant> = None;
+    loop {
+        let event = {
+            let read = async { SubEvent::Read(read_some(stream, &mut buf, &mut scratch).await) };
+            let change = async {
+                changed.recv().await;
+                SubEvent::InterestChanged
+            };
+            let tick = async {
+                glommio::timer::sleep(PING_INTERVAL).await;
+                SubEvent::Tick
+            };
+            read.or(change).or(tick).await
+        };
+        match event {
+            SubEvent::Read(Ok(0)) => return "Redis closed the subscriber connection".into(),
+            SubEvent::Read(Err(e)) => return format!("subscriber read failed: {e}"),
+            SubEvent::Read(Ok(_)) => {
+                last_rx = Instant::now();
+                ping_sent = None;
+                loop {
+                    let frame = match resp::decode(&mut buf) {
+                        Ok(Some(frame)) => frame,
+                        Ok(None) => break,
+                        Err(e) => return e.to_string(),
+                    };
+                    match resp::classify(frame) {
+                        Push::Message { channel, payload } => {
+                            shard.on_broker_message(&channel, payload)
+                        }
+                        Push::Subscribed { channel, .. } => {
+                            broker.confirmed.borrow_mut().insert(channel);
+                        }
+                        Push::Unsubscribed { channel, .. } => {
+                            broker.confirmed.borrow_mut().remove(&channel);
+                        }
+                        Push::Error(e) => {
+                            return format!("Redis refused a subscriber command: {e}")
+                        }
+                        Push::Pong | Push::Other(_) => {}
+                    }
+                }
+            }
+            SubEvent::InterestChanged => {
+                if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
+                    return reason;
+                }
+            }
+            SubEvent::Tick => {}
+        }
+        if let Some(sent) = ping_sent {
+            if sent.elapsed() >= REPLY_TIMEOUT {
+                return format!("no answer to PING within {} s", REPLY_TIMEOUT.as_secs());
+            }
+        } else if last_rx.elapsed() >= PING_INTERVAL {
+            let mut wire = BytesMut::new();
+            resp::encode_command(&mut wire, &[b"PING"]);
+            if let Err(e) = stream.write_all(&wire).await {
+                return format!("write failed: {e}");
+            }
+            ping_sent = Some(Instant::now());
+        }
+    }
+}
+
+/// Keeps the command link up for the life of the shard.
+pub async fn run_commands(shard: Rc<Shard>, broker: Rc<Broker>) {
+    let Some(requests) = broker.requests_rx.borrow_mut().take() else {
+        return;
+    };
+    let mut backoff = Backoff::new(seed(broker.shard_id, Link::Commands));
+    loop {
+        let reason = match connect(&broker.config).await {
+            Ok((mut stream, buf)) => {
+                backoff.reset();
+                broker.set_state(Link::Commands, true, None, &shard.metrics);
+                command_session(&broker.config, &mut stream, buf, &requests).await
+            }
+            Err(reason) => reason,
+        };
+        broker.set_state(Link::Commands, false, Some(reason.clone()), &shard.metrics);
+        // Whatever was queued while the link died cannot be sent now: fail it in words.
+        while let Some(Some(request)) = futures_lite::future::poll_once(requests.recv()).await {
+            let _ = request.reply.send(Err(reason.clone()));
+        }
+        glommio::timer::sleep(backoff.wait()).await;
+    }
+}
+
+enum CmdEvent {
+    Read(io::Result<usize>),
+    Request(Option<Request>),
+    Tick,
+}
+
+/// One connected command session; returns why it ended. Replies come back in order, so
+/// each one answers the oldest waiting request (`None` marks our own PINGs).
+async fn command_session(
+    config: &RedisConfig,
+    stream: &mut TcpStream,
+    mut buf: BytesMut,
+    requests: &LocalReceiver<Request>,
+) -> String {
+    let mut waiting: VecDeque<(Instant, Option<ReplySender>)> = VecDeque::new();
+    let mut scratch = vec![0u8; READ_BYTES];
+    let mut last_rx = Instant::now();
+    let reason = loop {
+        let event = {
+            let read = async { CmdEvent::Read(read_some(stream, &mut buf, &mut scratch).await) };
+            let request = async { CmdEvent::Request(requests.recv().await) };
+            let tick = async {
+                glommio::timer::sleep(PING_INTERVAL).await;
+                CmdEvent::Tick
+            };
+            read.or(request).or(tick).await
+        };
+        match event {
+            CmdEvent::Read(Ok(0)) => break "Redis closed the command connection".to_string(),
+            CmdEvent::Read(Err(e)) => break format!("command link read failed: {e}"),
+            CmdEvent::Read(Ok(_)) => {
+                last_rx = Instant::now();
+                let mut failed = None;
+                loop {
+                    match resp::decode(&mut buf) {
+                        Ok(Some(frame)) => match waiting.pop_front() {
+                            Some((_, Some(reply))) => {
+                                let _ = reply.send(Ok(frame));
+                            }
+                            Some((_, None)) => {}
+                            None => {
+                                failed = Some("Redis sent a reply nobody asked for".to_string());
+                                break;
+                            }
+                        },
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                if let Some(reason) = failed {
+                    break reason;
+                }
+            }
+            CmdEvent::Request(None) => break "the shard is stopping".to_string(),
+            CmdEvent::Request(Some(request)) => {
+                if let Err(e) = stream.write_all(&request.wire).await {
+                    let reason = format!("write to {} failed: {e}", config.display);
+                    let _ = request.reply.send(Err(reason.clone()));
+                    break reason;
+                }
+                waiting.push_back((Instant::now(), Some(request.reply)));
+            }
+            CmdEvent::Tick => {}
+        }
+        if let Some((sent, _)) = waiting.front() {
+            if sent.elapsed() >= REPLY_TIMEOUT {
+                break format!(
+                    "no reply from {} within {} s",
+                    config.display,
+                    REPLY_TIMEOUT.as_secs()
+                );
+            }
+        } else if last_rx.elapsed() >= PING_INTERVAL {
+            let mut wire = BytesMut::new();
+            resp::encode_command(&mut wire, &[b"PING"]);
+            if let Err(e) = stream.write_all(&wire).await {
+                break format!("write failed: {e}");
+            }
+            waiting.push_back((Instant::now(), None));
+        }
+    };
+    for (_, reply) in waiting {
+        if let Some(reply) = reply {
+            let _ = reply.send(Err(reason.clone()));
+        }
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let mut backoff = Backoff::new(7);
+        let waits: Vec<Duration> = (0..12).map(|_| backoff.wait()).collect();
+        assert!(waits[0] >= BACKOFF_MIN / 2 && waits[0] <= BACKOFF_MIN);
+        assert!(waits.iter().all(|w| *w <= BACKOFF_MAX));
+        assert!(waits[11] >= BACKOFF_MAX / 2, "{waits:?}");
+        backoff.reset();
+        assert!(backoff.wait() <= BACKOFF_MIN);
+    }
+}
