@@ -15,6 +15,9 @@ struct Redis {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    extra: Vec<String>,
+    /// The default user's password, for the test's own commands.
+    password: Option<String>,
 }
 
 fn free_port() -> u16 {
@@ -27,6 +30,11 @@ fn free_port() -> u16 {
 
 impl Redis {
     fn start() -> Redis {
+        Redis::start_with(&[])
+    }
+
+    /// Starts redis-server with extra arguments (e.g. `--requirepass`).
+    fn start_with(extra: &[&str]) -> Redis {
         let dir = std::env::temp_dir().join(format!(
             "volley-redis-{}-{}",
             std::process::id(),
@@ -37,6 +45,11 @@ impl Redis {
             child: None,
             port: free_port(),
             dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            password: extra
+                .windows(2)
+                .find(|w| w[0] == "--requirepass")
+                .map(|w| w[1].to_string()),
         };
         redis.restart();
         redis
@@ -62,6 +75,7 @@ impl Redis {
             ])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -88,18 +102,34 @@ impl Redis {
     fn try_command(&self, args: &[&str]) -> Option<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        let mut wire = format!("*{}\r\n", args.len());
+        let mut wire = String::new();
+        if let Some(password) = &self.password {
+            wire.push_str(&format!(
+                "*2\r\n$4\r\nAUTH\r\n${}\r\n{password}\r\n",
+                password.len()
+            ));
+        }
+        wire.push_str(&format!("*{}\r\n", args.len()));
         for arg in args {
             wire.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
         stream.write_all(wire.as_bytes()).ok()?;
+        // Read until the expected number of replies is complete (ours to AUTH first).
+        let replies = if self.password.is_some() { 2 } else { 1 };
+        let mut raw = Vec::new();
         let mut buf = [0u8; 4096];
-        let n = stream.read(&mut buf).ok()?;
-        Some(
-            String::from_utf8_lossy(&buf[..n])
-                .trim_end()
-                .replace("\r\n", " "),
-        )
+        while complete_replies(&raw) < replies {
+            let n = stream.read(&mut buf).ok()?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let mut text = String::from_utf8_lossy(&raw).into_owned();
+        if self.password.is_some() {
+            text = text.strip_prefix("+OK\r\n")?.to_string();
+        }
+        Some(text.trim_end().replace("\r\n", " "))
     }
 
     /// PUBSUB NUMSUB for one channel.
@@ -123,6 +153,47 @@ impl Redis {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// How many complete RESP2 replies `raw` holds (enough of a parser for these tests).
+fn complete_replies(raw: &[u8]) -> usize {
+    fn one(raw: &[u8], at: usize) -> Option<usize> {
+        let line_end = raw[at..].windows(2).position(|w| w == b"\r\n")? + at;
+        let line = std::str::from_utf8(&raw[at + 1..line_end]).ok()?;
+        let next = line_end + 2;
+        match raw.get(at)? {
+            b'+' | b'-' | b':' => Some(next),
+            b'$' => {
+                let len: i64 = line.parse().ok()?;
+                if len < 0 {
+                    return Some(next);
+                }
+                let end = next + len as usize + 2;
+                (raw.len() >= end).then_some(end)
+            }
+            b'*' => {
+                let count: i64 = line.parse().ok()?;
+                let mut at = next;
+                for _ in 0..count.max(0) {
+                    at = one(raw, at)?;
+                }
+                Some(at)
+            }
+            _ => None,
+        }
+    }
+    let mut at = 0;
+    let mut count = 0;
+    while at < raw.len() {
+        match one(raw, at) {
+            Some(next) => {
+                at = next;
+                count += 1;
+            }
+            None => break,
+        }
+    }
+    count
 }
 
 impl Drop for Redis {
@@ -381,4 +452,65 @@ fn the_documented_envelope_published_from_python_reaches_clients() {
     for client in &mut clients {
         assert_nothing_pending(client);
     }
+}
+
+#[test]
+fn credentials_from_the_url_and_redis_error_replies_in_words() {
+    let redis = Redis::start_with(&["--requirepass", "s3cret"]);
+    // Wrong password: degraded, with Redis's own words, and the password never shown.
+    let wrong = Server::start(&[
+        "--shards",
+        "1",
+        "--redis",
+        &format!("redis://:nope@127.0.0.1:{}", redis.port),
+    ]);
+    let h = wait_health(&wrong, "degraded");
+    let reason = h["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("WRONGPASS") || reason.contains("invalid"),
+        "{reason}"
+    );
+    assert!(
+        !wrong.stderr().contains("nope"),
+        "the password is not logged: {}",
+        wrong.stderr()
+    );
+    assert!(!h.to_string().contains("nope"));
+
+    // Right password: ok, and a broadcast goes through.
+    let right = Server::start(&[
+        "--shards",
+        "1",
+        "--redis",
+        &format!("redis://:s3cret@127.0.0.1:{}/0", redis.port),
+    ]);
+    wait_health(&right, "ok");
+    let mut client = connect(&right);
+    redis.wait_numsub("volley:all", 1);
+    let (status, answer) = post(&right, "/api/broadcast", b"authenticated");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(next_data(&mut client), Message::text("authenticated"));
+
+    // A user that may not PUBLISH: Redis's NOPERM reaches the API caller in words.
+    let acl = redis
+        .try_command(&[
+            "ACL", "SETUSER", "pusher", "on", ">pw", "~*", "&*", "+@all", "-publish",
+        ])
+        .unwrap();
+    assert_eq!(acl, "+OK");
+    let limited = Server::start(&[
+        "--shards",
+        "1",
+        "--redis",
+        &format!("redis://pusher:pw@127.0.0.1:{}", redis.port),
+    ]);
+    wait_health(&limited, "ok");
+    let (status, answer) = post(&limited, "/api/broadcast", b"forbidden");
+    assert_eq!(status, 502, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("NOPERM") && error.contains("refused"),
+        "{error}"
+    );
+    assert_eq!(limited.total("redis_publish_errors_total"), 1);
 }
