@@ -9,7 +9,7 @@
 
 use std::fmt;
 
-use crate::http::{self, Head, Method};
+use crate::http::{self, BodyKind, Head, Method};
 
 /// The only protocol version we speak (RFC 6455 §4.1, §11.6).
 pub const WEBSOCKET_VERSION: &str = "13";
@@ -39,6 +39,12 @@ pub enum Reject {
     /// RFC 6455 §4.4: a version other than 13, or the header repeated; 426
     /// with `Sec-WebSocket-Version: 13`.
     UnsupportedVersion,
+    /// The upgrade request announces a body (a non-zero Content-Length, or
+    /// chunked). RFC 6455 §4.1 has the client send a bare GET, and RFC 9112
+    /// §6.3 makes a body part of the request: anything that honours the
+    /// framing sees the WebSocket stream start after the body, while we would
+    /// decode the body as client frames. Refusing (400) removes the ambiguity.
+    HasBody,
 }
 
 impl Reject {
@@ -51,7 +57,8 @@ impl Reject {
             | Reject::MissingHost
             | Reject::NotWebSocketUpgrade
             | Reject::NotConnectionUpgrade
-            | Reject::BadKey => 400,
+            | Reject::BadKey
+            | Reject::HasBody => 400,
         }
     }
 
@@ -66,6 +73,7 @@ impl Reject {
             Reject::BadKey => "Sec-WebSocket-Key must be the base64 of 16 bytes",
             Reject::MissingVersion => "missing Sec-WebSocket-Version (13 is supported)",
             Reject::UnsupportedVersion => "unsupported Sec-WebSocket-Version (13 is supported)",
+            Reject::HasBody => "websocket upgrade must not carry a body",
         }
     }
 
@@ -135,6 +143,9 @@ pub fn check(head: &Head) -> Result<String, Reject> {
         (None, _) => return Err(Reject::MissingVersion),
         (Some(WEBSOCKET_VERSION), None) => {}
         _ => return Err(Reject::UnsupportedVersion),
+    }
+    if !matches!(head.body, BodyKind::None | BodyKind::ContentLength(0)) {
+        return Err(Reject::HasBody);
     }
     Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
 }
@@ -444,6 +455,29 @@ mod tests {
             Err(Reject::BadKey)
         );
         assert_eq!(Reject::BadKey.status(), 400);
+    }
+
+    #[test]
+    fn upgrade_with_a_body_is_refused() {
+        let mut headers = GOOD.to_vec();
+        headers.push(("Content-Length", "0"));
+        assert!(check(&head_from("GET /ws HTTP/1.1", &headers)).is_ok());
+        let limits = Limits {
+            body_bytes_max: 64,
+            ..LIMITS
+        };
+        for extra in ["Content-Length: 8", "Transfer-Encoding: chunked"] {
+            let mut text = "GET /ws HTTP/1.1\r\n".to_owned();
+            for (name, value) in GOOD {
+                text.push_str(&format!("{name}: {value}\r\n"));
+            }
+            text.push_str(&format!("{extra}\r\n\r\n"));
+            let head = parse_head(text.as_bytes(), &limits)
+                .expect("parses")
+                .expect("complete");
+            assert_eq!(check(&head), Err(Reject::HasBody), "{extra}");
+        }
+        assert_eq!(Reject::HasBody.status(), 400);
     }
 
     #[test]

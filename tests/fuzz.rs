@@ -1,0 +1,547 @@
+//! Bounded fuzzing on stable Rust: every sans-IO parser's `fuzz_one(&[u8])` fed seeded random
+//! and mutated-valid inputs (a fixed count per parser, so a run is reproducible), and a live
+//! run that sends random and mutated frames to the real binary after a real upgrade and
+//! checks each connection against the library decoder's verdict. docs/FUZZING.md has the
+//! counts and the `cargo fuzz` set-up for nightly.
+
+mod common;
+use common::*;
+use std::io::Write;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+use volley::ws::frame::{Decoder, Event, Limits};
+
+/// xorshift64*: small, seeded, reproducible.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    fn bytes(&mut self, len: usize) -> Vec<u8> {
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Bytes that sit on parser boundaries: length markers, high bits, CR/LF, separators.
+const INTERESTING: &[u8] = &[
+    0x00, 0x01, 0x7d, 0x7e, 0x7f, 0x80, 0x81, 0x88, 0x89, 0x8a, 0xbf, 0xc0, 0xe0, 0xed, 0xf0, 0xf4,
+    0xff, b'\r', b'\n', b':', b' ', b'\t', b',', b';', b'0', b'9', b'a', b'F',
+];
+
+/// Applies 1-4 random mutations; `dictionary` supplies tokens to splice in.
+fn mutate(rng: &mut Rng, data: &mut Vec<u8>, dictionary: &[&[u8]]) {
+    for _ in 0..rng.below(4) + 1 {
+        let at = rng.below(data.len() + 1);
+        // The byte at `at`, or the last one when `at` is the end.
+        let byte = at.min(data.len().saturating_sub(1));
+        match rng.below(9) {
+            0 if !data.is_empty() => data[byte] ^= 1 << rng.below(8),
+            1 if !data.is_empty() => data[byte] = rng.next() as u8,
+            2 if !data.is_empty() => data[byte] = INTERESTING[rng.below(INTERESTING.len())],
+            3 => data.insert(at, INTERESTING[rng.below(INTERESTING.len())]),
+            4 if at < data.len() => {
+                let end = (at + rng.below(8) + 1).min(data.len());
+                data.drain(at..end);
+            }
+            5 => data.truncate(at),
+            6 if at < data.len() => {
+                // Duplicate a slice in place (repeated headers, repeated frames).
+                let end = (at + rng.below(32) + 1).min(data.len());
+                let copy = data[at..end].to_vec();
+                data.splice(at..at, copy);
+            }
+            7 if !dictionary.is_empty() => {
+                let token = dictionary[rng.below(dictionary.len())];
+                data.splice(at..at, token.iter().copied());
+            }
+            _ => {
+                let len = rng.below(8) + 1;
+                let extra = rng.bytes(len);
+                data.splice(at..at, extra);
+            }
+        }
+    }
+}
+
+/// What one parser's run did: inputs tried, and how many ended in each outcome class (so a
+/// generator that only ever hits the first error branch shows up in the counts).
+struct Run {
+    random: usize,
+    seeds: usize,
+    mutated: usize,
+    outcomes: std::collections::BTreeMap<String, usize>,
+}
+
+impl Run {
+    fn total(&self) -> usize {
+        self.random + self.seeds + self.mutated
+    }
+
+    /// Fails when the generator never reached one of these outcomes: the run would then
+    /// test less than it claims.
+    fn assert_reached(&self, classes: &[&str]) {
+        for class in classes {
+            assert!(
+                self.outcomes.get(*class).is_some_and(|&n| n > 0),
+                "no input reached {class}: {:?}",
+                self.outcomes
+            );
+        }
+    }
+}
+
+/// Feeds `fuzz` every seed as is, `random` random inputs and `mutated` mutations of the
+/// seeds; `classify` names each input's outcome for the tally. Panics (a test failure) name
+/// the parser and the input.
+#[allow(clippy::too_many_arguments)]
+fn fuzz_parser(
+    parser: &'static str,
+    fuzz: fn(&[u8]),
+    classify: fn(&[u8]) -> String,
+    seed: u64,
+    seeds: &[Vec<u8>],
+    dictionary: &[&[u8]],
+    random: usize,
+    mutated: usize,
+) -> Run {
+    let mut rng = Rng(seed);
+    let mut outcomes = std::collections::BTreeMap::new();
+    let mut run_one = |data: &[u8]| {
+        let result = std::panic::catch_unwind(|| fuzz(data));
+        if let Err(panic) = result {
+            panic!("{parser}: fuzz_one panicked on {data:02x?}: {panic:?}");
+        }
+        *outcomes.entry(classify(data)).or_insert(0) += 1;
+    };
+    for s in seeds {
+        run_one(s);
+    }
+    for _ in 0..random {
+        let len = rng.below(96);
+        run_one(&rng.bytes(len));
+    }
+    for _ in 0..mutated {
+        let mut data = seeds[rng.below(seeds.len())].clone();
+        // Sometimes join two seeds first: pipelined requests, frame streams.
+        if rng.below(4) == 0 {
+            data.extend_from_slice(&seeds[rng.below(seeds.len())]);
+        }
+        mutate(&mut rng, &mut data, dictionary);
+        run_one(&data);
+    }
+    let run = Run {
+        random,
+        seeds: seeds.len(),
+        mutated,
+        outcomes,
+    };
+    println!(
+        "fuzz {parser}: {} inputs ({} seeds, {} random, {} mutated); outcomes {:?}",
+        run.total(),
+        run.seeds,
+        run.random,
+        run.mutated,
+        run.outcomes
+    );
+    run
+}
+
+fn classify_frames(data: &[u8]) -> String {
+    match verdict_with(data, 64) {
+        Verdict::Fail(code) => format!("close {code}"),
+        Verdict::Echo(_) => "client close".into(),
+        Verdict::Idle => "complete".into(),
+        Verdict::MidFrame => "incomplete".into(),
+    }
+}
+
+fn classify_http(data: &[u8]) -> String {
+    let limits = volley::http::Limits {
+        head_bytes_max: 512,
+        headers_max: 8,
+        body_bytes_max: 64,
+    };
+    match volley::http::parse_head(data, &limits) {
+        Ok(Some(head)) => {
+            // The query helpers run on every head that parses: they must not panic, and
+            // decoding never makes a value longer.
+            for pair in head.query.as_deref().into_iter().flat_map(|q| q.split('&')) {
+                let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+                let raw = head
+                    .query_param(key)
+                    .expect("a key from the query is found");
+                if let Some(decoded) = volley::http::percent_decode(raw) {
+                    assert!(decoded.len() <= raw.len());
+                }
+            }
+            "head".into()
+        }
+        Ok(None) => "incomplete".into(),
+        Err(e) => format!("{}", e.status()),
+    }
+}
+
+fn classify_handshake(data: &[u8]) -> String {
+    let limits = volley::http::Limits {
+        head_bytes_max: 1024,
+        headers_max: 16,
+        body_bytes_max: 0,
+    };
+    match volley::http::parse_head(data, &limits) {
+        Ok(Some(head)) => match volley::ws::handshake::check(&head) {
+            Ok(_) => "101".into(),
+            Err(reject) => format!("{}", reject.status()),
+        },
+        _ => "no head".into(),
+    }
+}
+
+const MASK: [u8; 4] = [0x12, 0x34, 0x56, 0x78];
+
+/// Valid client frame streams: every opcode, every length form, fragments with control
+/// frames between, UTF-8 split across fragments, close codes and reasons.
+fn frame_seeds() -> Vec<Vec<u8>> {
+    let fr =
+        |first: u8, payload: &[u8], form: u8| client_frame_with_form(first, payload, MASK, form);
+    let mut seeds = vec![
+        fr(0x81, b"hello", 0),
+        fr(0x82, &[0, 1, 2, 255], 0),
+        fr(0x81, b"", 0),
+        fr(0x81, &[b'a'; 40], 2),
+        fr(0x82, &[7; 20], 8),
+        fr(0x89, b"ping", 0),
+        fr(0x8a, b"pong", 0),
+        fr(0x88, b"", 0),
+        fr(0x88, &[0x03, 0xe8], 0),
+        fr(0x88, &[0x03, 0xe9, b'b', b'y', b'e'], 0),
+        fr(0x88, &[0x0f, 0xa0], 0),
+        fr(0x81, "κόσμε 𝄞".as_bytes(), 0),
+    ];
+    let clef = "𝄞".as_bytes();
+    let mut split = fr(0x01, &clef[..2], 0);
+    split.extend(fr(0x89, b"mid", 0));
+    split.extend(fr(0x80, &clef[2..], 0));
+    seeds.push(split);
+    let mut frags = fr(0x02, b"ab", 0);
+    frags.extend(fr(0x00, b"cd", 2));
+    frags.extend(fr(0x8a, b"", 0));
+    frags.extend(fr(0x80, b"ef", 8));
+    seeds.push(frags);
+    let mut stream = fr(0x81, b"one", 0);
+    stream.extend(fr(0x82, b"two", 0));
+    stream.extend(fr(0x89, b"three", 0));
+    stream.extend(fr(0x88, &[0x03, 0xe8], 0));
+    seeds.push(stream);
+    seeds
+}
+
+/// Valid request heads (and bodies): API calls, pipelines, chunked bodies, upgrades.
+fn http_seeds() -> Vec<Vec<u8>> {
+    [
+        &b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"GET /api/stats?x=1&y=%20 HTTP/1.1\r\nHost: a.b:80\r\nConnection: close\r\n\r\n",
+        b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET http://x/healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: v\r\n\r\n",
+        b"a\r\n0123456789\r\n0\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    ]
+    .iter()
+    .map(|s| s.to_vec())
+    .chain([
+        // Exactly the fuzz limit of 8 header lines: one more is a 431.
+        format!(
+            "GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n",
+            (1..8).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
+        )
+        .into_bytes(),
+        // Just under the fuzz limit of 512 head bytes: a few more is a 431.
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "p".repeat(460))
+            .into_bytes(),
+    ])
+    .collect()
+}
+
+/// Valid upgrade requests with the variations RFC 6455 §4.2.1 and RFC 9110 allow.
+fn handshake_seeds() -> Vec<Vec<u8>> {
+    let base = [
+        ("Host", "server.example.com"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let build = |line: &str, headers: &[(&str, &str)]| {
+        let mut s = format!("{line}\r\n");
+        for (n, v) in headers {
+            s.push_str(&format!("{n}: {v}\r\n"));
+        }
+        s.push_str("\r\n");
+        s.into_bytes()
+    };
+    let mut seeds = vec![build("GET /ws HTTP/1.1", &base)];
+    let mut h = base.to_vec();
+    h[1] = ("upgrade", "WebSocket");
+    h[2] = ("connection", "keep-alive, Upgrade");
+    seeds.push(build("GET /ws?token=abc HTTP/1.1", &h));
+    let mut h = base.to_vec();
+    h.push(("Sec-WebSocket-Protocol", "chat, superchat"));
+    h.push(("Origin", "http://example.com"));
+    seeds.push(build("GET /ws HTTP/1.1", &h));
+    let mut h = base.to_vec();
+    h[3] = ("Sec-WebSocket-Key", "AQIDBAUGBwgJCgsMDQ4PEA==");
+    seeds.push(build("GET /ws HTTP/1.1", &h));
+    seeds.push(build("GET /ws HTTP/1.1", &base[..4]));
+    seeds.push(build("POST /ws HTTP/1.1", &base));
+    seeds
+}
+
+const FRAME_DICTIONARY: &[&[u8]] = &[
+    &[0x81, 0x80],
+    &[0x82, 0xfe, 0x00, 0x7e],
+    &[0x82, 0xff, 0, 0, 0, 0, 0, 0, 0x01, 0x00],
+    &[0x89, 0x80, 0, 0, 0, 0],
+    &[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8],
+    &[0x00, 0x81, 0, 0, 0, 0, b'x'],
+    &[0xed, 0xa0, 0x80],
+    &[0xf0, 0x9d, 0x84, 0x9e],
+];
+
+const HTTP_DICTIONARY: &[&[u8]] = &[
+    b"\r\n",
+    b"\r\n\r\n",
+    b"Content-Length: 3\r\n",
+    b"Content-Length: 99999999999999999999999\r\n",
+    b"Transfer-Encoding: chunked\r\n",
+    b"Transfer-Encoding: gzip, chunked\r\n",
+    b"Host: y\r\n",
+    b"Connection: close\r\n",
+    b"Expect: 100-continue\r\n",
+    b"HTTP/2.0",
+    b"ffffffffffffffff\r\n",
+    b";a=b",
+    b" \t",
+    b"%00%zz",
+];
+
+const HANDSHAKE_DICTIONARY: &[&[u8]] = &[
+    b"Sec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n",
+    b"Sec-WebSocket-Version: 8\r\n",
+    b"Sec-WebSocket-Version: 13\r\n",
+    b"Upgrade: h2c\r\n",
+    b"Connection: close\r\n",
+    b"HTTP/1.0",
+    b"==",
+    b"\r\n",
+];
+
+#[test]
+fn fuzz_frame_decoder() {
+    let run = fuzz_parser(
+        "ws::frame",
+        volley::ws::frame::fuzz_one,
+        classify_frames,
+        0x9E37_79B9_7F4A_7C15,
+        &frame_seeds(),
+        FRAME_DICTIONARY,
+        25_000,
+        75_000,
+    );
+    assert!(run.total() >= 100_000);
+    run.assert_reached(&[
+        "close 1002",
+        "close 1007",
+        "close 1009",
+        "client close",
+        "complete",
+    ]);
+}
+
+#[test]
+fn fuzz_http_parser() {
+    let run = fuzz_parser(
+        "http",
+        volley::http::fuzz_one,
+        classify_http,
+        0xD1B5_4A32_D192_ED03,
+        &http_seeds(),
+        HTTP_DICTIONARY,
+        25_000,
+        75_000,
+    );
+    assert!(run.total() >= 100_000);
+    run.assert_reached(&["head", "400", "431", "505", "incomplete"]);
+}
+
+#[test]
+fn fuzz_handshake() {
+    let run = fuzz_parser(
+        "ws::handshake",
+        volley::ws::handshake::fuzz_one,
+        classify_handshake,
+        0x94D0_49BB_1331_11EB,
+        &handshake_seeds(),
+        HANDSHAKE_DICTIONARY,
+        25_000,
+        75_000,
+    );
+    assert!(run.total() >= 100_000);
+    run.assert_reached(&["101", "400", "426"]);
+}
+
+/// What the server must do with bytes sent after an upgrade, per the library decoder
+/// (which the parser fuzz above checks is independent of how the bytes are split).
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// A protocol violation: the server closes with this code.
+    Fail(u16),
+    /// The client closed: the server echoes this payload (the code alone, or nothing).
+    Echo(Vec<u8>),
+    /// Nothing decisive and the decoder is between frames: the connection must still work.
+    Idle,
+    /// Nothing decisive, the decoder is inside a frame: we just hang up.
+    MidFrame,
+}
+
+const LIVE_MESSAGE_BYTES_MAX: usize = 256;
+
+fn verdict(data: &[u8]) -> Verdict {
+    verdict_with(data, LIVE_MESSAGE_BYTES_MAX)
+}
+
+fn verdict_with(data: &[u8], message_bytes_max: usize) -> Verdict {
+    let limits = Limits { message_bytes_max };
+    let mut input = data.to_vec();
+    let mut decoder = Decoder::new();
+    let mut close = None;
+    let result = decoder.feed(&mut input, &limits, &mut |event| {
+        if let Event::Close(c) = event {
+            close = Some(
+                c.map(|(code, _)| code.to_be_bytes().to_vec())
+                    .unwrap_or_default(),
+            );
+            return ControlFlow::Break(());
+        }
+        ControlFlow::Continue(())
+    });
+    match (result, close) {
+        (Err(e), _) => Verdict::Fail(e.close_code()),
+        (Ok(()), Some(payload)) => Verdict::Echo(payload),
+        (Ok(()), None) if decoder.is_idle() => Verdict::Idle,
+        (Ok(()), None) => Verdict::MidFrame,
+    }
+}
+
+#[test]
+fn live_fuzz_after_upgrade() {
+    const CONNECTIONS: usize = 300;
+    let limit = LIVE_MESSAGE_BYTES_MAX.to_string();
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--message-bytes-max",
+        &limit,
+        "--ping-interval-s",
+        "3600",
+        "--idle-timeout-s",
+        "7200",
+    ]);
+    let mut neighbour = connect(&server);
+    server.wait_for("the neighbour", |s| {
+        s["total"]["connections"].as_u64() == Some(1)
+    });
+    let seeds = frame_seeds();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let (mut fails, mut echoes, mut idle, mut mid) = (0u64, 0, 0, 0);
+    for i in 0..CONNECTIONS {
+        let data = match i % 3 {
+            0 => {
+                let len = rng.below(200) + 1;
+                rng.bytes(len)
+            }
+            _ => {
+                let mut data = seeds[rng.below(seeds.len())].clone();
+                mutate(&mut rng, &mut data, FRAME_DICTIONARY);
+                data
+            }
+        };
+        let expected = verdict(&data);
+        let mut stream = raw_upgrade(server.addr);
+        // A bound on each wait; a correct server answers long before.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        // The server never resets a connection it is closing (it half-closes and drains),
+        // so the write goes through; an error would show in the reads below anyway.
+        let _ = stream.write_all(&data);
+        let what = format!("input {i} {data:02x?}: expected {expected:?}");
+        match &expected {
+            Verdict::Fail(code) => {
+                assert_eq!(read_close_code(&mut stream), *code, "{what}");
+                assert!(read_to_close(&mut stream).is_empty(), "{what}");
+                fails += 1;
+            }
+            Verdict::Echo(payload) => {
+                let close = loop {
+                    let (first, p) =
+                        read_server_frame(&mut stream).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    if first & 0x0f == 0x8 {
+                        break (first, p);
+                    }
+                    assert_eq!(first, 0x8a, "{what}: only pongs before the echo");
+                };
+                assert_eq!(close, (0x88, payload.clone()), "{what}");
+                assert!(read_to_close(&mut stream).is_empty(), "{what}");
+                echoes += 1;
+            }
+            Verdict::Idle => {
+                let probe = format!("probe {i}");
+                stream
+                    .write_all(&client_frame(0x89, probe.as_bytes(), Some(MASK)))
+                    .unwrap();
+                loop {
+                    let (first, p) =
+                        read_server_frame(&mut stream).unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert_eq!(first, 0x8a, "{what}: only pongs while open");
+                    if p == probe.as_bytes() {
+                        break;
+                    }
+                }
+                idle += 1;
+            }
+            // Hang up in the middle of a frame: the server sees EOF and drops it.
+            Verdict::MidFrame => mid += 1,
+        }
+        drop(stream);
+        assert!(process_alive(server.pid()), "volley died on {what}");
+    }
+    println!(
+        "live fuzz: {CONNECTIONS} connections: {fails} failed with a code, {echoes} closed by \
+         the client, {idle} still usable, {mid} hung up mid-frame"
+    );
+    // The verdicts must exercise every path, or the generator has drifted.
+    assert!(fails > 50 && echoes > 0 && idle > 0 && mid > 0);
+    server.wait_for("every fuzz connection to be gone", |s| {
+        s["total"]["connections"].as_u64() == Some(1)
+    });
+    assert_eq!(server.total("protocol_error_closes_total"), fails);
+    let (status, body) = request(server.addr, "GET", "/healthz", b"");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.broadcast(b"still here"), 1);
+    let got = next_data(&mut neighbour);
+    assert!(carries(&got, "still here"), "neighbour got {got:?}");
+    assert!(process_alive(server.pid()));
+}
