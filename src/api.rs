@@ -5,23 +5,38 @@
 //! Routes call `fanout` to publish and never write to any socket but their own. The task is
 //! short-lived: once a socket is upgraded, only the small per-connection task remains.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis_protocol::resp2::types::BytesFrame;
 
 use futures_channel::oneshot;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde_json::json;
 
+use crate::auth::constant_time_eq;
+use crate::config::{ClientAuth, BATCH_TARGETS_MAX};
+use crate::envelope::{self, PayloadKind, Target, FLAG_CONTROL};
 use crate::http::{self, BodyKind, ChunkedDecoder, Head, Method, Progress};
+use crate::mesh::{Presence, Publish};
 use crate::mesh::{ShardMsg, ShardReport};
 use crate::metrics::{self, Metrics, Snapshot};
+use crate::protocol::{check_name, Codec, Session};
 use crate::shard::Shard;
 use crate::ws::handshake;
 use crate::{broker, fanout};
 
 /// Bytes read per `read` call while collecting a request.
 const READ_CHUNK_BYTES: usize = 4096;
+/// `?wait=ack` without `timeout_ms`.
+const WAIT_ACK_DEFAULT_MS: u64 = 5_000;
+/// Longest `?wait=ack&timeout_ms=`: an HTTP request should not hang for minutes.
+const WAIT_ACK_MAX_MS: u64 = 60_000;
+/// How often `?wait=ack` looks at the receipt.
+const WAIT_ACK_POLL: Duration = Duration::from_millis(20);
 
 /// Why a request could not be read.
 enum ReadError {
@@ -161,6 +176,7 @@ pub async fn serve_http(shard: Rc<Shard>, mut stream: TcpStream) {
         body_bytes_max: config.body_bytes_max,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let peer = stream.peer_addr().ok();
     loop {
         let head_deadline = Instant::now() + config.http_head_timeout;
         let head = match read_head(&mut stream, &mut buf, &limits, head_deadline).await {
@@ -186,7 +202,7 @@ pub async fn serve_http(shard: Rc<Shard>, mut stream: TcpStream) {
             };
         buf.drain(..used);
         let keep_alive = head.keep_alive && shard.is_accepting();
-        let response = route(&shard, &head, &body, keep_alive).await;
+        let response = route(&shard, &head, &body, keep_alive, peer).await;
         if stream.write_all(&response).await.is_err() || !keep_alive {
             return;
         }
@@ -245,6 +261,18 @@ async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, hea
             .await;
         return;
     }
+    let session = match identify(shard, head) {
+        Ok(session) => session,
+        Err((status, message)) => {
+            let extra: &[(&str, &str)] = if status == 401 {
+                &[("WWW-Authenticate", "Bearer")]
+            } else {
+                &[]
+            };
+            let _ = stream.write_all(&refuse(status, &message, extra)).await;
+            return;
+        }
+    };
     if !shard.shared.try_reserve_connection() {
         Metrics::inc(&shard.metrics.rejected_full_total);
         let message = format!(
@@ -266,7 +294,64 @@ async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, hea
     }
     let mut early = buf.split_off(head.head_len);
     drop(buf);
-    shard.insert_conn(stream, &mut early);
+    shard.insert_conn(stream, &mut early, session);
+}
+
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A `Bearer` credential from the Authorization header.
+fn bearer(head: &Head) -> Option<&str> {
+    let value = head.header("authorization")?.trim();
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+}
+
+/// Who is connecting and with which codec: a verified token when a JWT key is set (401
+/// with the reason otherwise), or `?user=` in open mode.
+fn identify(shard: &Shard, head: &Head) -> Result<Session, (u16, String)> {
+    let codec = Codec::parse(head.query_param("protocol")).map_err(|e| (400, e))?;
+    let (user, claims) = match &shard.config.client_auth {
+        ClientAuth::Jwt(verifier) => {
+            let token = head
+                .query_param("token")
+                .or_else(|| bearer(head))
+                .ok_or_else(|| {
+                    (
+                        401,
+                        "missing token: send ?token=<JWT> or Authorization: Bearer <JWT>"
+                            .to_string(),
+                    )
+                })?;
+            let claims = verifier
+                .verify(token, unix_now_s())
+                .map_err(|e| (401, format!("invalid token: {e}")))?;
+            (Some(Rc::from(claims.sub.as_str())), Some(Rc::new(claims)))
+        }
+        ClientAuth::Open => {
+            let user = match head.query_param("user") {
+                None => None,
+                Some(raw) => {
+                    let user = http::percent_decode(raw)
+                        .ok_or_else(|| (400, "user: bad percent-encoding".to_string()))?;
+                    check_name("user", &user, shard.config.name_bytes_max).map_err(|e| (400, e))?;
+                    Some(Rc::from(user.as_ref()))
+                }
+            };
+            (user, None)
+        }
+    };
+    Ok(Session::new(
+        codec,
+        user,
+        claims,
+        shard.config.client_publish_burst,
+    ))
 }
 
 fn json_response(status: u16, value: serde_json::Value, keep_alive: bool) -> Vec<u8> {
@@ -279,18 +364,60 @@ fn json_response(status: u16, value: serde_json::Value, keep_alive: bool) -> Vec
     )
 }
 
-async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8], keep_alive: bool) -> Vec<u8> {
+/// Decodes one path segment (`%XX` escapes; a `+` stays a `+`).
+fn segment(raw: &str) -> Option<String> {
+    http::percent_decode(&raw.replace('+', "%2B")).map(|s| s.into_owned())
+}
+
+fn error(shard: &Shard, status: u16, message: &str, keep_alive: bool) -> Vec<u8> {
+    Metrics::inc(&shard.metrics.http_errors_total);
+    http::json_error(status, message, keep_alive)
+}
+
+/// Publishers must send the API key (constant-time compare); with no key configured only
+/// loopback clients may publish.
+fn authorize(shard: &Shard, head: &Head, peer: Option<SocketAddr>) -> Result<(), (u16, String)> {
+    match &shard.config.api_key {
+        Some(key) => {
+            let given = head.header("x-api-key").or_else(|| bearer(head));
+            match given {
+                Some(given) if constant_time_eq(given.as_bytes(), key.as_bytes()) => Ok(()),
+                Some(_) => Err((401, "wrong API key".into())),
+                None => Err((
+                    401,
+                    "missing API key: send Authorization: Bearer <key> or X-API-Key: <key>".into(),
+                )),
+            }
+        }
+        None if peer.is_some_and(|p| p.ip().is_loopback()) => Ok(()),
+        None => Err((
+            403,
+            "the API answers loopback clients only when volley runs without --api-key".into(),
+        )),
+    }
+}
+
+async fn route(
+    shard: &Rc<Shard>,
+    head: &Head,
+    body: &[u8],
+    keep_alive: bool,
+    peer: Option<SocketAddr>,
+) -> Vec<u8> {
     let method = head.method.as_str();
-    let allowed = match head.path.as_str() {
-        "/api/broadcast" => "POST",
-        "/healthz" | "/api/stats" | "/metrics" => "GET",
+    let parts: Vec<&str> = head.path.trim_start_matches('/').split('/').collect();
+    let allowed: &str = match parts.as_slice() {
+        ["healthz"] | ["metrics"] | ["api", "stats"] => "GET",
+        ["api", "broadcast"] | ["api", "batch"] => "POST",
+        ["api", "users", _] | ["api", "rooms", _] | ["api", "messages", _] => "GET",
+        ["api", "users", _, "messages"] | ["api", "rooms", _, "messages"] => "POST",
+        ["api", "rooms", _, "members", _] => "PUT, DELETE",
         _ => {
-            Metrics::inc(&shard.metrics.http_errors_total);
             let message = format!("no route for {}; see docs/API.md", head.path);
-            return http::json_error(404, &message, keep_alive);
+            return error(shard, 404, &message, keep_alive);
         }
     };
-    if method != allowed {
+    if !allowed.split(", ").any(|m| m == method) {
         Metrics::inc(&shard.metrics.http_errors_total);
         let body = json!({ "error": format!("{} accepts only {allowed}", head.path) }).to_string();
         return http::response(
@@ -301,34 +428,44 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8], keep_alive: bool) ->
             &[("Allow", allowed)],
         );
     }
-    match head.path.as_str() {
-        "/api/broadcast" => broadcast(shard, head, body, keep_alive).await,
-        "/healthz" => health(shard, keep_alive).await,
-        "/api/stats" => {
-            let shards = gather_stats(shard).await;
-            let mut total = Snapshot::default();
-            let per_shard: Vec<_> = shards
-                .iter()
-                .enumerate()
-                .map(|(id, s)| {
-                    total.merge(s);
-                    let mut value = s.to_json();
-                    value["shard"] = id.into();
-                    value
-                })
-                .collect();
-            json_response(
-                200,
-                json!({
-                    "shards": per_shard,
-                    "total": total.to_json(),
-                    "process_connections": shard.shared.connections(),
-                    "max_connections": shard.config.max_connections,
-                }),
+    if parts[0] == "api" {
+        if let Err((status, message)) = authorize(shard, head, peer) {
+            let extra: &[(&str, &str)] = if status == 401 {
+                &[("WWW-Authenticate", "Bearer")]
+            } else {
+                &[]
+            };
+            Metrics::inc(&shard.metrics.http_errors_total);
+            let body = json!({ "error": message }).to_string();
+            return http::response(
+                status,
+                "application/json",
+                body.as_bytes(),
                 keep_alive,
-            )
+                extra,
+            );
         }
-        "/metrics" => {
+    }
+    let mut names = Vec::with_capacity(2);
+    for (i, part) in parts.iter().enumerate() {
+        if i >= 2 && (i == 2 || i == 4) {
+            match segment(part) {
+                Some(name) if check_name("name", &name, shard.config.name_bytes_max).is_ok() => {
+                    names.push(name)
+                }
+                _ => {
+                    let message = format!(
+                        "path segment {part:?}: must be 1..={} bytes of percent-encoded UTF-8 without control characters",
+                        shard.config.name_bytes_max
+                    );
+                    return error(shard, 400, &message, keep_alive);
+                }
+            }
+        }
+    }
+    match (parts.as_slice(), method) {
+        (["healthz"], _) => health(shard, keep_alive).await,
+        (["metrics"], _) => {
             let text = metrics::prometheus(&gather_stats(shard).await);
             http::response(
                 200,
@@ -338,8 +475,69 @@ async fn route(shard: &Rc<Shard>, head: &Head, body: &[u8], keep_alive: bool) ->
                 &[],
             )
         }
-        _ => unreachable!("every path with an allowed method is matched above"),
+        (["api", "stats"], _) => stats(shard, keep_alive).await,
+        (["api", "broadcast"], _) => publish_to(shard, head, Target::All, body, keep_alive).await,
+        (["api", "users", _, "messages"], _) => {
+            publish_to(
+                shard,
+                head,
+                Target::User(names[0].clone()),
+                body,
+                keep_alive,
+            )
+            .await
+        }
+        (["api", "rooms", _, "messages"], _) => {
+            publish_to(
+                shard,
+                head,
+                Target::Room(names[0].clone()),
+                body,
+                keep_alive,
+            )
+            .await
+        }
+        (["api", "batch"], _) => batch(shard, body, keep_alive).await,
+        (["api", "users", _], _) => lookup(shard, Target::User(names[0].clone()), keep_alive).await,
+        (["api", "rooms", _], _) => lookup(shard, Target::Room(names[0].clone()), keep_alive).await,
+        (["api", "rooms", _, "members", _], m) => {
+            membership(shard, &names[0], &names[1], m == "PUT", keep_alive).await
+        }
+        (["api", "messages", _], _) => {
+            let (delivered, acked) = receipt_total(shard, &names[0]).await;
+            json_response(
+                200,
+                json!({ "id": names[0], "delivered": delivered, "acked": acked }),
+                keep_alive,
+            )
+        }
+        _ => error(shard, 404, "no route", keep_alive),
     }
+}
+
+async fn stats(shard: &Rc<Shard>, keep_alive: bool) -> Vec<u8> {
+    let shards = gather_stats(shard).await;
+    let mut total = Snapshot::default();
+    let per_shard: Vec<_> = shards
+        .iter()
+        .enumerate()
+        .map(|(id, s)| {
+            total.merge(s);
+            let mut value = s.to_json();
+            value["shard"] = id.into();
+            value
+        })
+        .collect();
+    json_response(
+        200,
+        json!({
+            "shards": per_shard,
+            "total": total.to_json(),
+            "process_connections": shard.shared.connections(),
+            "max_connections": shard.config.max_connections,
+        }),
+        keep_alive,
+    )
 }
 
 /// `GET /healthz`: ok, degraded (cluster mode with a Redis link down, with the reason), or
@@ -380,50 +578,376 @@ async fn health(shard: &Rc<Shard>, keep_alive: bool) -> Vec<u8> {
     json_response(200, answer, keep_alive)
 }
 
-/// `POST /api/broadcast[?scope=local|cluster]`.
-async fn broadcast(shard: &Rc<Shard>, head: &Head, body: &[u8], keep_alive: bool) -> Vec<u8> {
+fn publish_error(shard: &Shard, e: broker::Error, keep_alive: bool) -> Vec<u8> {
+    Metrics::inc(&shard.metrics.redis_publish_errors_total);
+    let broker = shard
+        .broker
+        .as_ref()
+        .map_or("(none)".to_string(), |b| b.config.display.clone());
+    let (status, message) = match e {
+        broker::Error::Unavailable(why) => (
+            503,
+            format!(
+                "broker {broker} is unavailable ({why}); nothing was published. Retry later, or use ?scope=local to deliver to this process only"
+            ),
+        ),
+        broker::Error::Reply(words) => (502, format!("broker {broker} refused the publish: {words}")),
+    };
+    error(shard, status, &message, keep_alive)
+}
+
+fn published_json(published: &fanout::Published) -> serde_json::Value {
+    let mut answer =
+        json!({ "id": published.id, "seq": published.seq, "recipients": published.recipients });
+    if let Some(nodes) = published.nodes {
+        answer["nodes"] = nodes.into();
+    }
+    answer
+}
+
+/// `POST /api/broadcast`, `/api/users/{id}/messages`, `/api/rooms/{room}/messages`, with
+/// `?scope=local|cluster` and, for users, `?wait=ack&timeout_ms=N`.
+async fn publish_to(
+    shard: &Rc<Shard>,
+    head: &Head,
+    target: Target,
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
     let local = match head.query_param("scope") {
-        None | Some("cluster") => shard.broker.is_none(),
+        None | Some("cluster") => false,
         Some("local") => true,
         Some(other) => {
-            Metrics::inc(&shard.metrics.http_errors_total);
             let message =
                 format!("scope={other}: use scope=local (this process only) or scope=cluster");
-            return http::json_error(400, &message, keep_alive);
+            return error(shard, 400, &message, keep_alive);
         }
     };
-    let broker = match (&shard.broker, local) {
-        (Some(broker), false) => broker,
-        _ => {
-            let recipients = fanout::broadcast(shard, body).await;
-            return json_response(200, json!({ "recipients": recipients }), keep_alive);
-        }
-    };
-    match fanout::publish_cluster(shard, broker, body).await {
-        Ok(published) => json_response(
-            200,
-            json!({ "recipients": published.recipients, "nodes": published.nodes, "id": published.id }),
-            keep_alive,
-        ),
-        Err(e) => {
-            Metrics::inc(&shard.metrics.redis_publish_errors_total);
-            Metrics::inc(&shard.metrics.http_errors_total);
-            let (status, message) = match e {
-                broker::Error::Unavailable(why) => (
-                    503,
-                    format!(
-                        "broker {} is unavailable ({why}); nothing was published. Retry later, or use ?scope=local to deliver to this process only",
-                        broker.config.display
-                    ),
-                ),
-                broker::Error::Reply(words) => (
-                    502,
-                    format!("broker {} refused the publish: {words}", broker.config.display),
-                ),
+    let wait_ack = match (head.query_param("wait"), &target) {
+        (None, _) => None,
+        (Some("ack"), Target::User(_)) => {
+            let timeout_ms = match head.query_param("timeout_ms").map(str::parse::<u64>) {
+                None => WAIT_ACK_DEFAULT_MS,
+                Some(Ok(ms)) if (1..=WAIT_ACK_MAX_MS).contains(&ms) => ms,
+                Some(_) => {
+                    let message = format!("timeout_ms: must be 1..={WAIT_ACK_MAX_MS}");
+                    return error(shard, 400, &message, keep_alive);
+                }
             };
-            http::json_error(status, &message, keep_alive)
+            Some(Duration::from_millis(timeout_ms))
+        }
+        (Some("ack"), _) => {
+            let message = "wait=ack is for user messages; for rooms and broadcasts use GET /api/messages/{id}";
+            return error(shard, 400, message, keep_alive);
+        }
+        (Some(other), _) => {
+            return error(
+                shard,
+                400,
+                &format!("wait={other}: only wait=ack exists"),
+                keep_alive,
+            )
+        }
+    };
+    let publish = Publish {
+        target,
+        id: shard.next_message_id(),
+        from: None,
+        kind: fanout::classify(body),
+        payload: Bytes::copy_from_slice(body),
+    };
+    let outcome = if local {
+        fanout::publish_local(shard, publish).await
+    } else {
+        fanout::publish(shard, publish).await
+    };
+    let published = match outcome {
+        Ok(published) => published,
+        Err(e) => return publish_error(shard, e, keep_alive),
+    };
+    let mut answer = published_json(&published);
+    if let Some(timeout) = wait_ack {
+        let deadline = Instant::now() + timeout;
+        let (mut delivered, mut acked) = receipt_total(shard, &published.id).await;
+        while (delivered == 0 || acked < delivered) && Instant::now() < deadline {
+            glommio::timer::sleep(WAIT_ACK_POLL).await;
+            (delivered, acked) = receipt_total(shard, &published.id).await;
+        }
+        answer["delivered"] = delivered.into();
+        answer["acked"] = acked.into();
+        answer["timed_out"] = (delivered == 0 || acked < delivered).into();
+    }
+    json_response(200, answer, keep_alive)
+}
+
+/// `POST /api/batch`: `{"messages":[{"user":"1","data":...},{"room":"r","data":...},
+/// {"broadcast":true,"data":...}]}`, published concurrently; one result per message.
+async fn batch(shard: &Rc<Shard>, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    #[derive(serde::Deserialize)]
+    struct Item<'a> {
+        user: Option<String>,
+        room: Option<String>,
+        #[serde(default)]
+        broadcast: bool,
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        messages: Vec<Item<'a>>,
+    }
+    let batch: Batch<'_> = match serde_json::from_slice(body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            let message = format!("body must be {{\"messages\":[{{\"user\"|\"room\"|\"broadcast\": ..., \"data\": ...}}]}}: {e}");
+            return error(shard, 400, &message, keep_alive);
+        }
+    };
+    if batch.messages.len() > BATCH_TARGETS_MAX {
+        let message = format!(
+            "{} messages; at most {BATCH_TARGETS_MAX} per batch",
+            batch.messages.len()
+        );
+        return error(shard, 413, &message, keep_alive);
+    }
+    let mut publishes = Vec::with_capacity(batch.messages.len());
+    for (i, item) in batch.messages.iter().enumerate() {
+        let target = match (&item.user, &item.room, item.broadcast) {
+            (Some(user), None, false) => Target::User(user.clone()),
+            (None, Some(room), false) => Target::Room(room.clone()),
+            (None, None, true) => Target::All,
+            _ => {
+                let message =
+                    format!("messages[{i}]: give exactly one of user, room, broadcast:true");
+                return error(shard, 400, &message, keep_alive);
+            }
+        };
+        if let Target::User(name) | Target::Room(name) = &target {
+            if let Err(e) = check_name("target", name, shard.config.name_bytes_max) {
+                return error(shard, 400, &format!("messages[{i}]: {e}"), keep_alive);
+            }
+        }
+        let Some(data) = item.data else {
+            return error(shard, 400, &format!("messages[{i}]: no data"), keep_alive);
+        };
+        publishes.push(Publish {
+            target,
+            id: shard.next_message_id(),
+            from: None,
+            kind: PayloadKind::Json,
+            payload: Bytes::copy_from_slice(data.get().as_bytes()),
+        });
+    }
+    let tasks: Vec<_> = publishes
+        .into_iter()
+        .map(|publish| {
+            let shard = shard.clone();
+            glommio::spawn_local(async move { fanout::publish(&shard, publish).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(tasks.len());
+    let mut recipients = 0u64;
+    for task in tasks {
+        match task.await {
+            Ok(published) => {
+                recipients += published.recipients as u64;
+                results.push(published_json(&published));
+            }
+            Err(e) => results.push(json!({ "error": e.to_string() })),
         }
     }
+    json_response(
+        200,
+        json!({ "results": results, "recipients": recipients }),
+        keep_alive,
+    )
+}
+
+/// `GET /api/users/{id}` and `GET /api/rooms/{room}`: this process's shards, plus the
+/// cluster-wide counters in Redis in cluster mode.
+async fn lookup(shard: &Rc<Shard>, target: Target, keep_alive: bool) -> Vec<u8> {
+    let mut connections = 0u32;
+    let mut users: Vec<String> = Vec::new();
+    for presence in gather_lookup(shard, &target).await {
+        connections += presence.connections;
+        users.extend(presence.users);
+    }
+    users.sort_unstable();
+    users.dedup();
+    let mut answer = match &target {
+        Target::User(user) => {
+            json!({ "user": user, "connections": connections, "online": connections > 0 })
+        }
+        Target::Room(room) => json!({ "room": room, "connections": connections, "members": users }),
+        Target::All => json!({ "connections": connections }),
+    };
+    if let Some(broker) = &shard.broker {
+        let key = broker.channel(&format!("presence:{target}"));
+        match broker.command(&[b"HGETALL", key.as_bytes()]).await {
+            Ok(BytesFrame::Array(fields)) => {
+                let mut cluster_connections = 0i64;
+                let mut names = Vec::new();
+                for pair in fields.chunks(2) {
+                    if let [BytesFrame::BulkString(name), BytesFrame::BulkString(count)] = pair {
+                        let count: i64 = std::str::from_utf8(count)
+                            .ok()
+                            .and_then(|c| c.parse().ok())
+                            .unwrap_or(0);
+                        if count > 0 {
+                            cluster_connections += count;
+                            if !name.is_empty() {
+                                names.push(String::from_utf8_lossy(name).into_owned());
+                            }
+                        }
+                    }
+                }
+                names.sort_unstable();
+                answer["cluster"] = match &target {
+                    Target::User(_) => {
+                        json!({ "connections": cluster_connections, "nodes": names, "online": cluster_connections > 0 })
+                    }
+                    _ => json!({ "connections": cluster_connections, "members": names }),
+                };
+            }
+            Ok(_) => {}
+            Err(e) => answer["cluster_error"] = e.to_string().into(),
+        }
+    }
+    json_response(200, answer, keep_alive)
+}
+
+/// `PUT` / `DELETE /api/rooms/{room}/members/{user}`: every connection of the user joins or
+/// leaves the room; cluster-wide through the user's Redis channel in cluster mode.
+async fn membership(
+    shard: &Rc<Shard>,
+    room: &str,
+    user: &str,
+    join: bool,
+    keep_alive: bool,
+) -> Vec<u8> {
+    let op = if join { "join" } else { "leave" };
+    let Some(broker) = &shard.broker else {
+        let mut changed = 0;
+        for peer in 0..shard.shard_count() {
+            if peer == shard.id {
+                changed += shard.membership(room, user, join);
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            let msg = ShardMsg::Membership {
+                room: room.to_string(),
+                user: user.to_string(),
+                join,
+                reply,
+            };
+            if shard.send_to(peer, msg).await.is_ok() {
+                changed += answer.await.unwrap_or(0);
+            }
+        }
+        return json_response(
+            200,
+            json!({ "room": room, "user": user, "op": op, "connections": changed }),
+            keep_alive,
+        );
+    };
+    let id = shard.next_message_id();
+    let (wire, _) = envelope::encode(&envelope::Envelope {
+        origin: shard.node_id().to_string(),
+        id: id.clone(),
+        target: Target::User(user.to_string()),
+        flags: FLAG_CONTROL,
+        kind: PayloadKind::Json,
+        payload: Bytes::from(json!({ "op": op, "room": room }).to_string()),
+        seq: None,
+        from: None,
+    });
+    let channel = broker.channel(&format!("user:{user}"));
+    let nodes = match broker
+        .command(&[b"PUBLISH", channel.as_bytes(), &wire])
+        .await
+    {
+        Ok(BytesFrame::Integer(n)) => n,
+        Ok(other) => {
+            return publish_error(
+                shard,
+                broker::Error::Reply(format!("unexpected reply {other:?}")),
+                keep_alive,
+            )
+        }
+        Err(e) => return publish_error(shard, e, keep_alive),
+    };
+    let changed = if nodes > 0 {
+        fanout::await_local_delivery(shard, &id, &format!("user:{user}")).await
+    } else {
+        0
+    };
+    json_response(
+        200,
+        json!({ "room": room, "user": user, "op": op, "connections": changed, "nodes": nodes }),
+        keep_alive,
+    )
+}
+
+/// (delivered, acked) of a message: from Redis in cluster mode, else summed over shards.
+async fn receipt_total(shard: &Rc<Shard>, id: &str) -> (u64, u64) {
+    if let Some(broker) = &shard.broker {
+        let key = broker.channel(&format!("receipt:{id}"));
+        if let Ok(BytesFrame::Array(values)) = broker
+            .command(&[b"HMGET", key.as_bytes(), b"delivered", b"acked"])
+            .await
+        {
+            let number = |f: Option<&BytesFrame>| match f {
+                Some(BytesFrame::BulkString(b)) => std::str::from_utf8(b)
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            return (number(values.first()), number(values.get(1)));
+        }
+        return (0, 0);
+    }
+    let mut delivered = 0u64;
+    let mut acked = 0u64;
+    for peer in 0..shard.shard_count() {
+        let (d, a) = if peer == shard.id {
+            let r = shard.receipts.borrow().get(id).unwrap_or_default();
+            (r.delivered, r.acked)
+        } else {
+            let (reply, answer) = oneshot::channel();
+            let msg = ShardMsg::Receipt {
+                id: id.to_string(),
+                reply,
+            };
+            if shard.send_to(peer, msg).await.is_err() {
+                continue;
+            }
+            answer.await.unwrap_or((0, 0))
+        };
+        delivered += d as u64;
+        acked += a as u64;
+    }
+    (delivered, acked)
+}
+
+async fn gather_lookup(shard: &Rc<Shard>, target: &Target) -> Vec<Presence> {
+    let mut out = Vec::with_capacity(shard.shard_count());
+    for peer in 0..shard.shard_count() {
+        if peer == shard.id {
+            out.push(shard.lookup(target));
+            continue;
+        }
+        let (reply, answer) = oneshot::channel();
+        let msg = ShardMsg::Lookup {
+            target: target.clone(),
+            reply,
+        };
+        if shard.send_to(peer, msg).await.is_ok() {
+            out.push(answer.await.unwrap_or_default());
+        }
+    }
+    out
 }
 
 /// Every shard's report, indexed by shard id. A shard that is gone reports zeros.

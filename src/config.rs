@@ -55,6 +55,23 @@ pub const IO_MEMORY_BYTES: usize = 512 * 1024;
 /// Prefix of every Redis channel volley uses (`volley:all`, later `volley:user:<id>` ...), so
 /// several volley clusters can share one Redis.
 pub const REDIS_PREFIX_DEFAULT: &str = "volley";
+/// Rooms one connection may be in at once.
+pub const ROOMS_PER_CONNECTION_MAX_DEFAULT: usize = 100;
+/// Longest user id or room name, in bytes.
+pub const NAME_BYTES_MAX_DEFAULT: usize = 128;
+/// Client publishes per second per connection (token bucket refill rate).
+pub const CLIENT_PUBLISH_RATE_DEFAULT: u32 = 20;
+/// Client publishes a connection may burst before the rate applies.
+pub const CLIENT_PUBLISH_BURST_DEFAULT: u32 = 40;
+/// Protocol errors (bad ops, forbidden, over a limit) a client may make before it is
+/// closed with 1008: a buggy client gets error replies to learn from, an abusive one is cut.
+pub const CLIENT_STRIKES_MAX: u8 = 20;
+/// Targets in one `POST /api/batch` request.
+pub const BATCH_TARGETS_MAX: usize = 10_000;
+/// How long `GET /api/messages/{id}` can report on a message (and acks are counted).
+pub const RECEIPT_RETENTION_S: u32 = 300;
+/// Messages whose receipts each shard keeps (oldest dropped first).
+pub const RECEIPTS_PER_SHARD_MAX: usize = 100_000;
 /// Capacity of each shard-to-shard channel.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
@@ -127,6 +144,46 @@ pub struct ServeArgs {
     /// Prefix of the Redis channels this cluster uses.
     #[arg(long, default_value = REDIS_PREFIX_DEFAULT)]
     pub redis_prefix: String,
+    /// HS256 secret for client tokens (JWT). Without it (and without --jwt-rs256-key) volley
+    /// runs open: clients name themselves with ?user=.
+    #[arg(long, env = "VOLLEY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// File with an RS256 public key (PEM) for client tokens.
+    #[arg(long, env = "VOLLEY_JWT_RS256_KEY")]
+    pub jwt_rs256_key: Option<std::path::PathBuf>,
+    /// Key publishers must send (Authorization: Bearer or X-API-Key). Without it the HTTP API
+    /// answers loopback clients only.
+    #[arg(long, env = "VOLLEY_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Rooms one connection may be in at once.
+    #[arg(long, default_value_t = ROOMS_PER_CONNECTION_MAX_DEFAULT)]
+    pub rooms_per_connection_max: usize,
+    /// Longest user id or room name, in bytes.
+    #[arg(long, default_value_t = NAME_BYTES_MAX_DEFAULT)]
+    pub name_bytes_max: usize,
+    /// Client publishes per second per connection.
+    #[arg(long, default_value_t = CLIENT_PUBLISH_RATE_DEFAULT)]
+    pub client_publish_rate: u32,
+    /// Client publishes a connection may burst.
+    #[arg(long, default_value_t = CLIENT_PUBLISH_BURST_DEFAULT)]
+    pub client_publish_burst: u32,
+}
+
+/// How client tokens are checked, if at all.
+#[derive(Clone)]
+pub enum ClientAuth {
+    /// No secret: clients say who they are with ?user= (development, trusted networks).
+    Open,
+    Jwt(std::sync::Arc<crate::auth::Verifier>),
+}
+
+impl fmt::Debug for ClientAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ClientAuth::Open => "Open",
+            ClientAuth::Jwt(_) => "Jwt",
+        })
+    }
 }
 
 /// Where and how to reach Redis, checked and resolved at start.
@@ -230,6 +287,13 @@ pub struct Config {
     pub close_timeout: Duration,
     /// Cluster mode when set; standalone otherwise.
     pub redis: Option<RedisConfig>,
+    pub client_auth: ClientAuth,
+    /// Publisher key; None means the API answers loopback clients only.
+    pub api_key: Option<String>,
+    pub rooms_per_connection_max: usize,
+    pub name_bytes_max: usize,
+    pub client_publish_rate: u32,
+    pub client_publish_burst: u32,
 }
 
 /// A flag value that cannot be used, said in words with what to do.
@@ -433,7 +497,71 @@ impl ServeArgs {
                 })
             }
         };
+        let client_auth = match (&self.jwt_secret, &self.jwt_rs256_key) {
+            (Some(_), Some(_)) => {
+                return err("--jwt-secret and --jwt-rs256-key: give one of them".into());
+            }
+            (Some(secret), None) => {
+                if secret.len() < 16 {
+                    return err(format!(
+                        "--jwt-secret: {} bytes is too short to resist guessing; use at least 16 (32 random bytes recommended)",
+                        secret.len()
+                    ));
+                }
+                ClientAuth::Jwt(std::sync::Arc::new(crate::auth::Verifier::hs256(
+                    secret.as_bytes(),
+                )))
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!(
+                        "--jwt-rs256-key {}: cannot read it: {e}",
+                        path.display()
+                    ))
+                })?;
+                let verifier = crate::auth::Verifier::rs256_pem(&pem).map_err(|e| {
+                    ConfigError(format!(
+                        "--jwt-rs256-key {}: {e}; give a PEM public key (BEGIN PUBLIC KEY)",
+                        path.display()
+                    ))
+                })?;
+                ClientAuth::Jwt(std::sync::Arc::new(verifier))
+            }
+            (None, None) => ClientAuth::Open,
+        };
+        if let Some(key) = &self.api_key {
+            if key.len() < 16 {
+                return err(format!(
+                    "--api-key: {} bytes is too short; use at least 16 random bytes",
+                    key.len()
+                ));
+            }
+        }
+        if !(1..=10_000).contains(&self.rooms_per_connection_max) {
+            return err(format!(
+                "--rooms-per-connection-max {}: must be 1..=10000",
+                self.rooms_per_connection_max
+            ));
+        }
+        if !(1..=1024).contains(&self.name_bytes_max) {
+            return err(format!(
+                "--name-bytes-max {}: must be 1..=1024",
+                self.name_bytes_max
+            ));
+        }
+        if self.client_publish_rate == 0 || self.client_publish_burst == 0 {
+            return err(format!(
+                "--client-publish-rate {} / --client-publish-burst {}: must be at least 1",
+                self.client_publish_rate, self.client_publish_burst
+            ));
+        }
         Ok(Config {
+            client_auth,
+            api_key: self.api_key.clone(),
+            rooms_per_connection_max: self.rooms_per_connection_max,
+            name_bytes_max: self.name_bytes_max,
+            client_publish_rate: self.client_publish_rate,
+            client_publish_burst: self.client_publish_burst,
             redis,
             listen,
             shards,

@@ -28,7 +28,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::metrics::Metrics;
-use crate::protocol;
+use crate::protocol::{Inbound, Session};
 use crate::ws::frame::{self, close_code, Decoder, Event, OpCode};
 
 /// Reads per poll before the task yields, so one flooding client cannot starve a shard.
@@ -76,6 +76,8 @@ pub struct PollEnv<'a> {
     pub limits: &'a ConnLimits,
     pub metrics: &'a Metrics,
     pub now_s: u32,
+    /// Client data messages read in this poll, for the shard to dispatch afterwards.
+    pub inbound: &'a mut Vec<Inbound>,
 }
 
 /// Frames waiting to be written, oldest first. The frames are shared handles: the same
@@ -183,13 +185,15 @@ pub struct Conn {
     outbox: Outbox,
     /// The task's waker, so `push` can wake a writer that is parked on a read.
     waker: Option<Waker>,
+    /// Who the client is and what it speaks; opaque here, read by `protocol` and `fanout`.
+    pub session: Session,
 }
 
 // The slab holds one per connection: keep it small (see the budget at the top).
 const _: () = assert!(std::mem::size_of::<Conn>() <= 256);
 
 impl Conn {
-    pub fn new(stream: TcpStream, generation: u32, now_s: u32) -> Conn {
+    pub fn new(stream: TcpStream, generation: u32, now_s: u32, session: Session) -> Conn {
         Conn {
             stream,
             generation,
@@ -199,6 +203,7 @@ impl Conn {
             decoder: Decoder::new(),
             outbox: Outbox::default(),
             waker: None,
+            session,
         }
     }
 
@@ -315,6 +320,7 @@ impl Conn {
         limits: &ConnLimits,
         metrics: &Metrics,
         now_s: u32,
+        inbound: &mut Vec<Inbound>,
     ) {
         self.last_rx_s = now_s;
         match self.state {
@@ -327,12 +333,8 @@ impl Conn {
         let mut peer_close: Option<Option<u16>> = None;
         let mut on_event = |event: Event<'_>| -> ControlFlow<()> {
             match event {
-                Event::Text(text) if open => {
-                    protocol::dispatch(protocol::Message::Text(text), metrics)
-                }
-                Event::Binary(data) if open => {
-                    protocol::dispatch(protocol::Message::Binary(data), metrics)
-                }
+                Event::Text(text) if open => inbound.push(Inbound::Text(text.into())),
+                Event::Binary(data) if open => inbound.push(Inbound::Binary(data.len())),
                 // RFC 6455 §5.5.2: answer a Ping with a Pong carrying the same payload.
                 Event::Ping(payload) if open => outbox.push(frame::encode(OpCode::Pong, payload)),
                 // RFC 6455 §5.5.3: a Pong may be unsolicited; receiving anything is proof of life.
@@ -397,7 +399,7 @@ impl Conn {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Ready(Ok(n)) => {
                         let input = &mut env.read_buf[..n];
-                        self.on_input(input, env.limits, env.metrics, env.now_s);
+                        self.on_input(input, env.limits, env.metrics, env.now_s, env.inbound);
                         if !matches!(
                             self.state,
                             ConnState::Open | ConnState::CloseSent | ConnState::Draining

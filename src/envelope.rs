@@ -59,14 +59,23 @@ impl fmt::Display for Target {
     }
 }
 
-/// How the payload reaches clients.
+/// What the payload is. Raw-protocol clients get text and JSON as text frames and binary as
+/// binary frames; native-protocol clients get JSON embedded, text as a string, binary as base64.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadKind {
-    /// A WebSocket text frame (the payload was a MessagePack str, so it is UTF-8).
+    /// UTF-8 text that is not (known to be) JSON: a MessagePack str.
     Text,
-    /// A WebSocket binary frame (the payload was a MessagePack bin).
+    /// A JSON document: a MessagePack str with `FLAG_JSON` set.
+    Json,
+    /// Bytes: a MessagePack bin.
     Binary,
 }
+
+/// `flags` bit: the str payload is a JSON document (set by volley; optional for others).
+pub const FLAG_JSON: u64 = 1;
+/// `flags` bit: not for clients; a control message for volley itself (a JSON payload such
+/// as `{"op":"join","room":"lobby"}` on a `user:<id>` channel: server-side room membership).
+pub const FLAG_CONTROL: u64 = 2;
 
 /// One published message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,10 +85,14 @@ pub struct Envelope {
     /// A message id unique per origin.
     pub id: String,
     pub target: Target,
-    /// Reserved for later features; carried, not interpreted, today.
+    /// Bit `FLAG_JSON`; other bits reserved, carried, not interpreted.
     pub flags: u64,
     pub kind: PayloadKind,
     pub payload: Bytes,
+    /// Sequence number in the target's channel, set by the publish script in Redis.
+    pub seq: Option<u64>,
+    /// `user:<id>` of a publishing client, if any.
+    pub from: Option<String>,
 }
 
 /// Why an envelope could not be decoded. In every case the caller drops the message,
@@ -118,11 +131,18 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Encodes an envelope as a MessagePack map (keys in a fixed order).
-pub fn encode(envelope: &Envelope) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + envelope.payload.len());
+/// Encodes an envelope as a MessagePack map (keys in a fixed order). Returns the bytes and
+/// the offset of the 8 big-endian bytes of `seq`, which the publish script in Redis
+/// overwrites with the channel's next sequence number (0 until then).
+pub fn encode(envelope: &Envelope) -> (Vec<u8>, usize) {
+    let mut out = Vec::with_capacity(96 + envelope.payload.len());
+    let entries = 7 + envelope.from.is_some() as u32;
+    let mut flags = envelope.flags & !FLAG_JSON;
+    if envelope.kind == PayloadKind::Json {
+        flags |= FLAG_JSON;
+    }
     // Writing into a Vec cannot fail; rmp's write errors come only from the writer.
-    let _ = rmp::encode::write_map_len(&mut out, 6);
+    let _ = rmp::encode::write_map_len(&mut out, entries);
     let _ = rmp::encode::write_str(&mut out, "v");
     let _ = rmp::encode::write_uint(&mut out, VERSION);
     let _ = rmp::encode::write_str(&mut out, "origin");
@@ -132,10 +152,18 @@ pub fn encode(envelope: &Envelope) -> Vec<u8> {
     let _ = rmp::encode::write_str(&mut out, "target");
     let _ = rmp::encode::write_str(&mut out, &envelope.target.to_string());
     let _ = rmp::encode::write_str(&mut out, "flags");
-    let _ = rmp::encode::write_uint(&mut out, envelope.flags);
+    let _ = rmp::encode::write_uint(&mut out, flags);
+    if let Some(from) = &envelope.from {
+        let _ = rmp::encode::write_str(&mut out, "from");
+        let _ = rmp::encode::write_str(&mut out, from);
+    }
+    let _ = rmp::encode::write_str(&mut out, "seq");
+    // Always the fixed-width uint64 form, so the script can patch it in place.
+    let _ = rmp::encode::write_u64(&mut out, envelope.seq.unwrap_or(0));
+    let seq_at = out.len() - 8;
     let _ = rmp::encode::write_str(&mut out, "payload");
     match envelope.kind {
-        PayloadKind::Text => {
+        PayloadKind::Text | PayloadKind::Json => {
             let _ = rmp::encode::write_str_len(&mut out, envelope.payload.len() as u32);
         }
         PayloadKind::Binary => {
@@ -143,7 +171,7 @@ pub fn encode(envelope: &Envelope) -> Vec<u8> {
         }
     }
     out.extend_from_slice(&envelope.payload);
-    out
+    (out, seq_at)
 }
 
 /// A read position over the input; every read is bounds-checked.
@@ -322,6 +350,8 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
     let mut target = None;
     let mut flags = 0;
     let mut payload = None;
+    let mut seq = None;
+    let mut from = None;
     for _ in 0..entries {
         let key = r.str("key", 64)?;
         match key {
@@ -334,6 +364,9 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
                     Some(Target::parse(text).ok_or_else(|| Error::BadTarget(text.to_string()))?);
             }
             "flags" => flags = r.uint("flags")?,
+            // 0 means "not sequenced" (a volley envelope published without the script).
+            "seq" => seq = Some(r.uint("seq")?).filter(|&s| s > 0),
+            "from" => from = Some(r.str("from", NAME_BYTES_MAX)?.to_string()),
             "payload" => {
                 let marker = r.marker()?;
                 let (kind, len) = if let Some(len) = r.str_len(marker)? {
@@ -359,7 +392,10 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
         return Err(Error::UnsupportedVersion(version));
     }
     let target = target.ok_or(Error::Missing("target"))?;
-    let (kind, payload) = payload.ok_or(Error::Missing("payload"))?;
+    let (mut kind, payload) = payload.ok_or(Error::Missing("payload"))?;
+    if kind == PayloadKind::Text && flags & FLAG_JSON != 0 {
+        kind = PayloadKind::Json;
+    }
     Ok(Envelope {
         origin,
         id,
@@ -367,6 +403,8 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
         flags,
         kind,
         payload,
+        seq,
+        from,
     })
 }
 
@@ -374,7 +412,7 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
 pub fn fuzz_one(data: &[u8]) {
     let bytes = Bytes::copy_from_slice(data);
     if let Ok(envelope) = decode(&bytes) {
-        let again = encode(&envelope);
+        let (again, _) = encode(&envelope);
         let round = decode(&Bytes::from(again)).expect("a decoded envelope re-encodes");
         assert_eq!(round.payload, envelope.payload);
     }
@@ -392,6 +430,8 @@ mod tests {
             flags: 0,
             kind,
             payload: Bytes::copy_from_slice(payload),
+            seq: None,
+            from: None,
         }
     }
 
@@ -401,17 +441,33 @@ mod tests {
             sample(PayloadKind::Text, b"hello"),
             sample(PayloadKind::Binary, &[0, 255, 7]),
         ] {
-            let bytes = Bytes::from(encode(&envelope));
+            let bytes = Bytes::from(encode(&envelope).0);
             assert_eq!(decode(&bytes).unwrap(), envelope);
         }
+        let mut json = sample(PayloadKind::Json, br#"{"a":1}"#);
+        json.from = Some("user:7".into());
+        json.seq = Some(41);
+        let decoded = decode(&Bytes::from(encode(&json).0)).unwrap();
+        assert_eq!(decoded.flags, FLAG_JSON);
+        json.flags = FLAG_JSON;
+        assert_eq!(decoded, json);
         let mut room = sample(PayloadKind::Text, &[b'x'; 70_000]);
         room.target = Target::Room("lobby".into());
-        assert_eq!(decode(&Bytes::from(encode(&room))).unwrap(), room);
+        assert_eq!(decode(&Bytes::from(encode(&room).0)).unwrap(), room);
+    }
+
+    #[test]
+    fn the_seq_slot_is_where_encode_says() {
+        let mut envelope = sample(PayloadKind::Text, b"x");
+        let (mut bytes, at) = encode(&envelope);
+        bytes[at..at + 8].copy_from_slice(&77u64.to_be_bytes());
+        envelope.seq = Some(77);
+        assert_eq!(decode(&Bytes::from(bytes)).unwrap(), envelope);
     }
 
     #[test]
     fn payload_is_a_slice_of_the_input() {
-        let bytes = Bytes::from(encode(&sample(PayloadKind::Text, b"shared")));
+        let bytes = Bytes::from(encode(&sample(PayloadKind::Text, b"shared")).0);
         let envelope = decode(&bytes).unwrap();
         let offset = envelope.payload.as_ptr() as usize - bytes.as_ptr() as usize;
         assert!(offset < bytes.len(), "no copy of the payload");
@@ -449,7 +505,7 @@ mod tests {
     fn errors_say_what_is_wrong() {
         let mut v2 = sample(PayloadKind::Text, b"x");
         v2.flags = 1;
-        let mut bytes = encode(&v2);
+        let (mut bytes, _) = encode(&v2);
         // "v" value is the byte after the fixstr "v" key: fixpos 1 -> 2.
         let at = bytes.iter().position(|&b| b == 0x01).unwrap();
         bytes[at] = 0x02;
@@ -515,7 +571,7 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let seed = encode(&sample(PayloadKind::Text, b"seed payload"));
+        let (seed, _) = encode(&sample(PayloadKind::Text, b"seed payload"));
         for _ in 0..20_000 {
             let mut input = seed.clone();
             for _ in 0..(next() % 4 + 1) {

@@ -1,24 +1,43 @@
-//! Publish -> one encoded frame -> every recipient's queue. Owns routing, never does I/O:
-//! it only pushes shared `Bytes` into connection queues (through `Shard::deliver_local`) and
-//! hands the same frame to other shards through the mesh.
+//! Publish -> sequence number -> one encoded frame per codec per shard -> every recipient's
+//! queue. Owns routing, never does I/O: it only pushes shared `Bytes` into connection
+//! queues (through `Shard::deliver`) and hands deliveries to other shards or to Redis.
 //!
-//! Called by `api` for `POST /api/broadcast`. Users and rooms (a later issue) add targets
-//! here, beside broadcast, without touching `conn`.
+//! Sequencing (docs/API.md): every channel (`all`, `user:<id>`, `room:<name>`) numbers its
+//! messages 1, 2, 3... Standalone, the channel's owning shard (a hash of its name) assigns
+//! the number and forwards the delivery to every shard in that order, so every shard sees a
+//! channel's messages in sequence. In cluster mode a script in Redis does INCR and PUBLISH
+//! in one step, so the number and the order on the channel agree across processes.
+//!
+//! Called by `api` (HTTP publishes) and `protocol` (client publishes).
 
+use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_channel::oneshot;
+use redis_protocol::resp2::types::BytesFrame;
 
 use crate::broker;
 use crate::envelope::{self, Envelope, PayloadKind, Target};
-use crate::mesh::ShardMsg;
+use crate::mesh::{Delivery, Publish, ShardMsg};
+use crate::protocol::native::{self, Payload};
+use crate::protocol::Codec;
 use crate::shard::Shard;
 use crate::ws::frame::{self, OpCode};
-use redis_protocol::resp2::types::BytesFrame;
 
-/// The frame for a published body: text when it is valid UTF-8 (RFC 6455 §5.6 requires
-/// text frames to be UTF-8), binary otherwise. Encoded once for every recipient everywhere.
+/// What a published body is: a JSON document, other UTF-8 text, or bytes.
+pub fn classify(body: &[u8]) -> PayloadKind {
+    if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+        PayloadKind::Json
+    } else if std::str::from_utf8(body).is_ok() {
+        PayloadKind::Text
+    } else {
+        PayloadKind::Binary
+    }
+}
+
+/// The raw-protocol frame of a payload: text (RFC 6455 §5.6 requires UTF-8) or binary.
 pub fn encode_message(body: &[u8]) -> Bytes {
     let opcode = if std::str::from_utf8(body).is_ok() {
         OpCode::Text
@@ -28,20 +47,146 @@ pub fn encode_message(body: &[u8]) -> Bytes {
     frame::encode(opcode, body)
 }
 
-/// Delivers `body` to every connected client of this process; returns how many
-/// connections it was queued to, summed over shards.
-pub async fn broadcast(shard: &Rc<Shard>, body: &[u8]) -> u32 {
-    deliver_everywhere(shard, encode_message(body)).await
+/// The frames of one delivery on one shard, each encoded at most once and only if some
+/// recipient speaks that codec.
+pub struct Frames<'a> {
+    delivery: &'a Delivery,
+    native: Option<Bytes>,
+    raw: Option<Bytes>,
 }
 
-/// Hands `frame` to every other shard first (so they work in parallel with us), then
-/// queues it locally, then adds up the counts the others report.
-pub async fn deliver_everywhere(shard: &Rc<Shard>, frame: Bytes) -> u32 {
+impl<'a> Frames<'a> {
+    pub fn new(delivery: &'a Delivery) -> Frames<'a> {
+        Frames {
+            delivery,
+            native: None,
+            raw: None,
+        }
+    }
+
+    pub fn for_codec(&mut self, codec: Codec) -> Bytes {
+        let publish = &self.delivery.publish;
+        match codec {
+            Codec::Raw => self
+                .raw
+                .get_or_insert_with(|| match publish.kind {
+                    PayloadKind::Binary => frame::encode(OpCode::Binary, &publish.payload),
+                    PayloadKind::Text | PayloadKind::Json => {
+                        frame::encode(OpCode::Text, &publish.payload)
+                    }
+                })
+                .clone(),
+            Codec::Native => self
+                .native
+                .get_or_insert_with(|| {
+                    let payload = match publish.kind {
+                        // Both were checked to be UTF-8 (and JSON) when published.
+                        PayloadKind::Json => {
+                            Payload::Json(std::str::from_utf8(&publish.payload).unwrap_or("null"))
+                        }
+                        PayloadKind::Text => {
+                            Payload::Text(std::str::from_utf8(&publish.payload).unwrap_or(""))
+                        }
+                        PayloadKind::Binary => Payload::Binary(&publish.payload),
+                    };
+                    let json = native::message_json(
+                        &publish.target.to_string(),
+                        self.delivery.seq,
+                        &publish.id,
+                        publish.from.as_deref(),
+                        payload,
+                    );
+                    frame::encode(OpCode::Text, &json)
+                })
+                .clone(),
+        }
+    }
+}
+
+/// What a publish achieved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// The message id, unique in the cluster.
+    pub id: String,
+    /// The message's sequence number in its channel.
+    pub seq: u64,
+    /// Connections of this process the message was queued to.
+    pub recipients: u32,
+    /// Cluster mode: subscribers Redis handed the message to (one per shard, in any process,
+    /// with a recipient); None standalone.
+    pub nodes: Option<i64>,
+}
+
+/// Publishes a message to its target's channel, standalone or through Redis.
+pub async fn publish(shard: &Rc<Shard>, publish: Publish) -> Result<Published, broker::Error> {
+    match &shard.broker {
+        Some(broker) => publish_cluster(shard, broker, publish).await,
+        None => publish_standalone(shard, publish).await,
+    }
+}
+
+/// Publishes to this process only, skipping Redis (`?scope=local`): sequenced by the
+/// channel's owning shard like a standalone publish.
+pub async fn publish_local(
+    shard: &Rc<Shard>,
+    publish: Publish,
+) -> Result<Published, broker::Error> {
+    publish_standalone(shard, publish).await
+}
+
+/// The shard that numbers a channel's messages in standalone mode.
+pub fn owner_shard(target: &Target, shards: usize) -> usize {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    target.to_string().hash(&mut hasher);
+    (hasher.finish() % shards as u64) as usize
+}
+
+async fn publish_standalone(
+    shard: &Rc<Shard>,
+    publish: Publish,
+) -> Result<Published, broker::Error> {
+    let id = publish.id.clone();
+    let owner = owner_shard(&publish.target, shard.shard_count());
+    let (seq, recipients) = if owner == shard.id {
+        sequence_and_deliver(shard, publish).await
+    } else {
+        let (reply, answer) = oneshot::channel();
+        if shard
+            .send_to(owner, ShardMsg::Sequence { publish, reply })
+            .await
+            .is_err()
+        {
+            return Err(broker::Error::Unavailable(
+                "the channel's shard is shutting down".into(),
+            ));
+        }
+        answer.await.map_err(|_| {
+            broker::Error::Unavailable("the channel's shard is shutting down".into())
+        })?
+    };
+    Ok(Published {
+        id,
+        seq,
+        recipients,
+        nodes: None,
+    })
+}
+
+/// On the owning shard: number the message and deliver it everywhere, in number order.
+pub async fn sequence_and_deliver(shard: &Rc<Shard>, publish: Publish) -> (u64, u32) {
+    // Held from numbering until every shard has the delivery queued, so deliveries enter
+    // the (FIFO) mesh channels in sequence order even when a channel is full.
+    let permit = shard.sequencer().acquire_permit(1).await;
+    let seq = shard.next_seq(&publish.target);
+    let delivery = Arc::new(Delivery {
+        publish,
+        seq: Some(seq),
+    });
     let mut pending = Vec::with_capacity(shard.shard_count().saturating_sub(1));
     for peer in (0..shard.shard_count()).filter(|&peer| peer != shard.id) {
         let (done, answer) = oneshot::channel();
-        let msg = ShardMsg::Broadcast {
-            frame: frame.clone(),
+        let msg = ShardMsg::Deliver {
+            delivery: delivery.clone(),
             done,
         };
         // A peer that is shutting down has no clients to deliver to.
@@ -49,78 +194,95 @@ pub async fn deliver_everywhere(shard: &Rc<Shard>, frame: Bytes) -> u32 {
             pending.push(answer);
         }
     }
-    let mut recipients = shard.deliver_local(&frame);
+    let mut recipients = shard.deliver(&delivery);
+    drop(permit);
     for answer in pending {
         recipients += answer.await.unwrap_or(0);
     }
-    recipients
+    (seq, recipients)
 }
 
-/// What a cluster publish achieved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Published {
-    /// The message id, unique in the cluster.
-    pub id: String,
-    /// Connections of this process the message was queued to.
-    pub recipients: u32,
-    /// Subscribers Redis handed the message to: one per shard, in any process, that has at
-    /// least one client.
-    pub nodes: i64,
-}
+/// The Lua script that numbers and publishes in one step: INCR the channel's counter,
+/// write the number into the envelope's fixed 8-byte `seq` slot, PUBLISH. Redis runs
+/// scripts atomically, so sequence order is publish order for every subscriber.
+const PUBLISH_SCRIPT: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+local at = tonumber(ARGV[2])
+local hi = math.floor(seq / 4294967296)
+local lo = seq % 4294967296
+local envelope = string.sub(ARGV[1], 1, at) .. struct.pack('>I4I4', hi, lo) .. string.sub(ARGV[1], at + 9)
+local receivers = redis.call('PUBLISH', KEYS[2], envelope)
+return {seq, receivers}
+"#;
 
-/// Cluster mode: publishes `body` to every client of every process through Redis, once.
-/// Every shard (this one included) gets it from its own subscription and fans out locally,
-/// so all processes see messages in the same order. Then waits for this process's shards
-/// to report their local recipients.
-pub async fn publish_cluster(
+/// Cluster mode: numbers and publishes through Redis once; every shard of every process
+/// (this one included) gets it from its own subscription. Then waits for this process's
+/// shards to report their local recipients.
+async fn publish_cluster(
     shard: &Rc<Shard>,
     broker: &broker::Broker,
-    body: &[u8],
+    publish: Publish,
 ) -> Result<Published, broker::Error> {
-    let kind = if std::str::from_utf8(body).is_ok() {
-        PayloadKind::Text
-    } else {
-        PayloadKind::Binary
-    };
-    let id = shard.next_message_id();
-    let wire = envelope::encode(&Envelope {
+    let channel = broker.channel(&publish.target.to_string());
+    let seq_key = broker.channel(&format!("seq:{}", publish.target));
+    let (wire, seq_at) = envelope::encode(&Envelope {
         origin: shard.node_id().to_string(),
-        id: id.clone(),
-        target: Target::All,
+        id: publish.id.clone(),
+        target: publish.target.clone(),
         flags: 0,
-        kind,
-        payload: Bytes::copy_from_slice(body),
+        kind: publish.kind,
+        payload: publish.payload.clone(),
+        seq: None,
+        from: publish.from.clone(),
     });
+    let seq_at = seq_at.to_string();
     let reply = broker
-        .command(&[b"PUBLISH", shard.all_channel().as_bytes(), &wire])
+        .command(&[
+            b"EVAL",
+            PUBLISH_SCRIPT.as_bytes(),
+            b"2",
+            seq_key.as_bytes(),
+            channel.as_bytes(),
+            &wire,
+            seq_at.as_bytes(),
+        ])
         .await?;
-    let nodes = match reply {
-        BytesFrame::Integer(n) => n,
-        other => {
+    let (seq, nodes) = match &reply {
+        BytesFrame::Array(parts) => match parts.as_slice() {
+            [BytesFrame::Integer(seq), BytesFrame::Integer(nodes)] => (*seq as u64, *nodes),
+            _ => {
+                return Err(broker::Error::Reply(format!(
+                    "unexpected reply to the publish script: {reply:?}"
+                )))
+            }
+        },
+        _ => {
             return Err(broker::Error::Reply(format!(
-                "unexpected reply to PUBLISH: {other:?}"
+                "unexpected reply to the publish script: {reply:?}"
             )))
         }
     };
     let recipients = if nodes > 0 {
-        await_local_delivery(shard, &id).await
+        await_local_delivery(shard, &publish.id, &publish.target.to_string()).await
     } else {
         0
     };
     Ok(Published {
-        id,
+        id: publish.id,
+        seq,
         recipients,
-        nodes,
+        nodes: Some(nodes),
     })
 }
 
 /// Sums, over this process's shards, the local recipients of our own message `id`.
-async fn await_local_delivery(shard: &Rc<Shard>, id: &str) -> u32 {
+pub async fn await_local_delivery(shard: &Rc<Shard>, id: &str, channel: &str) -> u32 {
     let mut pending = Vec::with_capacity(shard.shard_count());
     for peer in (0..shard.shard_count()).filter(|&peer| peer != shard.id) {
         let (reply, answer) = oneshot::channel();
         let msg = ShardMsg::AwaitDelivery {
             id: id.to_string(),
+            channel: channel.to_string(),
             reply,
         };
         if shard.send_to(peer, msg).await.is_ok() {
@@ -128,7 +290,7 @@ async fn await_local_delivery(shard: &Rc<Shard>, id: &str) -> u32 {
         }
     }
     let (reply, answer) = oneshot::channel();
-    shard.await_delivery(id.to_string(), reply);
+    shard.await_delivery(id.to_string(), channel, reply);
     pending.push(answer);
     let mut recipients = 0;
     for answer in pending {
@@ -146,5 +308,47 @@ mod tests {
         assert_eq!(encode_message(b"hi")[0], 0x81);
         assert_eq!(encode_message(&[0xff, 0xfe])[0], 0x82);
         assert_eq!(&encode_message(b"hi")[2..], b"hi");
+    }
+
+    #[test]
+    fn payloads_are_classified_once() {
+        assert_eq!(classify(br#"{"a":[1,2]}"#), PayloadKind::Json);
+        assert_eq!(classify(b"42"), PayloadKind::Json);
+        assert_eq!(classify(b"hello"), PayloadKind::Text);
+        assert_eq!(classify(&[0xff]), PayloadKind::Binary);
+    }
+
+    #[test]
+    fn channel_owners_are_spread_and_stable() {
+        let owners: std::collections::HashSet<usize> = (0..64)
+            .map(|i| owner_shard(&Target::User(i.to_string()), 4))
+            .collect();
+        assert!(owners.len() > 1);
+        assert_eq!(owner_shard(&Target::All, 4), owner_shard(&Target::All, 4));
+    }
+
+    #[test]
+    fn frames_are_encoded_once_per_codec() {
+        let delivery = Delivery {
+            publish: Publish {
+                target: Target::Room("lobby".into()),
+                id: "n-0-1".into(),
+                from: Some("user:7".into()),
+                kind: PayloadKind::Json,
+                payload: Bytes::from_static(br#"{"hi":1}"#),
+            },
+            seq: Some(3),
+        };
+        let mut frames = Frames::new(&delivery);
+        let a = frames.for_codec(Codec::Native);
+        let b = frames.for_codec(Codec::Native);
+        assert_eq!(a.as_ptr(), b.as_ptr(), "shared, not re-encoded");
+        let raw = frames.for_codec(Codec::Raw);
+        assert_eq!(&raw[2..], br#"{"hi":1}"#);
+        let json: serde_json::Value = serde_json::from_slice(&a[2..]).unwrap();
+        assert_eq!(json["channel"], "room:lobby");
+        assert_eq!(json["seq"], 3);
+        assert_eq!(json["from"], "user:7");
+        assert_eq!(json["data"]["hi"], 1);
     }
 }

@@ -19,21 +19,30 @@
 //! envelope.rs      the MessagePack envelope published messages travel in between processes
 //! broker/resp.rs   sans-IO RESP2 glue over redis-protocol
 //! broker/client.rs one shard's Redis links: reconnect with backoff, refcounted SUBSCRIBE
-//! protocol.rs      the client protocol boundary (client data messages land here)
+//! protocol/        the client protocol boundary: codec choice, sessions, dispatch of client ops
+//! protocol/native.rs  sans-IO codec of volley's JSON protocol (docs/PROTOCOL.md)
+//! auth.rs          sans-IO JWT verification (HS256, RS256) and API key comparison
+//! index.rs         per-shard user -> connections and room -> connections
+//! routing.rs       the shard's user/room operations behind client ops and the API
+//! receipts.rs      per-shard delivered/acked counts of recent messages
 //! metrics.rs       per-shard counters, snapshots, JSON and Prometheus text
 //! ```
 
 pub mod api;
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod conn;
 pub mod envelope;
 pub mod fanout;
 pub mod http;
+pub mod index;
 pub mod listener;
 pub mod mesh;
 pub mod metrics;
 pub mod protocol;
+pub mod receipts;
+pub mod routing;
 pub mod server;
 pub mod shard;
 pub mod ws {

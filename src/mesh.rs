@@ -12,15 +12,69 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 
+use crate::envelope::{PayloadKind, Target};
 use crate::metrics::Snapshot;
+
+/// A message published to a target, before it has a sequence number.
+#[derive(Debug, Clone)]
+pub struct Publish {
+    pub target: Target,
+    /// Unique in the cluster: `<node>-<shard>-<counter>`.
+    pub id: String,
+    /// `user:<id>` of a publishing client; None for the HTTP API.
+    pub from: Option<String>,
+    pub kind: PayloadKind,
+    pub payload: Bytes,
+}
+
+/// A message ready for local delivery on every shard: sequenced (when known).
+#[derive(Debug)]
+pub struct Delivery {
+    pub publish: Publish,
+    /// The channel sequence number; None for messages from foreign publishers.
+    pub seq: Option<u64>,
+}
+
+/// Who a user or room is, as one shard sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Presence {
+    /// Connections of the user, or members of the room, on that shard.
+    pub connections: u32,
+    /// Room only: users with at least one connection in the room (anonymous ones excluded).
+    pub users: Vec<String>,
+}
 
 /// A message from one shard to another.
 pub enum ShardMsg {
-    /// Queue `frame` (already encoded, shared, never copied) to every local client; answer
-    /// with how many connections it was queued to.
-    Broadcast {
-        frame: Bytes,
+    /// Standalone mode: this shard owns the target's channel; assign the next sequence
+    /// number and deliver everywhere. Answers (seq, recipients in the process).
+    Sequence {
+        publish: Publish,
+        reply: oneshot::Sender<(u64, u32)>,
+    },
+    /// Queue a delivery to the local recipients of its target; answer how many. The frames
+    /// are encoded once per shard from the shared payload.
+    Deliver {
+        delivery: Arc<Delivery>,
         done: oneshot::Sender<u32>,
+    },
+    /// Report a user's connections or a room's members on this shard.
+    Lookup {
+        target: Target,
+        reply: oneshot::Sender<Presence>,
+    },
+    /// Put every local connection of `user` into `room` (join) or take them out; answer how
+    /// many connections changed.
+    Membership {
+        room: String,
+        user: String,
+        join: bool,
+        reply: oneshot::Sender<u32>,
+    },
+    /// Report (delivered, acked) for message `id` on this shard.
+    Receipt {
+        id: String,
+        reply: oneshot::Sender<(u32, u32)>,
     },
     /// Answer with this shard's counters and health.
     Stats { reply: oneshot::Sender<ShardReport> },
@@ -29,6 +83,8 @@ pub enum ShardMsg {
     /// shard is not subscribed or it does not arrive in time.
     AwaitDelivery {
         id: String,
+        /// The volley channel it was published on, e.g. `room:lobby`.
+        channel: String,
         reply: oneshot::Sender<u32>,
     },
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
-use crate::config::{Config, IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY};
+use crate::config::{ClientAuth, Config, IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY};
 use crate::mesh::{self, Shared};
 use crate::{listener, log, shard};
 
@@ -88,6 +88,18 @@ pub fn serve(config: Config, shared: Arc<Shared>) -> Result<(), String> {
         .map_err(|e| listener::explain_bind_error(config.listen, &e))?;
     let fds: Arc<[i32]> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
     let mesh = mesh::build(config.shards, MESH_CHANNEL_CAPACITY);
+    if matches!(config.client_auth, ClientAuth::Open) {
+        log!(
+            None,
+            "WARNING: no --jwt-secret or --jwt-rs256-key: clients are NOT authenticated and name themselves with ?user=; fine for development, not for an open network"
+        );
+    }
+    if config.api_key.is_none() {
+        log!(
+            None,
+            "no --api-key: the HTTP API (/api/*) answers loopback clients only"
+        );
+    }
 
     {
         let mut out = std::io::stdout().lock();

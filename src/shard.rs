@@ -6,7 +6,7 @@
 //! `Shard::run`'s last lines. Called by `server::serve` once per executor.
 
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
@@ -26,12 +26,17 @@ use slab::Slab;
 
 use crate::broker::{self, Broker};
 use crate::config::{Config, READ_SCRATCH_BYTES, WRITE_SCRATCH_BYTES};
+use crate::config::{RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S};
 use crate::conn::{Conn, ConnKey, ConnLimits, ConnState, PollEnv};
-use crate::envelope::{self, PayloadKind, Target};
-use crate::mesh::{Mesh, MeshSenders, ShardMsg, ShardReport, Shared};
+use crate::envelope::{self, Target, FLAG_CONTROL};
+use crate::fanout::Frames;
+use crate::index::Index;
+use crate::mesh::{Delivery, Mesh, MeshSenders, Publish, ShardMsg, ShardReport, Shared};
 use crate::metrics::Metrics;
+use crate::protocol::{self, Session};
+use crate::receipts::Receipts;
 use crate::ws::frame::{self, close_code, OpCode};
-use crate::{api, listener, log};
+use crate::{api, fanout, listener, log};
 
 /// How often the sweep runs: the clock's resolution, and the granularity of idle and close
 /// deadlines.
@@ -71,8 +76,14 @@ pub struct Shard {
     accept_error_logged_s: Cell<Option<u32>>,
     /// Cluster mode: this shard's Redis links.
     pub broker: Option<Rc<Broker>>,
-    /// Cluster mode: the Redis channel every connection listens on (`{prefix}:all`).
-    all_channel: String,
+    /// Who is connected as which user and in which rooms, on this shard.
+    pub(crate) index: RefCell<Index>,
+    /// Standalone: the last sequence number of each channel this shard owns.
+    pub(crate) seqs: RefCell<HashMap<String, u64>>,
+    /// Standalone: held while numbering a message and handing it to every shard, so
+    /// deliveries leave in number order.
+    pub(crate) sequencer: glommio::sync::Semaphore,
+    pub(crate) receipts: RefCell<Receipts>,
     /// Counter behind the ids of messages this shard publishes.
     next_message: Cell<u64>,
     /// Cluster mode: (message id, local recipients) of this process's own messages seen on
@@ -80,6 +91,7 @@ pub struct Shard {
     own_deliveries: RefCell<VecDeque<(String, u32)>>,
     /// Cluster mode: publishing shards waiting for one of their messages to arrive here.
     awaiting_delivery: RefCell<Vec<(String, oneshot::Sender<u32>, u32)>>,
+    pub(crate) started_at: Instant,
     envelope_error_logged_s: Cell<Option<u32>>,
 }
 
@@ -121,12 +133,13 @@ impl Shard {
             .redis
             .clone()
             .map(|redis| Rc::new(Broker::new(id, redis)));
-        let all_channel = broker
-            .as_ref()
-            .map_or_else(String::new, |b| b.channel("all"));
         Shard {
             broker,
-            all_channel,
+            index: RefCell::new(Index::default()),
+            seqs: RefCell::new(HashMap::new()),
+            sequencer: glommio::sync::Semaphore::new(1),
+            receipts: RefCell::new(Receipts::new(RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S)),
+            started_at: Instant::now(),
             next_message: Cell::new(0),
             own_deliveries: RefCell::new(VecDeque::new()),
             awaiting_delivery: RefCell::new(Vec::new()),
@@ -147,6 +160,23 @@ impl Shard {
             accepting: Cell::new(true),
             accept_error_logged_s: Cell::new(None),
         }
+    }
+
+    pub(crate) fn conns_mut(&self) -> std::cell::RefMut<'_, Slab<Conn>> {
+        self.conns.borrow_mut()
+    }
+
+    pub(crate) fn conns_ref(&self) -> std::cell::Ref<'_, Slab<Conn>> {
+        self.conns.borrow()
+    }
+
+    /// The shard clock: seconds since the shard started, advanced by the sweep.
+    pub fn now(&self) -> u32 {
+        self.now_s.get()
+    }
+
+    pub(crate) fn limits(&self) -> &ConnLimits {
+        &self.limits
     }
 
     /// Number of shards in this process.
@@ -180,22 +210,32 @@ impl Shard {
 
     /// Registers an upgraded connection and starts its task. `early` holds bytes the client
     /// sent right behind its upgrade request; they are decoded before anything else.
-    pub fn insert_conn(self: &Rc<Self>, stream: TcpStream, early: &mut [u8]) -> ConnKey {
+    pub fn insert_conn(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        early: &mut [u8],
+        session: Session,
+    ) -> ConnKey {
         let now_s = self.now_s.get();
         let generation = self.next_generation.get();
         self.next_generation.set(generation.wrapping_add(1));
-        let mut conn = Conn::new(stream, generation, now_s);
+        let user = session.user.clone();
+        let mut conn = Conn::new(stream, generation, now_s, session);
+        let mut inbound = Vec::new();
         if !early.is_empty() {
-            conn.on_input(early, &self.limits, &self.metrics, now_s);
+            conn.on_input(early, &self.limits, &self.metrics, now_s, &mut inbound);
         }
         let index = self.conns.borrow_mut().insert(conn);
-        if let Some(broker) = &self.broker {
-            broker.interest_add(&self.all_channel);
-        }
         let key = ConnKey {
             index: index as u32,
             generation,
         };
+        self.interest("all", true);
+        if let Some(user) = &user {
+            self.index.borrow_mut().add_user(user, key);
+            self.interest(&format!("user:{user}"), true);
+            self.presence_change(&format!("user:{user}"), self.node_id(), 1);
+        }
         Metrics::inc(&self.metrics.connections);
         Metrics::inc(&self.metrics.upgrades_total);
         glommio::spawn_local(ConnTask {
@@ -203,27 +243,40 @@ impl Shard {
             key,
         })
         .detach();
+        if !inbound.is_empty() {
+            protocol::dispatch(self, key, inbound);
+        }
         key
     }
 
-    fn poll_conn(&self, key: ConnKey, cx: &mut Context<'_>) -> Poll<()> {
-        let mut conns = self.conns.borrow_mut();
-        let Some(conn) = conns.get_mut(key.index as usize) else {
-            return Poll::Ready(());
+    fn poll_conn(self: &Rc<Self>, key: ConnKey, cx: &mut Context<'_>) -> Poll<()> {
+        let mut inbound = Vec::new();
+        let outcome = {
+            let mut conns = self.conns.borrow_mut();
+            let Some(conn) = conns.get_mut(key.index as usize) else {
+                return Poll::Ready(());
+            };
+            if conn.generation() != key.generation {
+                return Poll::Ready(());
+            }
+            let mut read_buf = self.read_buf.borrow_mut();
+            let mut write_buf = self.write_buf.borrow_mut();
+            let mut env = PollEnv {
+                read_buf: &mut read_buf,
+                write_buf: &mut write_buf,
+                limits: &self.limits,
+                metrics: &self.metrics,
+                now_s: self.now_s.get(),
+                inbound: &mut inbound,
+            };
+            conn.poll(cx, &mut env)
         };
-        if conn.generation() != key.generation {
-            return Poll::Ready(());
+        // Client messages are handled with no borrow held: an op may touch the index,
+        // other connections, or start a publish.
+        if outcome.is_pending() && !inbound.is_empty() {
+            protocol::dispatch(self, key, inbound);
         }
-        let mut read_buf = self.read_buf.borrow_mut();
-        let mut write_buf = self.write_buf.borrow_mut();
-        let mut env = PollEnv {
-            read_buf: &mut read_buf,
-            write_buf: &mut write_buf,
-            limits: &self.limits,
-            metrics: &self.metrics,
-            now_s: self.now_s.get(),
-        };
-        conn.poll(cx, &mut env)
+        outcome
     }
 
     fn remove_conn(&self, key: ConnKey) {
@@ -235,11 +288,21 @@ impl Shard {
             return;
         }
         // Dropping the Conn closes the socket.
-        drop(conns.remove(key.index as usize));
+        let conn = conns.remove(key.index as usize);
         drop(conns);
-        if let Some(broker) = &self.broker {
-            broker.interest_remove(&self.all_channel);
+        self.interest("all", false);
+        if let Some(user) = &conn.session.user {
+            self.index.borrow_mut().remove_user(user, key);
+            self.interest(&format!("user:{user}"), false);
+            self.presence_change(&format!("user:{user}"), self.node_id(), -1);
         }
+        let left = self.index.borrow_mut().leave_all(key);
+        for (room, _) in left {
+            self.interest(&format!("room:{room}"), false);
+            let member = conn.session.user.as_deref().unwrap_or("");
+            self.presence_change(&format!("room:{room}"), member, -1);
+        }
+        drop(conn);
         let open = self.metrics.connections.get();
         debug_assert!(open > 0);
         self.metrics.connections.set(open - 1);
@@ -247,32 +310,89 @@ impl Shard {
         self.shared.release_connection();
     }
 
-    /// Queues `frame` to every open connection of this shard; returns how many.
-    pub fn deliver_local(&self, frame: &Bytes) -> u32 {
+    /// Queues a delivery to the local recipients of its target, each connection getting the
+    /// frame of its codec (encoded once per shard); returns how many.
+    pub fn deliver(&self, delivery: &Delivery) -> u32 {
         Metrics::inc(&self.metrics.broadcasts_total);
         let now_s = self.now_s.get();
+        let mut frames = Frames::new(delivery);
         let mut queued = 0;
-        for (_, conn) in self.conns.borrow_mut().iter_mut() {
-            if conn.push(frame.clone(), &self.limits, &self.metrics, now_s) {
+        let mut conns = self.conns.borrow_mut();
+        let mut push = |conn: &mut Conn| {
+            let frame = frames.for_codec(conn.session.codec);
+            if conn.push(frame, &self.limits, &self.metrics, now_s) {
                 queued += 1;
+            }
+        };
+        let index = self.index.borrow();
+        let keys = match &delivery.publish.target {
+            Target::All => {
+                for (_, conn) in conns.iter_mut() {
+                    push(conn);
+                }
+                &[][..]
+            }
+            Target::User(user) => index.user_conns(user),
+            Target::Room(room) => index.room_conns(room),
+        };
+        for key in keys {
+            if let Some(conn) = conns.get_mut(key.index as usize) {
+                if conn.generation() == key.generation {
+                    push(conn);
+                }
+            }
+        }
+        drop(index);
+        drop(conns);
+        if let Some(seq) = delivery.seq {
+            self.receipts.borrow_mut().record(
+                &delivery.publish.id,
+                &delivery.publish.target.to_string(),
+                seq,
+                queued,
+                now_s,
+            );
+            if queued > 0 {
+                self.receipt_change(&delivery.publish.id, "delivered", queued);
             }
         }
         queued
     }
 
-    fn handle_msg(&self, msg: ShardMsg) {
+    fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Broadcast { frame, done } => {
-                // One copy per shard, not per client: the clones and drops of this
-                // shard's recipients then touch a refcount no other core writes to.
-                let local = Bytes::copy_from_slice(&frame);
-                drop(frame);
-                let _ = done.send(self.deliver_local(&local));
+            ShardMsg::Sequence { publish, reply } => {
+                let shard = self.clone();
+                glommio::spawn_local(async move {
+                    let outcome = fanout::sequence_and_deliver(&shard, publish).await;
+                    let _ = reply.send(outcome);
+                })
+                .detach();
+            }
+            ShardMsg::Deliver { delivery, done } => {
+                let _ = done.send(self.deliver(&delivery));
             }
             ShardMsg::Stats { reply } => {
                 let _ = reply.send(self.report());
             }
-            ShardMsg::AwaitDelivery { id, reply } => self.await_delivery(id, reply),
+            ShardMsg::AwaitDelivery { id, channel, reply } => {
+                self.await_delivery(id, &channel, reply)
+            }
+            ShardMsg::Lookup { target, reply } => {
+                let _ = reply.send(self.lookup(&target));
+            }
+            ShardMsg::Membership {
+                room,
+                user,
+                join,
+                reply,
+            } => {
+                let _ = reply.send(self.membership(&room, &user, join));
+            }
+            ShardMsg::Receipt { id, reply } => {
+                let receipt = self.receipts.borrow().get(&id).unwrap_or_default();
+                let _ = reply.send((receipt.delivered, receipt.acked));
+            }
         }
     }
 
@@ -296,19 +416,32 @@ impl Shard {
         format!("{}-{}-{}", self.shared.node_id, self.id, n)
     }
 
-    /// The Redis channel of broadcasts (`{prefix}:all`); empty in standalone mode.
-    pub fn all_channel(&self) -> &str {
-        &self.all_channel
-    }
-
-    /// A message arrived on this shard's Redis subscription: decode, encode the frame once
-    /// for this shard, queue it locally.
-    pub fn on_broker_message(&self, channel: &[u8], payload: Bytes) {
+    /// A message arrived on this shard's Redis subscription: decode it, then deliver it to
+    /// the local recipients of its target (frames encoded once for this shard).
+    pub fn on_broker_message(self: &Rc<Self>, channel: &[u8], payload: Bytes) {
         Metrics::inc(&self.metrics.redis_messages_total);
-        if channel != self.all_channel.as_bytes() {
+        let Some(broker) = &self.broker else {
             return;
-        }
-        let envelope = match envelope::decode(&payload) {
+        };
+        let target = std::str::from_utf8(channel)
+            .ok()
+            .and_then(|c| c.strip_prefix(broker.config.prefix.as_str()))
+            .and_then(|c| c.strip_prefix(':'))
+            .and_then(Target::parse);
+        let decoded = envelope::decode(&payload)
+            .map_err(|e| e.to_string())
+            .and_then(|envelope| {
+                if Some(&envelope.target) == target.as_ref() {
+                    Ok(envelope)
+                } else {
+                    Err(format!(
+                        "target {} does not match the channel {}",
+                        envelope.target,
+                        String::from_utf8_lossy(channel)
+                    ))
+                }
+            });
+        let envelope = match decoded {
             Ok(envelope) => envelope,
             Err(e) => {
                 Metrics::inc(&self.metrics.redis_envelope_errors_total);
@@ -319,23 +452,27 @@ impl Shard {
                     log!(
                         Some(self.id),
                         "dropped a message on {}: {e} (see docs/ENVELOPE.md)",
-                        self.all_channel
+                        String::from_utf8_lossy(channel)
                     );
                 }
                 return;
             }
         };
-        if envelope.target != Target::All {
-            // User and room targets arrive with the addressing step; this channel carries
-            // broadcasts only.
-            Metrics::inc(&self.metrics.redis_envelope_errors_total);
-            return;
-        }
-        let opcode = match envelope.kind {
-            PayloadKind::Text => OpCode::Text,
-            PayloadKind::Binary => OpCode::Binary,
+        let recipients = if envelope.flags & FLAG_CONTROL != 0 {
+            self.apply_control(&envelope.target, &envelope.payload)
+        } else {
+            let delivery = Delivery {
+                seq: envelope.seq,
+                publish: Publish {
+                    target: envelope.target,
+                    id: envelope.id.clone(),
+                    from: envelope.from,
+                    kind: envelope.kind,
+                    payload: envelope.payload,
+                },
+            };
+            self.deliver(&delivery)
         };
-        let recipients = self.deliver_local(&frame::encode(opcode, &envelope.payload));
         if envelope.origin == self.shared.node_id {
             self.record_own_delivery(envelope.id, recipients);
         }
@@ -355,8 +492,9 @@ impl Shard {
         own.push_back((id, recipients));
     }
 
-    /// Answers how many local connections message `id` reached here, now or once it arrives.
-    pub fn await_delivery(&self, id: String, reply: oneshot::Sender<u32>) {
+    /// Answers how many local connections message `id` (published on `channel`, a volley
+    /// channel name such as `room:lobby`) reached here, now or once it arrives.
+    pub fn await_delivery(&self, id: String, channel: &str, reply: oneshot::Sender<u32>) {
         let mut own = self.own_deliveries.borrow_mut();
         if let Some(at) = own.iter().position(|(seen, _)| *seen == id) {
             let (_, recipients) = own.remove(at).unwrap_or_default();
@@ -366,7 +504,7 @@ impl Shard {
         let subscribed = self
             .broker
             .as_ref()
-            .is_some_and(|b| b.is_subscribed(&self.all_channel));
+            .is_some_and(|b| b.is_subscribed(&b.channel(channel)));
         if subscribed {
             let deadline_s = self.now_s.get() + AWAIT_DELIVERY_S;
             self.awaiting_delivery
@@ -378,6 +516,7 @@ impl Shard {
     }
 
     async fn serve_mesh(self: Rc<Self>, mut rx: ConnectedReceiver<ShardMsg>) {
+        // Handled one at a time in arrival order: deliveries of a channel stay in sequence.
         while let Some(msg) = rx.next().await {
             self.handle_msg(msg);
         }
@@ -429,6 +568,7 @@ impl Shard {
             self.awaiting_delivery
                 .borrow_mut()
                 .retain(|(_, _, deadline_s)| now_s < *deadline_s);
+            self.receipts.borrow_mut().expire(now_s);
             let idle_s = self.config.idle_timeout_s;
             for (_, conn) in self.conns.borrow_mut().iter_mut() {
                 match conn.state() {

@@ -64,7 +64,7 @@ fn keep_alive_serves_pipelined_requests_in_order() {
         .map(|(i, _)| &all[i + 9..i + 12])
         .collect();
     assert_eq!(statuses, vec!["200", "200", "404"], "{all}");
-    assert!(all.contains("{\"recipients\":0}"), "{all}");
+    assert!(all.contains("\"recipients\":0"), "{all}");
 }
 
 #[test]

@@ -11,7 +11,7 @@ import asyncio, json, sys, urllib.request
 import websockets
 
 async def main(addr):
-    async with websockets.connect(f"ws://{addr}/ws") as ws:
+    async with websockets.connect(f"ws://{addr}/ws?protocol=raw") as ws:
         def post():
             req = urllib.request.Request(f"http://{addr}/api/broadcast", data=b"hello from python", method="POST")
             return json.load(urllib.request.urlopen(req, timeout=10))

@@ -210,6 +210,18 @@ impl Broker {
         }
     }
 
+    /// Sends a command whose reply nobody waits for (presence counters). Dropped, and
+    /// false, when the link is down.
+    pub fn command_detached(&self, args: &[&[u8]]) -> bool {
+        if self.cmd_state.get() != LinkState::Up {
+            return false;
+        }
+        let mut wire = BytesMut::new();
+        resp::encode_command(&mut wire, args);
+        let (reply, _) = oneshot::channel();
+        self.requests.try_send(Request { wire, reply }).is_ok()
+    }
+
     /// Sends one command on the command link and waits for its reply. Fails at once when the
     /// link is down, so a publish never waits on a dead Redis.
     pub async fn command(&self, args: &[&[u8]]) -> Result<BytesFrame, Error> {

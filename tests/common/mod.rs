@@ -2,6 +2,8 @@
 //! with real sockets (raw bytes, raw HTTP, and tungstenite's client), stop it by PID.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
@@ -227,10 +229,53 @@ pub fn connect(server: &Server) -> Client {
 pub fn connect_addr(addr: SocketAddr) -> Client {
     let stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let (client, response) =
-        tungstenite::client(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(stream)).unwrap();
+    let (client, response) = tungstenite::client(
+        format!("ws://{addr}/ws?protocol=raw"),
+        MaybeTlsStream::Plain(stream),
+    )
+    .unwrap();
     assert_eq!(response.status(), 101);
     client
+}
+
+/// A client of the native JSON protocol; `query` is e.g. `user=ann` or `token=...`.
+pub fn connect_native(addr: SocketAddr, query: &str) -> Client {
+    try_connect_native(addr, query).unwrap_or_else(|e| panic!("connect ?{query}: {e}"))
+}
+
+/// Like `connect_native`, but returns the refusal (status and body) instead of panicking.
+pub fn try_connect_native(addr: SocketAddr, query: &str) -> Result<Client, String> {
+    let stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    match tungstenite::client(
+        format!("ws://{addr}/ws?{query}"),
+        MaybeTlsStream::Plain(stream),
+    ) {
+        Ok((client, _)) => Ok(client),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(format!(
+                "{} {}",
+                response.status().as_u16(),
+                String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+            ))
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Sends one JSON op.
+pub fn send_op(client: &mut Client, op: serde_json::Value) {
+    client.send(Message::text(op.to_string())).unwrap();
+}
+
+/// The next JSON object from the server (reply or message), skipping control frames.
+pub fn next_json(client: &mut Client) -> serde_json::Value {
+    match next_data(client) {
+        Message::Text(text) => {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"))
+        }
+        other => panic!("expected a JSON text frame, got {other:?}"),
+    }
 }
 
 /// Next data message, skipping control frames (tungstenite answers pings itself).
@@ -260,7 +305,7 @@ pub fn raw_upgrade(addr: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        "GET /ws?protocol=raw HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     );
     stream.write_all(request.as_bytes()).unwrap();
     let mut head = Vec::new();
@@ -393,4 +438,17 @@ pub fn process_alive(pid: i32) -> bool {
                 .map(|s| s != "Z" && s != "X")
         })
         .unwrap_or(false)
+}
+
+/// Whether a pushed message carries `text`: the payload is the text itself, or a client
+/// protocol envelope around it (so these checks hold whatever framing the protocol adds).
+pub fn carries(message: &Message, text: &str) -> bool {
+    let payload: &[u8] = match message {
+        Message::Text(t) => t.as_bytes(),
+        Message::Binary(b) => b,
+        _ => return false,
+    };
+    payload
+        .windows(text.len().max(1))
+        .any(|w| w == text.as_bytes())
 }

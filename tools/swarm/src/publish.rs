@@ -36,9 +36,19 @@ pub fn make_body(seq: u64, t_us: u64, size_bytes: usize) -> String {
 
 /// The `recipients` field of a broadcast answer, if there is one.
 pub fn recipients_of(body: &[u8]) -> Option<u64> {
+    field_of(body, "recipients")
+}
+
+/// The `nodes` field of a broadcast answer (cluster mode: Redis subscribers that got the
+/// message, one per shard with clients, in any process), if there is one.
+pub fn nodes_of(body: &[u8]) -> Option<u64> {
+    field_of(body, "nodes")
+}
+
+fn field_of(body: &[u8], key: &str) -> Option<u64> {
     serde_json::from_slice::<Value>(body)
         .ok()?
-        .get("recipients")?
+        .get(key)?
         .as_u64()
 }
 
@@ -56,6 +66,7 @@ async fn publish(cfg: PublishConfig) -> Result<Value, String> {
     let (mut ok, mut failed, mut total_recipients) = (0u64, 0u64, 0u64);
     let mut recipients_min: Option<u64> = None;
     let mut recipients_max = 0u64;
+    let (mut nodes_min, mut nodes_max): (Option<u64>, Option<u64>) = (None, None);
     let mut failures = Reasons::default();
     let mut post_us = Histogram::default();
     for n in 0..cfg.count {
@@ -84,10 +95,16 @@ async fn publish(cfg: PublishConfig) -> Result<Value, String> {
                     recipients_min = Some(recipients_min.map_or(r, |m| m.min(r)));
                     recipients_max = recipients_max.max(r);
                 }
+                let nodes = nodes_of(&resp.body);
+                if let Some(n) = nodes {
+                    nodes_min = Some(nodes_min.map_or(n, |m| m.min(n)));
+                    nodes_max = Some(nodes_max.map_or(n, |m| m.max(n)));
+                }
                 if !cfg.quiet {
                     let r = recipients.map_or("?".to_owned(), |r| r.to_string());
+                    let n = nodes.map_or(String::new(), |n| format!(" nodes={n}"));
                     eprintln!(
-                        "swarm publish: seq={seq} status=200 recipients={r} post_us={took_us}"
+                        "swarm publish: seq={seq} status=200 recipients={r}{n} post_us={took_us}"
                     );
                 }
             }
@@ -121,6 +138,8 @@ async fn publish(cfg: PublishConfig) -> Result<Value, String> {
         "total_recipients": total_recipients,
         "recipients_min": recipients_min,
         "recipients_max": recipients_max,
+        "nodes_min": nodes_min,
+        "nodes_max": nodes_max,
         "post_us": {"p50": post_us.quantile(0.5), "p99": post_us.quantile(0.99), "max": post_us.max()},
         "elapsed_s": (start.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
     }))
@@ -145,5 +164,13 @@ mod tests {
         assert_eq!(recipients_of(br#"{"recipients": 15000}"#), Some(15000));
         assert_eq!(recipients_of(br#"{"ok":true}"#), None);
         assert_eq!(recipients_of(b"nope"), None);
+    }
+
+    #[test]
+    fn nodes_are_read_when_present() {
+        let cluster = br#"{"recipients": 9000, "nodes": 2, "id": "ab-0-1"}"#;
+        assert_eq!(recipients_of(cluster), Some(9000));
+        assert_eq!(nodes_of(cluster), Some(2));
+        assert_eq!(nodes_of(br#"{"recipients": 15000}"#), None);
     }
 }
