@@ -35,6 +35,8 @@ const READ_CHUNK_BYTES: usize = 4096;
 const WAIT_ACK_DEFAULT_MS: u64 = 5_000;
 /// Longest `?wait=ack&timeout_ms=`: an HTTP request should not hang for minutes.
 const WAIT_ACK_MAX_MS: u64 = 60_000;
+/// Longest `?resume=` token: room names are short, and rooms per connection are bounded.
+const RESUME_TOKEN_BYTES_MAX: usize = 16 * 1024;
 /// How often `?wait=ack` looks at the receipt.
 const WAIT_ACK_POLL: Duration = Duration::from_millis(20);
 
@@ -202,7 +204,11 @@ pub async fn serve_http(shard: Rc<Shard>, mut stream: TcpStream) {
             };
         buf.drain(..used);
         let keep_alive = head.keep_alive && shard.is_accepting();
-        let response = route(&shard, &head, &body, keep_alive, peer).await;
+        let mut response = route(&shard, &head, &body, keep_alive, peer).await;
+        // RFC 9110 §9.3.2: HEAD gets GET's headers, Content-Length included, and no content.
+        if head.method == Method::Head {
+            http::strip_body(&mut response);
+        }
         if stream.write_all(&response).await.is_err() || !keep_alive {
             return;
         }
@@ -230,11 +236,15 @@ async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, hea
         http::response(status, "application/json", body.as_bytes(), false, extra)
     };
     if head.method != Method::Get {
-        let response = refuse(
+        let mut response = refuse(
             405,
             "/ws accepts only GET (a WebSocket upgrade)",
             &[("Allow", "GET")],
         );
+        // RFC 9110 §9.3.2: no content in an answer to HEAD, whatever its status.
+        if head.method == Method::Head {
+            http::strip_body(&mut response);
+        }
         let _ = stream.write_all(&response).await;
         return;
     }
@@ -261,8 +271,8 @@ async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, hea
             .await;
         return;
     }
-    let session = match identify(shard, head) {
-        Ok(session) => session,
+    let (session, resume) = match identify(shard, head) {
+        Ok(identified) => identified,
         Err((status, message)) => {
             let extra: &[(&str, &str)] = if status == 401 {
                 &[("WWW-Authenticate", "Bearer")]
@@ -294,7 +304,47 @@ async fn upgrade(shard: &Rc<Shard>, mut stream: TcpStream, mut buf: Vec<u8>, hea
     }
     let mut early = buf.split_off(head.head_len);
     drop(buf);
-    shard.insert_conn(stream, &mut early, session);
+    shard.insert_conn(stream, &mut early, session, resume);
+}
+
+/// A resume token: base64url (no padding) of a JSON object mapping channels to the last seq
+/// the client saw, e.g. `{"user:ann":17,"room:lobby":5,"all":3}` (docs/PROTOCOL.md). Rooms
+/// in it are joined again (subject to the token's permissions); a user channel must be the
+/// client's own.
+pub fn parse_resume(
+    token: &str,
+    user: Option<&str>,
+    rooms_max: usize,
+) -> Result<Vec<(Target, u64)>, String> {
+    use base64::Engine;
+    if token.len() > RESUME_TOKEN_BYTES_MAX {
+        return Err(format!(
+            "{} bytes; at most {RESUME_TOKEN_BYTES_MAX}",
+            token.len()
+        ));
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| "not base64url".to_string())?;
+    let map: std::collections::BTreeMap<String, u64> = serde_json::from_slice(&json)
+        .map_err(|_| "not a JSON object of channel -> seq, e.g. {\"user:ann\":17}".to_string())?;
+    if map.len() > rooms_max + 2 {
+        return Err(format!("{} channels; at most {}", map.len(), rooms_max + 2));
+    }
+    map.into_iter()
+        .map(|(channel, seq)| {
+            let target = Target::parse(&channel)
+                .ok_or_else(|| format!("{channel:?} is not all, user:<id> or room:<name>"))?;
+            if let Target::User(id) = &target {
+                if Some(id.as_str()) != user {
+                    return Err(format!(
+                        "{channel:?}: you can resume only your own user channel"
+                    ));
+                }
+            }
+            Ok((target, seq))
+        })
+        .collect()
 }
 
 fn unix_now_s() -> u64 {
@@ -314,7 +364,10 @@ fn bearer(head: &Head) -> Option<&str> {
 
 /// Who is connecting and with which codec: a verified token when a JWT key is set (401
 /// with the reason otherwise), or `?user=` in open mode.
-fn identify(shard: &Shard, head: &Head) -> Result<Session, (u16, String)> {
+/// Channels to recover at connect, each with the last seq the client saw.
+type Resume = Vec<(Target, u64)>;
+
+fn identify(shard: &Shard, head: &Head) -> Result<(Session, Resume), (u16, String)> {
     let codec = Codec::parse(head.query_param("protocol")).map_err(|e| (400, e))?;
     let (user, claims) = match &shard.config.client_auth {
         ClientAuth::Jwt(verifier) => {
@@ -346,11 +399,18 @@ fn identify(shard: &Shard, head: &Head) -> Result<Session, (u16, String)> {
             (user, None)
         }
     };
-    Ok(Session::new(
-        codec,
-        user,
-        claims,
-        shard.config.client_publish_burst,
+    let resume = match head.query_param("resume") {
+        None => Vec::new(),
+        Some(token) => parse_resume(
+            token,
+            user.as_deref(),
+            shard.config.rooms_per_connection_max,
+        )
+        .map_err(|e| (400, format!("resume: {e}")))?,
+    };
+    Ok((
+        Session::new(codec, user, claims, shard.config.client_publish_burst),
+        resume,
     ))
 }
 
@@ -404,12 +464,18 @@ async fn route(
     keep_alive: bool,
     peer: Option<SocketAddr>,
 ) -> Vec<u8> {
-    let method = head.method.as_str();
+    // RFC 9110 §9.3.2: HEAD is GET without the content (the caller strips it).
+    let method = match head.method.as_str() {
+        "HEAD" => "GET",
+        method => method,
+    };
     let parts: Vec<&str> = head.path.trim_start_matches('/').split('/').collect();
     let allowed: &str = match parts.as_slice() {
         ["healthz"] | ["metrics"] | ["api", "stats"] => "GET",
         ["api", "broadcast"] | ["api", "batch"] => "POST",
         ["api", "users", _] | ["api", "rooms", _] | ["api", "messages", _] => "GET",
+        ["api", "users", _, "presence"] | ["api", "rooms", _, "presence"] => "GET",
+        ["api", "channels", _, "history"] => "GET",
         ["api", "users", _, "messages"] | ["api", "rooms", _, "messages"] => "POST",
         ["api", "rooms", _, "members", _] => "PUT, DELETE",
         _ => {
@@ -503,6 +569,13 @@ async fn route(
         (["api", "rooms", _, "members", _], m) => {
             membership(shard, &names[0], &names[1], m == "PUT", keep_alive).await
         }
+        (["api", "users", _, "presence"], _) => {
+            presence(shard, Target::User(names[0].clone()), keep_alive).await
+        }
+        (["api", "rooms", _, "presence"], _) => {
+            presence(shard, Target::Room(names[0].clone()), keep_alive).await
+        }
+        (["api", "channels", _, "history"], _) => history(shard, head, &names[0], keep_alive).await,
         (["api", "messages", _], _) => {
             let (delivered, acked) = receipt_total(shard, &names[0]).await;
             json_response(
@@ -782,39 +855,190 @@ async fn lookup(shard: &Rc<Shard>, target: Target, keep_alive: bool) -> Vec<u8> 
         Target::Room(room) => json!({ "room": room, "connections": connections, "members": users }),
         Target::All => json!({ "connections": connections }),
     };
-    if let Some(broker) = &shard.broker {
-        let key = broker.channel(&format!("presence:{target}"));
-        match broker.command(&[b"HGETALL", key.as_bytes()]).await {
-            Ok(BytesFrame::Array(fields)) => {
-                let mut cluster_connections = 0i64;
-                let mut names = Vec::new();
-                for pair in fields.chunks(2) {
-                    if let [BytesFrame::BulkString(name), BytesFrame::BulkString(count)] = pair {
-                        let count: i64 = std::str::from_utf8(count)
-                            .ok()
-                            .and_then(|c| c.parse().ok())
-                            .unwrap_or(0);
-                        if count > 0 {
-                            cluster_connections += count;
-                            if !name.is_empty() {
-                                names.push(String::from_utf8_lossy(name).into_owned());
-                            }
-                        }
-                    }
-                }
-                names.sort_unstable();
+    if shard.broker.is_some() {
+        match cluster_presence(shard, &target).await {
+            Ok((connections, names)) => {
                 answer["cluster"] = match &target {
                     Target::User(_) => {
-                        json!({ "connections": cluster_connections, "nodes": names, "online": cluster_connections > 0 })
+                        json!({ "connections": connections, "nodes": names, "online": connections > 0 })
                     }
-                    _ => json!({ "connections": cluster_connections, "members": names }),
+                    _ => json!({ "connections": connections, "members": names }),
                 };
             }
-            Ok(_) => {}
             Err(e) => answer["cluster_error"] = e.to_string().into(),
         }
     }
     json_response(200, answer, keep_alive)
+}
+
+/// Cluster-wide presence of a user (connections, live nodes) or a room (connections,
+/// members), from the counters in Redis, counting only nodes whose heartbeat key is alive:
+/// a node that crashed stops counting within `--presence-ttl-s`, and its stale counters
+/// are removed as they are found.
+async fn cluster_presence(
+    shard: &Rc<Shard>,
+    target: &Target,
+) -> Result<(i64, Vec<String>), broker::Error> {
+    let Some(broker) = &shard.broker else {
+        return Ok((0, Vec::new()));
+    };
+    let key = broker.channel(&format!("presence:{target}"));
+    let BytesFrame::Array(fields) = broker.command(&[b"HGETALL", key.as_bytes()]).await? else {
+        return Ok((0, Vec::new()));
+    };
+    // (node, member or "", count)
+    let mut entries: Vec<(String, String, String, i64)> = Vec::new();
+    for pair in fields.chunks(2) {
+        if let [BytesFrame::BulkString(field), BytesFrame::BulkString(count)] = pair {
+            let field = String::from_utf8_lossy(field).into_owned();
+            let count: i64 = std::str::from_utf8(count)
+                .ok()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let (node, member) = match field.split_once('|') {
+                Some((node, member)) => (node.to_string(), member.to_string()),
+                None => (field.clone(), String::new()),
+            };
+            entries.push((field, node, member, count));
+        }
+    }
+    let mut nodes: Vec<&str> = entries.iter().map(|(_, n, _, _)| n.as_str()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    // This node is alive by definition, heartbeat written yet or not.
+    let mut live = std::collections::HashSet::from([shard.node_id().to_string()]);
+    let registry = broker.channel("nodes");
+    for node in nodes.into_iter().filter(|n| *n != shard.node_id()) {
+        let node_key = broker.channel(&format!("node:{node}"));
+        let beating = matches!(
+            broker.command(&[b"EXISTS", node_key.as_bytes()]).await?,
+            BytesFrame::Integer(1)
+        );
+        // Dead only if it was registered (it had beaten) and its heartbeat has expired; a
+        // node that has not beaten yet is just starting.
+        let registered = matches!(
+            broker
+                .command(&[b"SISMEMBER", registry.as_bytes(), node.as_bytes()])
+                .await?,
+            BytesFrame::Integer(1)
+        );
+        if beating || !registered {
+            live.insert(node.to_string());
+        }
+    }
+    let mut connections = 0;
+    let mut names = Vec::new();
+    for (field, node, member, count) in &entries {
+        if !live.contains(node) {
+            broker.command_detached(&[b"HDEL", key.as_bytes(), field.as_bytes()]);
+            continue;
+        }
+        if *count <= 0 {
+            continue;
+        }
+        connections += count;
+        match target {
+            Target::User(_) => names.push(node.clone()),
+            _ if !member.is_empty() => names.push(member.clone()),
+            _ => {}
+        }
+    }
+    names.sort_unstable();
+    names.dedup();
+    Ok((connections, names))
+}
+
+/// `GET /api/users/{id}/presence` and `GET /api/rooms/{room}/presence`: cluster-wide in
+/// cluster mode (nodes that stopped heartbeating do not count), this process standalone.
+async fn presence(shard: &Rc<Shard>, target: Target, keep_alive: bool) -> Vec<u8> {
+    let (connections, names) = if shard.broker.is_some() {
+        match cluster_presence(shard, &target).await {
+            Ok(found) => found,
+            Err(e) => return publish_error(shard, e, keep_alive),
+        }
+    } else {
+        let mut connections = 0i64;
+        let mut users = Vec::new();
+        for presence in gather_lookup(shard, &target).await {
+            connections += presence.connections as i64;
+            users.extend(presence.users);
+        }
+        users.sort_unstable();
+        users.dedup();
+        (connections, users)
+    };
+    let answer = match &target {
+        Target::User(user) => {
+            let mut answer =
+                json!({ "user": user, "online": connections > 0, "connections": connections });
+            if shard.broker.is_some() {
+                answer["nodes"] = names.into();
+            }
+            answer
+        }
+        Target::Room(room) => {
+            json!({ "room": room, "connections": connections, "count": names.len(), "members": names })
+        }
+        Target::All => json!({ "connections": connections }),
+    };
+    json_response(200, answer, keep_alive)
+}
+
+/// `GET /api/channels/{channel}/history?since=SEQ&limit=N`: what a channel's history holds
+/// after a seq, oldest first, with whether that is everything since then.
+async fn history(shard: &Rc<Shard>, head: &Head, channel: &str, keep_alive: bool) -> Vec<u8> {
+    let Some(target) = Target::parse(channel) else {
+        let message = format!("channel {channel:?}: use all, user:<id> or room:<name>");
+        return error(shard, 400, &message, keep_alive);
+    };
+    let since = match head.query_param("since").map(str::parse::<u64>) {
+        None => 0,
+        Some(Ok(since)) => since,
+        Some(Err(_)) => return error(shard, 400, "since: must be an unsigned integer", keep_alive),
+    };
+    let most = shard.config.history_size.max(1);
+    let limit = match head.query_param("limit").map(str::parse::<usize>) {
+        None => most,
+        Some(Ok(limit)) if (1..=most).contains(&limit) => limit,
+        Some(_) => {
+            return error(
+                shard,
+                400,
+                &format!("limit: must be 1..={most} (--history-size)"),
+                keep_alive,
+            )
+        }
+    };
+    let replay = match shard.fetch_history(&target, since, limit).await {
+        Ok(replay) => replay,
+        Err(e) => return publish_error(shard, e, keep_alive),
+    };
+    let messages: Vec<serde_json::Value> = replay
+        .messages
+        .iter()
+        .map(|m| {
+            let mut message = json!({ "seq": m.seq, "id": m.id, "from": m.from });
+            match m.kind {
+                PayloadKind::Json => {
+                    message["data"] =
+                        serde_json::from_slice(&m.payload).unwrap_or(serde_json::Value::Null);
+                }
+                PayloadKind::Text => message["data"] = String::from_utf8_lossy(&m.payload).into(),
+                PayloadKind::Binary => {
+                    use base64::Engine;
+                    message["data_base64"] = base64::engine::general_purpose::STANDARD
+                        .encode(&m.payload)
+                        .into();
+                }
+            }
+            message
+        })
+        .collect();
+    json_response(
+        200,
+        json!({ "channel": channel, "current": replay.current, "complete": replay.complete, "messages": messages }),
+        keep_alive,
+    )
 }
 
 /// `PUT` / `DELETE /api/rooms/{room}/members/{user}`: every connection of the user joins or

@@ -622,8 +622,9 @@ fn check_time(exp: u64, nbf: Option<u64>, now: u64) -> Result<(), AuthError> {
     Ok(())
 }
 
-/// HS256 secret of the verifier [`fuzz_one`] uses; tests sign tokens with it.
-const FUZZ_HS256_SECRET: &[u8] = b"volley fuzz secret, not used anywhere else: 32+ bytes";
+/// HS256 secret of the verifier [`fuzz_one`] uses; tests (and `tests/fuzz.rs`) sign tokens
+/// with it. Public on purpose: it is a fixed test value that no running server ever uses.
+pub const FUZZ_HS256_SECRET: &[u8] = b"volley fuzz secret, not used anywhere else: 32+ bytes";
 
 /// Public half of a 2048-bit test key made once with `openssl genpkey` for [`fuzz_one`] and
 /// the tests (which embed the private half). It is a public key: no secret lives here.

@@ -72,6 +72,19 @@ pub const BATCH_TARGETS_MAX: usize = 10_000;
 pub const RECEIPT_RETENTION_S: u32 = 300;
 /// Messages whose receipts each shard keeps (oldest dropped first).
 pub const RECEIPTS_PER_SHARD_MAX: usize = 100_000;
+/// Messages kept per channel for recovery: a client away for a short while (a train tunnel,
+/// a redeploy) catches up without the application refetching.
+pub const HISTORY_SIZE_DEFAULT: usize = 1000;
+/// Seconds a channel's history is kept.
+pub const HISTORY_TTL_S_DEFAULT: u32 = 3600;
+/// Messages kept per offline user.
+pub const INBOX_SIZE_DEFAULT: usize = 100;
+/// Seconds an offline user's messages are kept (a week: long weekends happen).
+pub const INBOX_TTL_S_DEFAULT: u32 = 7 * 24 * 3600;
+/// Times an unacked inbox message is delivered before it is given up.
+pub const INBOX_DELIVERIES_MAX_DEFAULT: u32 = 3;
+/// Seconds after which a crashed node's users count as offline (its heartbeat key expires).
+pub const PRESENCE_TTL_S_DEFAULT: u32 = 15;
 /// Capacity of each shard-to-shard channel.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
@@ -167,6 +180,27 @@ pub struct ServeArgs {
     /// Client publishes a connection may burst.
     #[arg(long, default_value_t = CLIENT_PUBLISH_BURST_DEFAULT)]
     pub client_publish_burst: u32,
+    /// Messages kept per channel for recovery (0 turns history off).
+    #[arg(long, default_value_t = HISTORY_SIZE_DEFAULT)]
+    pub history_size: usize,
+    /// Seconds a channel's history is kept.
+    #[arg(long, default_value_t = HISTORY_TTL_S_DEFAULT)]
+    pub history_ttl_s: u32,
+    /// Messages kept per offline user (0 turns the inbox off).
+    #[arg(long, default_value_t = INBOX_SIZE_DEFAULT)]
+    pub inbox_size: usize,
+    /// Seconds an offline user's messages are kept.
+    #[arg(long, default_value_t = INBOX_TTL_S_DEFAULT)]
+    pub inbox_ttl_s: u32,
+    /// Times an unacked inbox message is delivered before it is given up.
+    #[arg(long, default_value_t = INBOX_DELIVERIES_MAX_DEFAULT)]
+    pub inbox_deliveries_max: u32,
+    /// Seconds after which a crashed node's users count as offline (cluster mode).
+    #[arg(long, default_value_t = PRESENCE_TTL_S_DEFAULT)]
+    pub presence_ttl_s: u32,
+    /// Tell room members when someone joins or leaves (a `presence` message on the room).
+    #[arg(long)]
+    pub room_events: bool,
 }
 
 /// How client tokens are checked, if at all.
@@ -294,6 +328,13 @@ pub struct Config {
     pub name_bytes_max: usize,
     pub client_publish_rate: u32,
     pub client_publish_burst: u32,
+    pub history_size: usize,
+    pub history_ttl_s: u32,
+    pub inbox_size: usize,
+    pub inbox_ttl_s: u32,
+    pub inbox_deliveries_max: u32,
+    pub presence_ttl_s: u32,
+    pub room_events: bool,
 }
 
 /// A flag value that cannot be used, said in words with what to do.
@@ -555,7 +596,41 @@ impl ServeArgs {
                 self.client_publish_rate, self.client_publish_burst
             ));
         }
+        if self.history_size > 100_000 {
+            return err(format!(
+                "--history-size {}: at most 100000 per channel",
+                self.history_size
+            ));
+        }
+        if self.inbox_size > 100_000 {
+            return err(format!(
+                "--inbox-size {}: at most 100000 per user",
+                self.inbox_size
+            ));
+        }
+        if self.history_ttl_s == 0 || self.inbox_ttl_s == 0 {
+            return err("--history-ttl-s and --inbox-ttl-s must be at least 1 (use a size of 0 to turn a store off)".into());
+        }
+        if !(1..=100).contains(&self.inbox_deliveries_max) {
+            return err(format!(
+                "--inbox-deliveries-max {}: must be 1..=100",
+                self.inbox_deliveries_max
+            ));
+        }
+        if !(3..=3600).contains(&self.presence_ttl_s) {
+            return err(format!(
+                "--presence-ttl-s {}: must be 3..=3600",
+                self.presence_ttl_s
+            ));
+        }
         Ok(Config {
+            history_size: self.history_size,
+            history_ttl_s: self.history_ttl_s,
+            inbox_size: self.inbox_size,
+            inbox_ttl_s: self.inbox_ttl_s,
+            inbox_deliveries_max: self.inbox_deliveries_max,
+            presence_ttl_s: self.presence_ttl_s,
+            room_events: self.room_events,
             client_auth,
             api_key: self.api_key.clone(),
             rooms_per_connection_max: self.rooms_per_connection_max,
@@ -586,6 +661,9 @@ impl ServeArgs {
 
 impl Config {
     /// A config for tests: loopback, ephemeral port, defaults elsewhere.
+    // Not reachable from input: only tests and benches call this, with fixed arguments and
+    // the defaults, which `validate` accepts (a failure is a bug in a default, for a test).
+    #[allow(clippy::expect_used)]
     pub fn for_tests(shards: usize) -> Config {
         let args = Cli::parse_from(["volley", "serve", "--listen", "127.0.0.1:0"]);
         let Command::Serve(args) = args.command;

@@ -20,6 +20,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::ops::ControlFlow;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -282,10 +283,26 @@ impl Conn {
         self.wake();
     }
 
-    /// Ends the connection at its next poll, whatever it was doing (deadline passed).
+    /// Ends the connection at its next poll, whatever it was doing (deadline passed), with
+    /// an abortive close (see [`Conn::abort`]).
     pub fn kill(&mut self) {
+        self.abort();
         self.state = ConnState::Dead;
         self.wake();
+    }
+
+    /// Sets SO_LINGER {on, 0}, so dropping the socket sends RST and frees its kernel buffers
+    /// at once. Without it, a client that stopped reading with a tiny window keeps our
+    /// unsent bytes (up to the send buffer) trickling out of kernel memory for ~100 s of
+    /// zero-window probes after we close. Used only for a connection cut off at its close
+    /// deadline: its close handshake already failed, so nothing of value is lost.
+    pub fn abort(&self) {
+        // SAFETY: the fd is owned by `self.stream`, which outlives this borrow; SockRef only
+        // calls setsockopt on it and never closes it.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.stream.as_raw_fd()) };
+        // A failure (the fd already errored) only loses the early release; the drop still
+        // closes the socket.
+        let _ = socket2::SockRef::from(&fd).set_linger(Some(std::time::Duration::ZERO));
     }
 
     /// Fails the connection for a protocol violation: drop what is queued, send the close

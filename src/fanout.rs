@@ -20,7 +20,8 @@ use redis_protocol::resp2::types::BytesFrame;
 
 use crate::broker;
 use crate::envelope::{self, Envelope, PayloadKind, Target};
-use crate::mesh::{Delivery, Publish, ShardMsg};
+use crate::mesh::{Delivery, Publish, ShardMsg, Stored};
+use crate::metrics::Metrics;
 use crate::protocol::native::{self, Payload};
 use crate::protocol::Codec;
 use crate::shard::Shard;
@@ -178,6 +179,20 @@ pub async fn sequence_and_deliver(shard: &Rc<Shard>, publish: Publish) -> (u64, 
     // the (FIFO) mesh channels in sequence order even when a channel is full.
     let permit = shard.sequencer().acquire_permit(1).await;
     let seq = shard.next_seq(&publish.target);
+    let stored = Stored {
+        seq,
+        id: publish.id.clone(),
+        from: publish.from.clone(),
+        kind: publish.kind,
+        payload: publish.payload.clone(),
+    };
+    let channel = publish.target.to_string();
+    // Into the history before anyone can see it live: a recovering client that asks for
+    // history finds every message whose live copy it might have been held back from.
+    shard
+        .history
+        .borrow_mut()
+        .push(&channel, stored.clone(), shard.now());
     let delivery = Arc::new(Delivery {
         publish,
         seq: Some(seq),
@@ -199,19 +214,50 @@ pub async fn sequence_and_deliver(shard: &Rc<Shard>, publish: Publish) -> (u64, 
     for answer in pending {
         recipients += answer.await.unwrap_or(0);
     }
+    // Nobody anywhere holds this user: keep it for their next connection.
+    if let (Target::User(user), 0) = (&delivery.publish.target, recipients) {
+        if shard.config.inbox_size > 0 {
+            shard.inboxes.borrow_mut().push(user, stored, shard.now());
+            Metrics::inc(&shard.metrics.inbox_stored_total);
+        }
+    }
     (seq, recipients)
 }
 
-/// The Lua script that numbers and publishes in one step: INCR the channel's counter,
-/// write the number into the envelope's fixed 8-byte `seq` slot, PUBLISH. Redis runs
-/// scripts atomically, so sequence order is publish order for every subscriber.
+/// The Lua script that numbers, stores and publishes in one step: INCR the channel's
+/// counter, write the number into the envelope's fixed 8-byte `seq` slot, append it to the
+/// channel's history stream (entry id `<seq>-0`, trimmed to the history size), PUBLISH,
+/// and, when nobody received it on a user channel, keep it in the user's inbox. Redis runs
+/// scripts atomically, so sequence order is history order is publish order everywhere.
+///
+/// KEYS: seq, channel, history, inbox, inbox deliveries.
+/// ARGV: envelope, seq offset, history size, history ttl, inbox size, inbox ttl.
 const PUBLISH_SCRIPT: &str = r#"
 local seq = redis.call('INCR', KEYS[1])
 local at = tonumber(ARGV[2])
 local hi = math.floor(seq / 4294967296)
 local lo = seq % 4294967296
 local envelope = string.sub(ARGV[1], 1, at) .. struct.pack('>I4I4', hi, lo) .. string.sub(ARGV[1], at + 9)
+local history_size = tonumber(ARGV[3])
+if history_size > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', history_size, string.format('%d-0', seq), 'e', envelope)
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
 local receivers = redis.call('PUBLISH', KEYS[2], envelope)
+local inbox_size = tonumber(ARGV[5])
+if receivers == 0 and inbox_size > 0 then
+  redis.call('HSET', KEYS[4], seq, envelope)
+  if redis.call('HLEN', KEYS[4]) > inbox_size then
+    local kept = redis.call('HKEYS', KEYS[4])
+    table.sort(kept, function(a, b) return tonumber(a) < tonumber(b) end)
+    for i = 1, #kept - inbox_size do
+      redis.call('HDEL', KEYS[4], kept[i])
+      redis.call('HDEL', KEYS[5], kept[i])
+    end
+  end
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+  redis.call('EXPIRE', KEYS[5], ARGV[6])
+end
 return {seq, receivers}
 "#;
 
@@ -223,8 +269,23 @@ async fn publish_cluster(
     broker: &broker::Broker,
     publish: Publish,
 ) -> Result<Published, broker::Error> {
-    let channel = broker.channel(&publish.target.to_string());
-    let seq_key = broker.channel(&format!("seq:{}", publish.target));
+    let name = publish.target.to_string();
+    let channel = broker.channel(&name);
+    let seq_key = broker.channel(&format!("seq:{name}"));
+    let history_key = broker.channel(&format!("history:{name}"));
+    // Only user channels have an inbox; other channels pass size 0 (and unused keys).
+    let (inbox_key, deliveries_key, inbox_size) = match &publish.target {
+        Target::User(user) => (
+            broker.channel(&format!("inbox:{user}")),
+            broker.channel(&format!("inbox-deliveries:{user}")),
+            shard.config.inbox_size,
+        ),
+        _ => (history_key.clone(), history_key.clone(), 0),
+    };
+    let history_size = shard.config.history_size.to_string();
+    let history_ttl = shard.config.history_ttl_s.to_string();
+    let inbox_size = inbox_size.to_string();
+    let inbox_ttl = shard.config.inbox_ttl_s.to_string();
     let (wire, seq_at) = envelope::encode(&Envelope {
         origin: shard.node_id().to_string(),
         id: publish.id.clone(),
@@ -240,11 +301,18 @@ async fn publish_cluster(
         .command(&[
             b"EVAL",
             PUBLISH_SCRIPT.as_bytes(),
-            b"2",
+            b"5",
             seq_key.as_bytes(),
             channel.as_bytes(),
+            history_key.as_bytes(),
+            inbox_key.as_bytes(),
+            deliveries_key.as_bytes(),
             &wire,
             seq_at.as_bytes(),
+            history_size.as_bytes(),
+            history_ttl.as_bytes(),
+            inbox_size.as_bytes(),
+            inbox_ttl.as_bytes(),
         ])
         .await?;
     let (seq, nodes) = match &reply {

@@ -424,6 +424,13 @@ fn body_kind(
                     "Transfer-Encoding does not end in chunked",
                 ));
             }
+            // §6.1: "A sender MUST NOT apply the chunked transfer coding more
+            // than once": `chunked, chunked` (in one header or two) is a framing
+            // error, not a coding we lack, so 400 rather than 501.
+            let earlier = codings.split_last().map_or(&[][..], |(_, e)| e);
+            if earlier.iter().any(|c| c.eq_ignore_ascii_case("chunked")) {
+                return Err(Error::Malformed("Transfer-Encoding applies chunked twice"));
+            }
             // §6.1: a coding we do not implement is 501.
             if codings.len() > 1 {
                 return Err(Error::UnsupportedTransferEncoding);
@@ -778,6 +785,15 @@ pub fn json_error(status: u16, message: &str, keep_alive: bool) -> Vec<u8> {
     )
 }
 
+/// Cuts a response built by [`response`] down to its head, for a HEAD request: RFC 9110
+/// §9.3.2, the server sends the headers it would send for GET (Content-Length included)
+/// and no content. A response without a blank line is left as it is.
+pub fn strip_body(response: &mut Vec<u8>) {
+    if let Some(at) = response.windows(4).position(|w| w == b"\r\n\r\n") {
+        response.truncate(at + 4);
+    }
+}
+
 /// Fuzz entry point: runs [`parse_head`] and [`ChunkedDecoder`] on arbitrary
 /// bytes. It must never panic; it asserts the invariants a caller relies on.
 pub fn fuzz_one(data: &[u8]) {
@@ -1033,8 +1049,42 @@ mod tests {
         assert_eq!(Error::UnsupportedTransferEncoding.status(), 501);
         assert_eq!(parse_err(&te("gzip")).status(), 400);
         assert_eq!(parse_err(&te("chunked, gzip")).status(), 400);
+        // RFC 9112 §6.1: chunked at most once, whether in one header or two.
+        for twice in [
+            "chunked, chunked",
+            "Chunked,chunked",
+            "chunked, gzip, chunked",
+        ] {
+            assert_eq!(
+                parse_err(&te(twice)),
+                Error::Malformed("Transfer-Encoding applies chunked twice"),
+                "{twice}"
+            );
+        }
+        let two_headers = "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\
+                           Transfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse_err(two_headers).status(), 400);
         let old = "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(parse_err(old).status(), 400);
+    }
+
+    #[test]
+    fn strip_body_keeps_the_head_and_its_content_length() {
+        let mut full = response(200, "application/json", b"{\"ok\":true}", true, &[]);
+        let head_len = full.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = full[..head_len].to_vec();
+        strip_body(&mut full);
+        assert_eq!(full, head);
+        assert!(String::from_utf8(full)
+            .unwrap()
+            .contains("Content-Length: 11\r\n"));
+        // A body that itself holds a blank line is cut at the first one, the head's end.
+        let mut tricky = response(200, "text/plain", b"a\r\n\r\nb", false, &[]);
+        strip_body(&mut tricky);
+        assert!(tricky.ends_with(b"Connection: close\r\n\r\n"));
+        let mut partial = b"HTTP/1.1 200 OK\r\n".to_vec();
+        strip_body(&mut partial);
+        assert_eq!(partial, b"HTTP/1.1 200 OK\r\n");
     }
 
     #[test]

@@ -25,6 +25,9 @@
 //! index.rs         per-shard user -> connections and room -> connections
 //! routing.rs       the shard's user/room operations behind client ops and the API
 //! receipts.rs      per-shard delivered/acked counts of recent messages
+//! history.rs       standalone per-channel history and per-user offline inboxes
+//! recovery.rs      the replay/live seam of one recovering connection
+//! replay.rs        the shard's history replays, inbox deliveries and history lookups
 //! metrics.rs       per-shard counters, snapshots, JSON and Prometheus text
 //! ```
 
@@ -35,6 +38,7 @@ pub mod config;
 pub mod conn;
 pub mod envelope;
 pub mod fanout;
+pub mod history;
 pub mod http;
 pub mod index;
 pub mod listener;
@@ -42,6 +46,8 @@ pub mod mesh;
 pub mod metrics;
 pub mod protocol;
 pub mod receipts;
+pub mod recovery;
+pub mod replay;
 pub mod routing;
 pub mod server;
 pub mod shard;

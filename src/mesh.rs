@@ -35,6 +35,28 @@ pub struct Delivery {
     pub seq: Option<u64>,
 }
 
+/// One stored message of a channel's history or a user's inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    pub id: String,
+    pub from: Option<String>,
+    pub kind: PayloadKind,
+    pub payload: Bytes,
+}
+
+/// What a history lookup found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Messages after the requested seq, oldest first.
+    pub messages: Vec<Stored>,
+    /// The channel's latest seq (0 when nothing was ever published).
+    pub current: u64,
+    /// False when messages after the requested seq are no longer all kept (the gap is older
+    /// than the history): the application should refetch.
+    pub complete: bool,
+}
+
 /// Who a user or room is, as one shard sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Presence {
@@ -71,6 +93,21 @@ pub enum ShardMsg {
         join: bool,
         reply: oneshot::Sender<u32>,
     },
+    /// Standalone: this shard owns `channel`; answer its messages after `since`.
+    History {
+        channel: String,
+        since: u64,
+        limit: usize,
+        reply: oneshot::Sender<Replay>,
+    },
+    /// Standalone: this shard owns `user:<user>`; hand over the user's offline inbox for a
+    /// delivery attempt (entries past the attempt limit are given up).
+    InboxTake {
+        user: String,
+        reply: oneshot::Sender<Vec<Stored>>,
+    },
+    /// Standalone: the user acked inbox message `seq`; forget it.
+    InboxAck { user: String, seq: u64 },
     /// Report (delivered, acked) for message `id` on this shard.
     Receipt {
         id: String,

@@ -85,6 +85,14 @@ counters! {
     redis_messages_total: "counter",
     /// Cluster mode: messages from Redis dropped because their envelope did not decode.
     redis_envelope_errors_total: "counter",
+    /// Messages replayed from history to recovering clients.
+    replayed_total: "counter",
+    /// Standalone: messages kept in an offline user's inbox (cluster mode: in Redis).
+    inbox_stored_total: "counter",
+    /// Inbox messages delivered to a user's new connection.
+    inbox_delivered_total: "counter",
+    /// Inbox messages given up after --inbox-deliveries-max unacked deliveries.
+    inbox_given_up_total: "counter",
 }
 
 impl Snapshot {

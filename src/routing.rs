@@ -253,13 +253,50 @@ impl Shard {
 
     /// Counts a client's ack of (channel, seq); false when no recent message matches.
     /// In cluster mode the count also goes to the message's receipt in Redis.
-    pub fn ack(&self, _key: ConnKey, target: &Target, seq: u64) -> bool {
+    pub fn ack(self: &Rc<Self>, key: ConnKey, target: &Target, seq: u64) -> bool {
+        // An ack on the client's own user channel also clears that message from its
+        // offline inbox (it may have come from there, with no receipt on this shard).
+        let own_inbox = match target {
+            Target::User(user) => self
+                .with_session(key, |s| s.user.as_deref() == Some(user.as_str()))
+                .unwrap_or(false),
+            _ => false,
+        };
+        if let (true, Target::User(user)) = (own_inbox, target) {
+            self.inbox_ack(user, seq);
+        }
         let mut receipts = self.receipts.borrow_mut();
         let Some(id) = receipts.ack(&target.to_string(), seq) else {
-            return false;
+            return own_inbox;
         };
         self.receipt_change(id, "acked", 1);
         true
+    }
+
+    /// A connection may recover `all`, its own user channel, and rooms it is in.
+    pub fn may_recover(&self, key: ConnKey, target: &Target) -> Result<(), Refusal> {
+        let allowed = match target {
+            Target::All => true,
+            Target::User(user) => self
+                .with_session(key, |s| s.user.as_deref() == Some(user.as_str()))
+                .unwrap_or(false),
+            Target::Room(room) => self
+                .index
+                .borrow()
+                .rooms_of(key)
+                .iter()
+                .any(|r| &**r == room),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err((
+                ErrorCode::Forbidden,
+                format!(
+                    "{target}: recover works on all, your own user channel, and rooms you are in"
+                ),
+            ))
+        }
     }
 
     /// Cluster mode: adds to a message's receipt counters in Redis
@@ -326,6 +363,13 @@ impl Shard {
     pub fn presence_change(&self, channel: &str, field: &str, delta: i64) {
         if let Some(broker) = &self.broker {
             let key = broker.channel(&format!("presence:{channel}"));
+            // Room members are counted per node, so a crashed node's members can be told
+            // apart (and dropped) once its heartbeat key expires.
+            let field = if channel.starts_with("room:") {
+                format!("{}|{field}", self.node_id())
+            } else {
+                field.to_string()
+            };
             let delta = delta.to_string();
             broker.command_detached(&[
                 b"HINCRBY",

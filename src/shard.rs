@@ -24,23 +24,28 @@ use glommio::net::{TcpListener, TcpStream};
 use glommio::{GlommioError, ResourceType};
 use slab::Slab;
 
+use crate::broker::client::Heartbeat;
 use crate::broker::{self, Broker};
 use crate::config::{Config, READ_SCRATCH_BYTES, WRITE_SCRATCH_BYTES};
 use crate::config::{RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S};
 use crate::conn::{Conn, ConnKey, ConnLimits, ConnState, PollEnv};
 use crate::envelope::{self, Target, FLAG_CONTROL};
 use crate::fanout::Frames;
+use crate::history::{History, Inboxes};
 use crate::index::Index;
 use crate::mesh::{Delivery, Mesh, MeshSenders, Publish, ShardMsg, ShardReport, Shared};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Session};
 use crate::receipts::Receipts;
+use crate::recovery::Admit;
 use crate::ws::frame::{self, close_code, OpCode};
 use crate::{api, fanout, listener, log};
 
 /// How often the sweep runs: the clock's resolution, and the granularity of idle and close
 /// deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Seconds between full passes over the slab (idle, ping, deadlines), at most.
+const FULL_SWEEP_EVERY_S: u32 = 5;
 /// How often a shard checks the process-wide shutdown flag.
 const SHUTDOWN_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Pause after an accept error such as EMFILE, so a full fd table does not spin a core.
@@ -84,6 +89,10 @@ pub struct Shard {
     /// deliveries leave in number order.
     pub(crate) sequencer: glommio::sync::Semaphore,
     pub(crate) receipts: RefCell<Receipts>,
+    /// Standalone: history of the channels this shard owns.
+    pub(crate) history: RefCell<History>,
+    /// Standalone: offline inboxes of the users whose channel this shard owns.
+    pub(crate) inboxes: RefCell<Inboxes>,
     /// Counter behind the ids of messages this shard publishes.
     next_message: Cell<u64>,
     /// Cluster mode: (message id, local recipients) of this process's own messages seen on
@@ -129,16 +138,27 @@ impl Shard {
             },
             close_timeout_s: config.close_timeout.as_secs().max(1) as u32,
         };
-        let broker = config
-            .redis
-            .clone()
-            .map(|redis| Rc::new(Broker::new(id, redis)));
+        let broker = config.redis.clone().map(|redis| {
+            let heartbeat = (id == 0).then(|| Heartbeat {
+                key: format!("{}:node:{}", redis.prefix, shared.node_id),
+                registry: format!("{}:nodes", redis.prefix),
+                node_id: shared.node_id.clone(),
+                ttl_s: config.presence_ttl_s,
+            });
+            Rc::new(Broker::new(id, redis, heartbeat))
+        });
         Shard {
             broker,
             index: RefCell::new(Index::default()),
             seqs: RefCell::new(HashMap::new()),
             sequencer: glommio::sync::Semaphore::new(1),
             receipts: RefCell::new(Receipts::new(RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S)),
+            history: RefCell::new(History::new(config.history_size, config.history_ttl_s)),
+            inboxes: RefCell::new(Inboxes::new(
+                config.inbox_size,
+                config.inbox_ttl_s,
+                config.inbox_deliveries_max,
+            )),
             started_at: Instant::now(),
             next_message: Cell::new(0),
             own_deliveries: RefCell::new(VecDeque::new()),
@@ -215,6 +235,7 @@ impl Shard {
         stream: TcpStream,
         early: &mut [u8],
         session: Session,
+        resume: Vec<(Target, u64)>,
     ) -> ConnKey {
         let now_s = self.now_s.get();
         let generation = self.next_generation.get();
@@ -243,6 +264,29 @@ impl Shard {
             key,
         })
         .detach();
+        // Recovery first (it holds back live messages of the channels it replays), then
+        // the client's own early messages.
+        let take_inbox = user.is_some() && self.config.inbox_size > 0;
+        let mut channels = Vec::with_capacity(resume.len());
+        for (target, since) in resume {
+            if let Target::Room(room) = &target {
+                // Rooms in a resume token are joined again, under today's permissions.
+                if let Err((code, message)) = self.join_room(key, room) {
+                    protocol::reply_error(
+                        self,
+                        key,
+                        None,
+                        code,
+                        &format!("resume {target}: {message}"),
+                    );
+                    continue;
+                }
+            }
+            channels.push((target, since));
+        }
+        if !channels.is_empty() || take_inbox {
+            self.start_recovery(key, channels, take_inbox);
+        }
         if !inbound.is_empty() {
             protocol::dispatch(self, key, inbound);
         }
@@ -318,8 +362,30 @@ impl Shard {
         let mut frames = Frames::new(delivery);
         let mut queued = 0;
         let mut conns = self.conns.borrow_mut();
+        let mut channel: Option<String> = None;
         let mut push = |conn: &mut Conn| {
             let frame = frames.for_codec(conn.session.codec);
+            if let Some(recovering) = conn.session.recovering.as_mut() {
+                let channel = channel.get_or_insert_with(|| delivery.publish.target.to_string());
+                match recovering.admit(channel, delivery.seq, &frame) {
+                    Admit::Pass => {}
+                    Admit::Held => {
+                        queued += 1;
+                        return;
+                    }
+                    Admit::Duplicate => return,
+                    Admit::Overflow => {
+                        Metrics::inc(&self.metrics.slow_consumer_closes_total);
+                        conn.close(
+                            close_code::POLICY,
+                            "slow consumer: too much held during recovery",
+                            &self.limits,
+                            now_s,
+                        );
+                        return;
+                    }
+                }
+            }
             if conn.push(frame, &self.limits, &self.metrics, now_s) {
                 queued += 1;
             }
@@ -388,6 +454,20 @@ impl Shard {
                 reply,
             } => {
                 let _ = reply.send(self.membership(&room, &user, join));
+            }
+            ShardMsg::History {
+                channel,
+                since,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.history_since(&channel, since, limit));
+            }
+            ShardMsg::InboxTake { user, reply } => {
+                let _ = reply.send(self.inbox_take(&user));
+            }
+            ShardMsg::InboxAck { user, seq } => {
+                self.inboxes.borrow_mut().ack(&user, seq);
             }
             ShardMsg::Receipt { id, reply } => {
                 let receipt = self.receipts.borrow().get(&id).unwrap_or_default();
@@ -552,25 +632,45 @@ impl Shard {
         }
     }
 
-    /// Advances the clock once a second; pings every connection each ping interval; closes
-    /// the idle ones and cuts off closing ones past their deadline. One pass over the slab
-    /// replaces a timer per connection.
+    /// Advances the clock once a second. Every few seconds (and at each ping round) one
+    /// pass over the slab pings every connection, closes the idle ones, cuts off closing
+    /// ones past their deadline and ends finished recoveries: one pass replaces a timer
+    /// per connection, and doing it every `FULL_SWEEP_EVERY_S` rather than every second
+    /// keeps an idle shard of 64k connections nearly free.
     async fn sweep_loop(self: Rc<Self>) {
         let mut next_ping_s = self.config.ping_interval_s;
+        let full_every_s = FULL_SWEEP_EVERY_S.min(self.config.ping_interval_s).max(1);
+        let mut next_full_s = full_every_s;
+        let mut next_heartbeat_s = 0;
         loop {
             glommio::timer::sleep(SWEEP_INTERVAL).await;
             let now_s = self.started.elapsed().as_secs() as u32;
             self.now_s.set(now_s);
-            let ping_due = now_s >= next_ping_s;
-            if ping_due {
-                next_ping_s = now_s + self.config.ping_interval_s;
-            }
             self.awaiting_delivery
                 .borrow_mut()
                 .retain(|(_, _, deadline_s)| now_s < *deadline_s);
             self.receipts.borrow_mut().expire(now_s);
+            let ping_due = now_s >= next_ping_s;
+            if ping_due {
+                next_ping_s = now_s + self.config.ping_interval_s;
+            }
+            // Retried every second until Redis takes it, then every third of the TTL.
+            if now_s >= next_heartbeat_s && self.heartbeat() {
+                next_heartbeat_s = now_s + (self.config.presence_ttl_s / 3).max(1);
+            }
+            if !ping_due && now_s < next_full_s {
+                continue;
+            }
+            next_full_s = now_s + full_every_s;
+            self.history.borrow_mut().expire(now_s);
+            self.inboxes.borrow_mut().expire(now_s);
             let idle_s = self.config.idle_timeout_s;
             for (_, conn) in self.conns.borrow_mut().iter_mut() {
+                if let Some(recovering) = conn.session.recovering.as_mut() {
+                    if recovering.expire(now_s) {
+                        conn.session.recovering = None;
+                    }
+                }
                 match conn.state() {
                     ConnState::Open if now_s.saturating_sub(conn.last_rx_s()) >= idle_s => {
                         Metrics::inc(&self.metrics.idle_closes_total);
@@ -586,6 +686,13 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// Cluster mode, shard 0: refreshes this node's heartbeat key, whose expiry tells the
+    /// cluster this node (and the presence it counted) is gone. Returns false when it could
+    /// not be sent (link down), so it is retried.
+    fn heartbeat(&self) -> bool {
+        self.broker.as_ref().is_none_or(|b| b.beat())
     }
 
     /// Queues a close frame to every open connection.

@@ -3,6 +3,8 @@
 //! never reads, and clients that stream garbage. Each test checks that the abuser gets its
 //! status or close code, that everyone else is still served, and (where memory is at stake)
 //! that volley's resident memory stays under a stated bound.
+// Test code: an unwrap that fails is a failed test, not a panic reachable from input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;
@@ -333,6 +335,18 @@ fn conflicting_or_bad_body_framing_is_refused() {
             "501",
         ),
         (
+            // RFC 9112 §6.1: chunked may be applied only once; a framing error, not a
+            // coding we lack (it used to get 501).
+            "chunked twice in one header",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
+            "chunked twice in two headers",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "400",
+        ),
+        (
             "Transfer-Encoding in HTTP/1.0",
             b"POST /api/broadcast HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "400",
@@ -639,4 +653,266 @@ fn garbage_and_endless_streams_are_closed_with_their_code_and_memory_stays_bound
         rss_max < rss_before + RSS_GROWTH_MAX_KIB,
         "VmRSS grew from {rss_before} KiB to {rss_max} KiB"
     );
+}
+
+/// Regression: a client that kept one message open with endless empty continuation frames
+/// was never closed (each frame adds no byte to the message limit). Past
+/// `FRAGMENTS_MAX` frames the next continuation gets 1009.
+#[test]
+fn endless_empty_continuations_are_closed_with_1009() {
+    use volley::ws::frame::FRAGMENTS_MAX;
+    let server = Server::start(&["--shards", "2"]);
+    let mut neighbour = connect(&server);
+    server.wait_for("the neighbour", |s| {
+        s["total"]["connections"].as_u64() == Some(1)
+    });
+    // Exactly FRAGMENTS_MAX frames are one message: accepted and counted.
+    let mut ok = raw_upgrade(server.addr);
+    let mut message = client_frame(0x01, b"a", MASK);
+    for _ in 0..FRAGMENTS_MAX - 2 {
+        message.extend(client_frame(0x00, b"", MASK));
+    }
+    message.extend(client_frame(0x80, b"b", MASK));
+    ok.write_all(&message).unwrap();
+    ok.write_all(&client_frame(0x89, b"probe", MASK)).unwrap();
+    assert_eq!(
+        read_server_frame(&mut ok).unwrap(),
+        (0x8a, b"probe".to_vec())
+    );
+    server.wait_for("the message counted", |s| {
+        s["total"]["messages_received_total"].as_u64() == Some(1)
+    });
+    // Endless empty continuations: 1009, and the writer is cut off.
+    let mut endless = raw_upgrade(server.addr);
+    endless
+        .write_all(&client_frame(0x01, b"start", MASK))
+        .unwrap();
+    let chunk: Vec<u8> = (0..256)
+        .flat_map(|_| client_frame(0x00, b"", MASK))
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = stream_until_stopped(
+        endless.try_clone().unwrap(),
+        chunk,
+        stop.clone(),
+        64 * 1024 * 1024,
+    );
+    assert_eq!(
+        read_close_code(&mut endless),
+        1009,
+        "endless empty continuations"
+    );
+    assert!(read_to_close(&mut endless).is_empty());
+    stop.store(true, Ordering::Relaxed);
+    let sent = writer.join().unwrap();
+    // The server refused at the first frame past the limit; it read little more.
+    assert!(sent >= FRAGMENTS_MAX * 6, "sent {sent} bytes");
+    drop(endless);
+    drop(ok);
+    server.wait_for("only the neighbour left", |s| {
+        s["total"]["connections"].as_u64() == Some(1)
+    });
+    assert_eq!(server.total("protocol_error_closes_total"), 1);
+    normal_client_works(&server, &mut neighbour, "after endless fragments");
+}
+
+/// RFC 9110 §9.3.2: HEAD on a GET route gets GET's status and headers, Content-Length
+/// included, and no content (it used to get 405). A HEAD answer never carries a body, so a
+/// pipelined request after it is answered in order.
+#[test]
+fn head_on_get_routes_gets_the_headers_without_a_body() {
+    let server = Server::start(&["--shards", "1"]);
+    let header = |response: &str, name: &str| -> Option<String> {
+        response
+            .split("\r\n")
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string))
+    };
+    for path in ["/healthz", "/api/stats", "/metrics"] {
+        let get = exchange(
+            server.addr,
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        let head = exchange(
+            server.addr,
+            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(statuses(&head), vec!["200"], "HEAD {path}: {head}");
+        assert!(
+            head.ends_with("\r\n\r\n"),
+            "HEAD {path} has a body: {head:?}"
+        );
+        assert_eq!(
+            header(&head, "Content-Type"),
+            header(&get, "Content-Type"),
+            "{path}"
+        );
+        let length: usize = header(&head, "Content-Length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("HEAD {path} without Content-Length: {head}"));
+        // The counters in stats and metrics move between the two requests; health does not.
+        assert!(length > 0, "{path}");
+        if path == "/healthz" {
+            let body = &get[get.find("\r\n\r\n").unwrap() + 4..];
+            assert_eq!(length, body.len(), "{path}: {get}");
+        }
+    }
+    // Pipelined: HEAD, then GET on the same connection.
+    let all = exchange(
+        server.addr,
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(statuses(&all), vec!["200", "200"], "{all}");
+    // HEAD on a POST route is still 405, and on /ws too, both without a body.
+    for path in ["/api/broadcast", "/ws"] {
+        let response = exchange(
+            server.addr,
+            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(statuses(&response), vec!["405"], "HEAD {path}: {response}");
+        assert!(response.ends_with("\r\n\r\n"), "HEAD {path}: {response:?}");
+        assert!(header(&response, "Content-Length").is_some(), "{response}");
+    }
+    assert_eq!(server.total("broadcasts_total"), 0);
+}
+
+/// The `/proc/net/tcp` rows (IPv4 loopback) whose local port is `local` and remote port is
+/// `remote`, as their state in hex (01 established, 04 FIN_WAIT1, 0B CLOSING ...).
+fn tcp_states(local: u16, remote: u16) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let port = |addr: &str| {
+        addr.rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok())
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (l, r, st) = (fields.get(1)?, fields.get(2)?, fields.get(3)?);
+            (port(l) == Some(local) && port(r) == Some(remote)).then(|| st.to_string())
+        })
+        .collect()
+}
+
+/// Regression: a slow consumer cut off at its close deadline used to be closed gracefully,
+/// so the kernel kept our unsent bytes for a client with a tiny window and probed it for
+/// ~100 s (the socket orphaned in FIN_WAIT1). volley now sets SO_LINGER {on, 0} before it
+/// drops such a socket: the kernel sends RST and frees it at once.
+#[test]
+fn a_slow_consumer_cut_off_at_its_deadline_is_reset_at_once() {
+    const BODY_BYTES: usize = 32 * 1024;
+    let server = Server::start(&["--shards", "1"]);
+    let slow = raw_upgrade(server.addr);
+    socket2::SockRef::from(&slow)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let client_port = slow.local_addr().unwrap().port();
+    let server_port = server.addr.port();
+    server.wait_for("the client", |s| {
+        s["total"]["connections"].as_u64() == Some(1)
+    });
+    assert_eq!(tcp_states(server_port, client_port), vec!["01"]);
+    // Broadcast until the queue passes its cap (4 MiB by default) and it is closed as slow.
+    let body = vec![0xffu8; BODY_BYTES];
+    let deadline = Instant::now() + WAIT;
+    while server.total("slow_consumer_closes_total") == 0 {
+        assert!(Instant::now() < deadline, "never closed as a slow consumer");
+        server.broadcast(&body);
+    }
+    // Its close frame sits behind what it never read: the sweep drops it at the deadline.
+    server.wait_for("the slow client to be dropped", |s| {
+        s["total"]["connections"].as_u64() == Some(0)
+    });
+    // The server's side of the socket is gone, not lingering in FIN_WAIT1.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let states = tcp_states(server_port, client_port);
+        if states.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server side still in the kernel's table, state {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The client sees the reset once it reads past what was delivered.
+    let mut slow = slow;
+    slow.set_read_timeout(Some(WAIT)).unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let end = loop {
+        match slow.read(&mut buf) {
+            Ok(0) => break "EOF".to_string(),
+            Ok(_) => continue,
+            Err(e) => break format!("{:?}", e.kind()),
+        }
+    };
+    assert_eq!(end, "ConnectionReset", "the client's read ended with {end}");
+    assert_eq!(server.total("connections"), 0);
+}
+
+/// Issue 7: secrets never reach a log, a response or a metric. The JWT secret and the API
+/// key are used (right and wrong, in both headers, in tokens and query strings) and then
+/// looked for in everything volley wrote; a config error about a secret names its length,
+/// never its value. (The Redis password has its own test in tests/redis.rs.)
+#[test]
+fn secrets_are_never_logged_or_echoed() {
+    const JWT_SECRET: &str = "jwt-secret-do-not-log-0123456789";
+    const API_KEY: &str = "api-key-do-not-log-0123456789";
+    let mut server = Server::start(&[
+        "--shards",
+        "2",
+        "--jwt-secret",
+        JWT_SECRET,
+        "--api-key",
+        API_KEY,
+    ]);
+    let mut seen = String::new();
+    let send = |head: &str| {
+        let request = format!("{head}Host: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi");
+        exchange(server.addr, request.as_bytes())
+    };
+    for head in [
+        format!("POST /api/broadcast HTTP/1.1\r\nX-API-Key: {API_KEY}x\r\n"),
+        format!("POST /api/broadcast HTTP/1.1\r\nAuthorization: Bearer {API_KEY}\r\n"),
+        format!("POST /api/broadcast HTTP/1.1\r\nAuthorization: Bearer {JWT_SECRET}\r\n"),
+        format!("GET /api/stats HTTP/1.1\r\nX-API-Key: {API_KEY}\r\n"),
+        "GET /metrics HTTP/1.1\r\n".to_string(),
+        "GET /healthz HTTP/1.1\r\n".to_string(),
+        format!("GET /ws?token={JWT_SECRET} HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"),
+        format!("GET /ws HTTP/1.1\r\nAuthorization: Bearer {API_KEY}.{JWT_SECRET}.x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"),
+    ] {
+        seen.push_str(&send(&head));
+    }
+    assert!(seen.contains("HTTP/1.1 401"), "{seen}");
+    assert!(seen.contains("HTTP/1.1 200"), "{seen}");
+    // The request itself names the key in the header we sent; no answer may.
+    for secret in [JWT_SECRET, API_KEY] {
+        assert!(!seen.contains(secret), "{secret} echoed: {seen}");
+    }
+    server.signal(libc::SIGTERM);
+    server.wait_exit();
+    let stderr = server.stderr();
+    for secret in [JWT_SECRET, API_KEY] {
+        assert!(!stderr.contains(secret), "{secret} logged: {stderr}");
+    }
+    // Config errors about a secret give its length, not its value.
+    for (flag, value) in [
+        ("--jwt-secret", "short-jwt-1"),
+        ("--api-key", "short-key-2"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_volley"))
+            .args(["serve", "--listen", "127.0.0.1:0", flag, value])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{flag} {value} accepted");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(all.contains(flag), "{all}");
+        assert!(!all.contains(value), "{flag}'s value printed: {all}");
+    }
 }

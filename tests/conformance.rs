@@ -12,6 +12,8 @@
 //!   close is ignored (no pong, no message counted).
 //!
 //! One server per test function; cases run in a loop with their name in every assertion.
+// Test code: an unwrap that fails is a failed test, not a panic reachable from input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;
@@ -764,6 +766,30 @@ fn fragmentation_cases() -> Vec<Case> {
         "5 binary in 502 fragments, 501 of them empty",
         vec![empties],
         accept(1),
+    ));
+    // The fragment limit: a message may have up to FRAGMENTS_MAX frames; the next
+    // continuation is refused with 1009 when its header arrives (no final frame needed).
+    let fragments_max = volley::ws::frame::FRAGMENTS_MAX;
+    let mut at_limit = f(0x01, b"");
+    for _ in 0..fragments_max - 2 {
+        at_limit.extend(f(0x00, b""));
+    }
+    let mut over_limit = at_limit.clone();
+    at_limit.extend(f(0x80, b"last"));
+    cases.push(case(
+        format!("5 text in {fragments_max} fragments (the limit), all but the last empty"),
+        vec![at_limit],
+        accept(1),
+    ));
+    over_limit.extend(f(0x00, b""));
+    over_limit.extend(f(0x00, b""));
+    cases.push(case(
+        format!(
+            "5 text in {} empty fragments, no final one (over the limit)",
+            fragments_max + 1
+        ),
+        vec![over_limit],
+        fail(1009),
     ));
     let mut pinged = f(0x01, b"");
     let mut pongs: Vec<Vec<u8>> = Vec::new();

@@ -3,6 +3,8 @@
 //! run that sends random and mutated frames to the real binary after a real upgrade and
 //! checks each connection against the library decoder's verdict. docs/FUZZING.md has the
 //! counts and the `cargo fuzz` set-up for nightly.
+// Test code: an unwrap that fails is a failed test, not a panic reachable from input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;
@@ -400,6 +402,396 @@ fn fuzz_handshake() {
     );
     assert!(run.total() >= 100_000);
     run.assert_reached(&["101", "400", "426"]);
+}
+
+/// Valid envelopes as volley encodes them, plus one a foreign publisher might write (extra
+/// keys, map16 header, a payload before the target).
+fn envelope_seeds() -> Vec<Vec<u8>> {
+    use volley::envelope::{encode, Envelope, PayloadKind, Target, FLAG_CONTROL};
+    let base = Envelope {
+        origin: "node-1".into(),
+        id: "node-1-0-7".into(),
+        target: Target::All,
+        flags: 0,
+        kind: PayloadKind::Text,
+        payload: bytes::Bytes::from_static(b"hello"),
+        seq: None,
+        from: None,
+    };
+    let mut seeds = vec![encode(&base).0];
+    let mut e = base.clone();
+    e.target = Target::User("42".into());
+    e.kind = PayloadKind::Json;
+    e.payload = bytes::Bytes::from_static(br#"{"a":[1,2,{"b":null}]}"#);
+    e.seq = Some(41);
+    e.from = Some("user:7".into());
+    seeds.push(encode(&e).0);
+    let mut e = base.clone();
+    e.target = Target::Room("lobby".into());
+    e.kind = PayloadKind::Binary;
+    e.payload = bytes::Bytes::from_static(&[0, 1, 2, 0xff, 0xc0]);
+    seeds.push(encode(&e).0);
+    let mut e = base.clone();
+    e.target = Target::User("9".into());
+    e.flags = FLAG_CONTROL;
+    e.kind = PayloadKind::Json;
+    e.payload = bytes::Bytes::from_static(br#"{"op":"join","room":"lobby"}"#);
+    seeds.push(encode(&e).0);
+    let mut e = base;
+    e.kind = PayloadKind::Text;
+    e.payload = bytes::Bytes::from("κόσμε 𝄞 ".repeat(20));
+    seeds.push(encode(&e).0);
+    // Foreign publisher: map16, keys in another order, an unknown key holding an array.
+    let mut foreign = vec![0xde, 0x00, 0x05];
+    for (key, value) in [
+        (&b"\xa7payload"[..], &b"\xc4\x03abc"[..]),
+        (b"\xa6target", b"\xa9room:a:b"),
+        (b"\xa1v", b"\x01"),
+        (b"\xa5extra", b"\x93\x01\xa1x\xc0"),
+        (b"\xa3seq", b"\xcf\x00\x00\x00\x00\x00\x00\x00\x05"),
+    ] {
+        foreign.extend_from_slice(key);
+        foreign.extend_from_slice(value);
+    }
+    seeds.push(foreign);
+    seeds
+}
+
+/// RESP2 as a subscriber connection receives it: confirmations, messages (binary payloads,
+/// empty ones), pongs, errors, nulls, nested arrays, and a pipeline of all of them.
+fn resp_seeds() -> Vec<Vec<u8>> {
+    let message = |channel: &[u8], payload: &[u8]| {
+        let mut m = format!("*3\r\n$7\r\nmessage\r\n${}\r\n", channel.len()).into_bytes();
+        m.extend_from_slice(channel);
+        m.extend_from_slice(format!("\r\n${}\r\n", payload.len()).as_bytes());
+        m.extend_from_slice(payload);
+        m.extend_from_slice(b"\r\n");
+        m
+    };
+    let mut seeds: Vec<Vec<u8>> = [
+        &b"*3\r\n$9\r\nsubscribe\r\n$10\r\nvolley:all\r\n:1\r\n"[..],
+        b"*3\r\n$11\r\nunsubscribe\r\n$10\r\nvolley:all\r\n:0\r\n",
+        b"*2\r\n$4\r\npong\r\n$0\r\n\r\n",
+        b"+PONG\r\n",
+        b"+OK\r\n",
+        b"-NOAUTH Authentication required.\r\n",
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+        b":12\r\n",
+        b"$-1\r\n",
+        b"*-1\r\n",
+        b"*2\r\n*1\r\n:1\r\n*0\r\n",
+    ]
+    .iter()
+    .map(|s| s.to_vec())
+    .collect();
+    seeds.push(message(b"volley:all", b"hello"));
+    seeds.push(message(b"volley:room:lobby", b""));
+    seeds.push(message(b"volley:user:7", &envelope_seeds()[1]));
+    let pipeline: Vec<u8> = seeds.iter().flatten().copied().collect();
+    seeds.push(pipeline);
+    seeds
+}
+
+/// Client ops on the native protocol: every op, every ref form, escapes, big numbers.
+fn native_seeds() -> Vec<Vec<u8>> {
+    [
+        &br#"{"op":"join","room":"lobby","ref":1}"#[..],
+        br#"{"op":"leave","room":"lobby","ref":"r-2"}"#,
+        br#"{"op":"publish","room":"lobby","data":{"a":[1,"\u00e9",null,true,-0.5e3]},"ref":3}"#,
+        br#"{"op":"publish","user":"42","data":"hi","ref":4}"#,
+        br#"{"op":"ack","channel":"room:lobby","seq":17,"ref":5}"#,
+        br#"{"op":"ack","channel":"all","seq":18446744073709551615}"#,
+        br#"{"op":"join","room":"caf\u00e9\"","x":[{}],"ref":-9223372036854775808}"#,
+        br#"  {"ref":18446744073709551615,"room":"a","op":"join"}  "#,
+        br#"{"op":"publish","room":"r","data":[[[[[]]]]],"ref":"\ud83d\ude00"}"#,
+    ]
+    .iter()
+    .map(|s| s.to_vec())
+    .collect()
+}
+
+const AUTH_NOW_S: u64 = 1_700_000_000;
+
+/// Correctly signed HS256 tokens (with the fuzz verifier's secret) with varied claims, a
+/// header with extra members, and the `Bearer` header forms; mutations of these reach the
+/// signature check and, through the claims parser `fuzz_one` also calls, the claim rules.
+fn auth_seeds() -> Vec<Vec<u8>> {
+    use base64::Engine;
+    use hmac::{Hmac, Mac};
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let sign = |header: &str, claims: &str| {
+        let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(volley::auth::FUZZ_HS256_SECRET)
+            .expect("HMAC takes a key of any length");
+        mac.update(input.as_bytes());
+        format!("{input}.{}", b64(&mac.finalize().into_bytes()))
+    };
+    let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let mut seeds: Vec<Vec<u8>> = [
+        (header, r#"{"sub":"7","exp":4000000000}"#),
+        (
+            header,
+            r#"{"sub":"alice","exp":4000000000,"nbf":1,"rooms":["lobby","team-*"],"publish":["room:*","user:7"]}"#,
+        ),
+        (header, r#"{"sub":"x","exp":1}"#),
+        (header, r#"{"sub":"x","exp":4000000000,"nbf":3999999999}"#),
+        (header, r#"{"sub":"","exp":4000000000,"rooms":[""]}"#),
+        (r#"{"alg":"HS256","kid":"k1","jku":"http://x"}"#, r#"{"sub":"k","exp":4000000000}"#),
+        (r#"{"alg":"none"}"#, r#"{"sub":"n","exp":4000000000}"#),
+    ]
+    .iter()
+    .map(|(h, c)| sign(h, c).into_bytes())
+    .collect();
+    seeds.push(format!("Bearer {}", sign(header, r#"{"sub":"b","exp":4000000000}"#)).into_bytes());
+    // The claims and header parsers also see the raw bytes: seed them with JSON too.
+    seeds.push(br#"{"sub":"raw","exp":4000000000,"rooms":["a*"]}"#.to_vec());
+    seeds.push(header.as_bytes().to_vec());
+    seeds
+}
+
+const ENVELOPE_DICTIONARY: &[&[u8]] = &[
+    b"\xa1v\x01",
+    b"\xa6target\xa3all",
+    b"\xa6target\xa6user:7",
+    b"\xa7payload\xa0",
+    b"\xa7payload\xc4\x00",
+    b"\xa5flags\x03",
+    b"\xa3seq\xcf\xff\xff\xff\xff\xff\xff\xff\xff",
+    b"\xa4from\xc0",
+    b"\xde\xff\xff",
+    b"\xdf\xff\xff\xff\xff",
+    b"\xdb\xff\xff\xff\xff",
+    b"\xdd\x00\x00\x00\x10",
+    b"\xc6\x7f\xff\xff\xff",
+    b"\x91\x91\x91\x91",
+    b"\xed\xa0\x80",
+];
+
+const RESP_DICTIONARY: &[&[u8]] = &[
+    b"\r\n",
+    b"*3\r\n",
+    b"*-1\r\n",
+    b"*99999999999\r\n",
+    b"$-1\r\n",
+    b"$0\r\n\r\n",
+    b"$9223372036854775807\r\n",
+    b"$-2\r\n",
+    b":-9223372036854775808\r\n",
+    b"$7\r\nmessage\r\n",
+    b"$9\r\nsubscribe\r\n",
+    b"+PONG\r\n",
+    b"-ERR x\r\n",
+    b"_\r\n",
+    b">3\r\n",
+];
+
+const NATIVE_DICTIONARY: &[&[u8]] = &[
+    br#""op":"#,
+    br#""join""#,
+    br#""publish""#,
+    br#""ack""#,
+    br#""ref":"#,
+    br#""room":"#,
+    br#""user":"#,
+    br#""data":"#,
+    br#""seq":"#,
+    br#""channel":"room:"#,
+    b"\\u0000",
+    b"\\ud800",
+    b"1e999",
+    b"-0",
+    b"18446744073709551616",
+    b"[[[[[[[[[[[[[[[[",
+    b"\xe2\x80\xa8",
+    b"null",
+];
+
+const AUTH_DICTIONARY: &[&[u8]] = &[
+    b".",
+    b"..",
+    b"=",
+    b"Bearer ",
+    b"bearer  ",
+    b"eyJhbGciOiJub25lIn0",
+    b"eyJhbGciOiJSUzI1NiJ9",
+    b"eyJ9",
+    b"+/",
+    b"\xff",
+];
+
+fn classify_envelope(data: &[u8]) -> String {
+    match volley::envelope::decode(&bytes::Bytes::copy_from_slice(data)) {
+        Ok(e) => format!("ok {:?}", e.kind),
+        Err(e) => {
+            let debug = format!("{e:?}");
+            debug.split('(').next().unwrap_or_default().to_string()
+        }
+    }
+}
+
+fn classify_resp(data: &[u8]) -> String {
+    use volley::broker::resp::{classify, decode, Push};
+    let mut buf = bytes::BytesMut::from(data);
+    let mut last = "nothing".to_string();
+    loop {
+        match decode(&mut buf) {
+            Ok(Some(frame)) => {
+                last = match classify(frame) {
+                    Push::Message { .. } => "message",
+                    Push::Subscribed { .. } => "subscribed",
+                    Push::Unsubscribed { .. } => "unsubscribed",
+                    Push::Pong => "pong",
+                    Push::Error(_) => "error reply",
+                    Push::Other(_) => "other",
+                }
+                .into();
+            }
+            // The last complete frame's kind, or why decoding stopped.
+            Ok(None) if buf.is_empty() => return last,
+            Ok(None) => return "incomplete".into(),
+            Err(volley::broker::resp::Error::Protocol(_)) => return "protocol error".into(),
+            Err(volley::broker::resp::Error::TooLarge(_)) => return "too large".into(),
+        }
+    }
+}
+
+fn classify_native(data: &[u8]) -> String {
+    use volley::protocol::native::{decode_op, Limits, Op};
+    // The smaller of the two limit sets `fuzz_one` checks, so `too_large` is reachable.
+    let limits = Limits {
+        name_bytes_max: 8,
+        data_bytes_max: 16,
+    };
+    // As `fuzz_one` does: invalid UTF-8 is decoded lossily (a real text frame never holds
+    // it, the frame decoder refuses it first), so every input reaches the op parser.
+    let text = String::from_utf8_lossy(data);
+    match decode_op(&text, &limits) {
+        Ok(request) => match request.op {
+            Op::Join { .. } => "join",
+            Op::Leave { .. } => "leave",
+            Op::Publish { .. } => "publish",
+            Op::Ack { .. } => "ack",
+            Op::Recover { .. } => "recover",
+        }
+        .into(),
+        Err(e) => e.code.as_str().into(),
+    }
+}
+
+fn classify_auth(data: &[u8]) -> String {
+    use volley::auth::{AuthError, Verifier};
+    thread_local! {
+        static VERIFIER: Verifier = Verifier::hs256(volley::auth::FUZZ_HS256_SECRET);
+    }
+    let text = String::from_utf8_lossy(data);
+    let token = volley::auth::bearer_token(&text).unwrap_or(&text);
+    match VERIFIER.with(|v| v.verify(token, AUTH_NOW_S)) {
+        Ok(_) => "ok".into(),
+        Err(AuthError::Expired { .. }) => "expired".into(),
+        Err(e) => {
+            let debug = format!("{e:?}");
+            debug.split('(').next().unwrap_or_default().to_string()
+        }
+    }
+}
+
+#[test]
+fn fuzz_envelope_decoder() {
+    let run = fuzz_parser(
+        "envelope",
+        volley::envelope::fuzz_one,
+        classify_envelope,
+        0xBF58_476D_1CE4_E5B9,
+        &envelope_seeds(),
+        ENVELOPE_DICTIONARY,
+        25_000,
+        75_000,
+    );
+    assert!(run.total() >= 100_000);
+    run.assert_reached(&[
+        "ok Text",
+        "ok Json",
+        "ok Binary",
+        "Malformed",
+        "Missing",
+        "TooLarge",
+        "BadTarget",
+        "UnsupportedVersion",
+    ]);
+}
+
+#[test]
+fn fuzz_resp_decoder() {
+    let run = fuzz_parser(
+        "broker::resp",
+        volley::broker::resp::fuzz_one,
+        classify_resp,
+        0x6A09_E667_F3BC_C908,
+        &resp_seeds(),
+        RESP_DICTIONARY,
+        25_000,
+        75_000,
+    );
+    assert!(run.total() >= 100_000);
+    run.assert_reached(&[
+        "message",
+        "subscribed",
+        "unsubscribed",
+        "pong",
+        "error reply",
+        "other",
+        "incomplete",
+        "protocol error",
+    ]);
+}
+
+#[test]
+fn fuzz_native_ops() {
+    let run = fuzz_parser(
+        "protocol::native",
+        volley::protocol::native::fuzz_one,
+        classify_native,
+        0xBB67_AE85_84CA_A73B,
+        &native_seeds(),
+        NATIVE_DICTIONARY,
+        25_000,
+        75_000,
+    );
+    assert!(run.total() >= 100_000);
+    run.assert_reached(&[
+        "join",
+        "leave",
+        "publish",
+        "ack",
+        "bad_json",
+        "unknown_op",
+        "bad_field",
+        "too_large",
+    ]);
+}
+
+#[test]
+fn fuzz_auth_tokens() {
+    let run = fuzz_parser(
+        "auth",
+        volley::auth::fuzz_one,
+        classify_auth,
+        0x3C6E_F372_FE94_F82B,
+        &auth_seeds(),
+        AUTH_DICTIONARY,
+        25_000,
+        75_000,
+    );
+    assert!(run.total() >= 100_000);
+    run.assert_reached(&[
+        "ok",
+        "expired",
+        "NotYetValid",
+        "BadClaims",
+        "BadSignature",
+        "Malformed",
+        "UnsupportedAlgorithm",
+    ]);
 }
 
 /// What the server must do with bytes sent after an upgrade, per the library decoder

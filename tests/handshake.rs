@@ -1,4 +1,6 @@
 //! The upgrade request, good and bad, against the real binary (RFC 6455 §4.2).
+// Test code: an unwrap that fails is a failed test, not a panic reachable from input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;

@@ -1,5 +1,7 @@
 //! Limits: 413, 431, 404/405, keep-alive and pipelining, the slowloris deadline, the
 //! connection cap (503), and a slow consumer closed with 1008 while others get everything.
+// Test code: an unwrap that fails is a failed test, not a panic reachable from input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 use common::*;

@@ -81,8 +81,39 @@ enum LinkState {
     Down,
 }
 
+/// A node's liveness key, written first thing on every (re)connected command link so no
+/// presence counter of this node ever reaches Redis before its heartbeat does.
+#[derive(Debug, Clone)]
+pub struct Heartbeat {
+    /// `{prefix}:node:<id>`, set with a TTL.
+    pub key: String,
+    /// `{prefix}:nodes`, the registry of nodes that have beaten at least once.
+    pub registry: String,
+    pub node_id: String,
+    pub ttl_s: u32,
+}
+
+impl Heartbeat {
+    /// The commands, encoded.
+    pub fn wire(&self) -> BytesMut {
+        let mut wire = BytesMut::new();
+        let ttl = self.ttl_s.to_string();
+        resp::encode_command(
+            &mut wire,
+            &[b"SET", self.key.as_bytes(), b"1", b"EX", ttl.as_bytes()],
+        );
+        resp::encode_command(
+            &mut wire,
+            &[b"SADD", self.registry.as_bytes(), self.node_id.as_bytes()],
+        );
+        wire
+    }
+}
+
 pub struct Broker {
     shard_id: usize,
+    /// Shard 0 only: written at each command-link connect (the sweep refreshes it).
+    heartbeat: Option<Heartbeat>,
     pub config: RedisConfig,
     /// Local refcount per channel: how many local connections want it.
     interest: RefCell<HashMap<String, u32>>,
@@ -100,11 +131,12 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(shard_id: usize, config: RedisConfig) -> Broker {
+    pub fn new(shard_id: usize, config: RedisConfig, heartbeat: Option<Heartbeat>) -> Broker {
         let (interest_changed, interest_rx) = local_channel::new_bounded(1);
         let (requests, requests_rx) = local_channel::new_bounded(COMMAND_QUEUE_MAX);
         Broker {
             shard_id,
+            heartbeat,
             config,
             interest: RefCell::new(HashMap::new()),
             interest_changed,
@@ -208,6 +240,27 @@ impl Broker {
         if now_up {
             *self.last_error.borrow_mut() = None;
         }
+    }
+
+    /// Refreshes the node heartbeat (shard 0); false when it could not be sent.
+    pub fn beat(&self) -> bool {
+        let Some(heartbeat) = &self.heartbeat else {
+            return true;
+        };
+        let ttl = heartbeat.ttl_s.to_string();
+        // The heartbeat first, then the registry: a node in the registry without a heartbeat
+        // key has died; one not yet in it has not started beating.
+        self.command_detached(&[
+            b"SET",
+            heartbeat.key.as_bytes(),
+            b"1",
+            b"EX",
+            ttl.as_bytes(),
+        ]) && self.command_detached(&[
+            b"SADD",
+            heartbeat.registry.as_bytes(),
+            heartbeat.node_id.as_bytes(),
+        ])
     }
 
     /// Sends a command whose reply nobody waits for (presence counters). Dropped, and
@@ -534,8 +587,9 @@ pub async fn run_commands(shard: Rc<Shard>, broker: Rc<Broker>) {
         let reason = match connect(&broker.config).await {
             Ok((mut stream, buf)) => {
                 backoff.reset();
+                let first = broker.heartbeat.as_ref().map(Heartbeat::wire);
                 broker.set_state(Link::Commands, true, None, &shard.metrics);
-                command_session(&broker.config, &mut stream, buf, &requests).await
+                command_session(&broker.config, &mut stream, buf, &requests, first).await
             }
             Err(reason) => reason,
         };
@@ -561,8 +615,17 @@ async fn command_session(
     stream: &mut TcpStream,
     mut buf: BytesMut,
     requests: &LocalReceiver<Request>,
+    first: Option<BytesMut>,
 ) -> String {
     let mut waiting: VecDeque<(Instant, Option<ReplySender>)> = VecDeque::new();
+    // Our own commands (the heartbeat) go first; their two replies are nobody's.
+    if let Some(first) = first {
+        if let Err(e) = stream.write_all(&first).await {
+            return format!("write to {} failed: {e}", config.display);
+        }
+        waiting.push_back((Instant::now(), None));
+        waiting.push_back((Instant::now(), None));
+    }
     let mut scratch = vec![0u8; READ_BYTES];
     let mut last_rx = Instant::now();
     let reason = loop {

@@ -88,6 +88,9 @@ pub struct Session {
     /// Protocol errors so far; past `CLIENT_STRIKES_MAX` the client is closed with 1008.
     pub strikes: u8,
     pub publish_bucket: TokenBucket,
+    /// Channels being recovered (replay under way, or a short grace after it); None for
+    /// almost every connection, so it costs one pointer.
+    pub recovering: Option<Box<crate::recovery::Recovering>>,
 }
 
 impl Session {
@@ -103,6 +106,7 @@ impl Session {
             claims,
             strikes: 0,
             publish_bucket: TokenBucket::full(burst),
+            recovering: None,
         }
     }
 
@@ -203,12 +207,37 @@ fn handle_text(shard: &Rc<Shard>, key: ConnKey, text: &str) {
     };
     let reference = request.reference;
     match request.op {
-        Op::Join { room } => match shard.join_room(key, &room) {
-            // In cluster mode the reply waits until this shard's subscription to the room
-            // is confirmed by Redis, so "ok" means the next message to the room arrives.
-            Ok(()) => shard.reply_when_subscribed(key, reference, &format!("room:{room}")),
+        Op::Join { room, since } => match shard.join_room(key, &room) {
+            Ok(()) => {
+                if let Some(since) = since {
+                    // Joined and held back in one step: the replay then the live stream,
+                    // with no gap and no duplicate between them.
+                    shard.start_recovery(key, vec![(Target::Room(room.to_string()), since)], false);
+                }
+                // In cluster mode the reply waits until this shard's subscription to the
+                // room is confirmed by Redis, so "ok" means the next message arrives.
+                shard.reply_when_subscribed(key, reference, &format!("room:{room}"));
+            }
             Err((code, message)) => reply_error(shard, key, reference.as_ref(), code, &message),
         },
+        Op::Recover { channel, since } => {
+            let Some(target) = Target::parse(&channel) else {
+                reply_error(
+                    shard,
+                    key,
+                    reference.as_ref(),
+                    ErrorCode::BadField,
+                    "bad channel",
+                );
+                return;
+            };
+            if let Err((code, message)) = shard.may_recover(key, &target) {
+                reply_error(shard, key, reference.as_ref(), code, &message);
+                return;
+            }
+            shard.start_recovery(key, vec![(target, since)], false);
+            reply_ok(shard, key, reference.as_ref(), None);
+        }
         Op::Leave { room } => match shard.leave_room(key, &room) {
             Ok(()) => reply_ok(shard, key, reference.as_ref(), None),
             Err((code, message)) => reply_error(shard, key, reference.as_ref(), code, &message),

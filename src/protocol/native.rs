@@ -91,6 +91,8 @@ impl<'a> Channel<'a> {
 pub enum Op<'a> {
     Join {
         room: Cow<'a, str>,
+        /// Recovery: the last seq of the room the client saw; missed messages are replayed.
+        since: Option<u64>,
     },
     Leave {
         room: Cow<'a, str>,
@@ -104,6 +106,12 @@ pub enum Op<'a> {
         /// `all`, `user:<id>` or `room:<name>`, checked; [`Channel::parse`] splits it.
         channel: Cow<'a, str>,
         seq: u64,
+    },
+    /// Replay what the client missed on a channel it already receives (`all`, its own
+    /// `user:<id>`, or a room it is in) after `since`.
+    Recover {
+        channel: Cow<'a, str>,
+        since: u64,
     },
 }
 
@@ -274,6 +282,7 @@ struct Fields<'a> {
     data: Option<&'a RawValue>,
     channel: Option<&'a RawValue>,
     seq: Option<&'a RawValue>,
+    since: Option<&'a RawValue>,
 }
 
 /// A key of the op object; anything else is `Other` and skipped.
@@ -286,6 +295,7 @@ enum Key {
     Data,
     Channel,
     Seq,
+    Since,
     Other,
 }
 
@@ -299,6 +309,7 @@ impl Key {
             Key::Data => "data",
             Key::Channel => "channel",
             Key::Seq => "seq",
+            Key::Since => "since",
             Key::Other => "?",
         }
     }
@@ -321,6 +332,7 @@ impl<'de> Deserialize<'de> for Key {
                     "data" => Key::Data,
                     "channel" => Key::Channel,
                     "seq" => Key::Seq,
+                    "since" => Key::Since,
                     _ => Key::Other,
                 })
             }
@@ -356,6 +368,7 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, 'de> {
                 Key::Data => &mut self.0.data,
                 Key::Channel => &mut self.0.channel,
                 Key::Seq => &mut self.0.seq,
+                Key::Since => &mut self.0.since,
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -515,6 +528,10 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
     match &*op {
         "join" => Ok(Op::Join {
             room: name_field(fields.room, "room", "join", limits)?,
+            since: fields
+                .since
+                .map(|since| u64_field(since, "since"))
+                .transpose()?,
         }),
         "leave" => Ok(Op::Leave {
             room: name_field(fields.room, "room", "leave", limits)?,
@@ -573,14 +590,43 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
             })?;
             Ok(Op::Ack { channel, seq })
         }
+        "recover" => {
+            let channel = json_str(required(fields.channel, "channel", "recover")?, "channel")?;
+            match Channel::parse(&channel) {
+                Some(Channel::All) => {}
+                Some(Channel::User(id)) => check_name(id, "channel", limits)?,
+                Some(Channel::Room(name)) => check_name(name, "channel", limits)?,
+                None => {
+                    return Err((
+                        ErrorCode::BadField,
+                        "`channel` must be all, user:<id> or room:<name>".to_string(),
+                    ))
+                }
+            }
+            let since = u64_field(required(fields.since, "since", "recover")?, "since")?;
+            Ok(Op::Recover { channel, since })
+        }
         other => Err((
             ErrorCode::UnknownOp,
             format!(
-                "unknown op {:?}; this server knows join, leave, publish and ack",
+                "unknown op {:?}; this server knows join, leave, publish, ack and recover",
                 clip(other, 64)
             ),
         )),
     }
+}
+
+/// An unsigned 64-bit integer field.
+fn u64_field(raw: &RawValue, name: &str) -> Result<u64, (ErrorCode, String)> {
+    serde_json::from_str::<u64>(raw.get()).map_err(|_| {
+        (
+            ErrorCode::BadField,
+            format!(
+                "`{name}` must be an integer 0..=18446744073709551615, not {:.32}",
+                raw.get()
+            ),
+        )
+    })
 }
 
 /// Parses one client text message. Borrowed: names point into `text` unless they held JSON
@@ -917,7 +963,7 @@ fn fuzz_text(text: &str) {
         let (reference, reply) = match decode_op(text, &limits) {
             Ok(request) => {
                 match &request.op {
-                    Op::Join { room } | Op::Leave { room } => {
+                    Op::Join { room, .. } | Op::Leave { room } => {
                         assert!(check_name(room, "room", &limits).is_ok());
                     }
                     Op::Publish { target, data } => {
@@ -926,7 +972,9 @@ fn fuzz_text(text: &str) {
                         assert!(data.get().len() <= limits.data_bytes_max);
                         assert!(is_strict_json(data.get()).is_ok());
                     }
-                    Op::Ack { channel, .. } => assert!(Channel::parse(channel).is_some()),
+                    Op::Ack { channel, .. } | Op::Recover { channel, .. } => {
+                        assert!(Channel::parse(channel).is_some())
+                    }
                 }
                 let reply = reply_ok_json(request.reference.as_ref(), None);
                 (request.reference, reply)
@@ -936,8 +984,9 @@ fn fuzz_text(text: &str) {
                 (e.reference, reply)
             }
         };
-        let parsed: serde_json::Value =
-            serde_json::from_slice(&reply).expect("every reply is valid JSON");
+        let parsed = serde_json::from_slice::<serde_json::Value>(&reply);
+        assert!(parsed.is_ok(), "every reply is valid JSON: {parsed:?}");
+        let parsed = parsed.unwrap_or_default();
         let echoed = &parsed["ref"];
         match reference {
             None => assert!(echoed.is_null()),
@@ -956,7 +1005,8 @@ pub fn fuzz_one(data: &[u8]) {
         Err(_) => fuzz_text(&String::from_utf8_lossy(data)),
     }
     let message = message_json("room:a", Some(1), "n-1", None, classify_payload(data));
-    serde_json::from_slice::<serde_json::Value>(&message).expect("every message is valid JSON");
+    let parsed = serde_json::from_slice::<serde_json::Value>(&message);
+    assert!(parsed.is_ok(), "every message is valid JSON: {parsed:?}");
 }
 
 #[cfg(test)]
@@ -1010,9 +1060,26 @@ mod tests {
         assert!(matches!(
             request.op,
             Op::Join {
-                room: Cow::Borrowed("lobby")
+                room: Cow::Borrowed("lobby"),
+                since: None
             }
         ));
+        let request = decode(r#"{"op":"join","room":"lobby","since":41}"#).unwrap();
+        assert!(matches!(
+            request.op,
+            Op::Join {
+                since: Some(41),
+                ..
+            }
+        ));
+        let request = decode(r#"{"op":"recover","channel":"user:ann","since":7}"#).unwrap();
+        assert!(
+            matches!(request.op, Op::Recover { ref channel, since: 7 } if channel == "user:ann")
+        );
+        let error = decode(r#"{"op":"recover","channel":"user:ann"}"#).unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadField);
+        let error = decode(r#"{"op":"join","room":"r","since":-1}"#).unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadField);
         let request = decode(r#"{"op":"leave","room":"lobby","ref":2}"#).unwrap();
         assert!(matches!(request.op, Op::Leave { ref room } if room == "lobby"));
         let request = decode(r#"{"room":"lobby","op":"join"}"#).unwrap();
@@ -1083,7 +1150,7 @@ mod tests {
     #[test]
     fn escaped_names_are_unescaped_and_owned() {
         let request = decode(r#"{"op":"join","room":"caf\u00e9"}"#).unwrap();
-        let Op::Join { room } = request.op else {
+        let Op::Join { room, .. } = request.op else {
             panic!("not a join")
         };
         assert!(matches!(room, Cow::Owned(_)));

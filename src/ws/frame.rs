@@ -32,6 +32,15 @@ pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 /// the reason may use at most 123 of the 125 control-frame bytes.
 pub const CLOSE_REASON_BYTES_MAX: usize = CONTROL_PAYLOAD_BYTES_MAX - 2;
 
+/// Most frames one data message may be split into (the first frame and every
+/// continuation). RFC 6455 §5.4 sets no bound, so without one a client could
+/// keep a message open forever with empty continuation frames: each costs us a
+/// header parse and a wakeup but adds no byte to `message_bytes_max`. 1024 is
+/// enough for the default 64 KiB message in 64-byte fragments (Autobahn 9.x's
+/// smallest), far more than any real client uses (browsers send one frame per
+/// message). The next frame is refused with 1009, see [`Error::TooManyFragments`].
+pub const FRAGMENTS_MAX: usize = 1024;
+
 /// RFC 6455 §5.2 opcodes. The reserved values 0x3-0x7 and 0xB-0xF have no
 /// variant: a frame carrying one is a protocol error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,6 +217,11 @@ pub enum Error {
         /// The limit in force.
         max_bytes: usize,
     },
+    /// A data message split into more than [`FRAGMENTS_MAX`] frames; close
+    /// with 1009 (RFC 6455 §7.4.1: a message "too big for it to process"), the
+    /// same as for too many bytes, since the fix on the client's side is the
+    /// same: send the message in fewer, larger frames.
+    TooManyFragments,
     /// RFC 6455 §8.1: a text message or close reason that is not UTF-8;
     /// close with 1007.
     InvalidUtf8,
@@ -223,7 +237,7 @@ impl Error {
     /// The status code to put in the close frame we answer with.
     pub const fn close_code(&self) -> u16 {
         match self {
-            Error::TooBig { .. } => close_code::TOO_BIG,
+            Error::TooBig { .. } | Error::TooManyFragments => close_code::TOO_BIG,
             Error::InvalidUtf8 => close_code::INVALID_PAYLOAD,
             Error::Unmasked
             | Error::ReservedBits
@@ -258,6 +272,9 @@ impl fmt::Display for Error {
                     f,
                     "message of {len_bytes} bytes over the {max_bytes}-byte limit"
                 )
+            }
+            Error::TooManyFragments => {
+                write!(f, "message in more than {FRAGMENTS_MAX} fragments")
             }
             Error::InvalidUtf8 => f.write_str("invalid UTF-8"),
             Error::CloseTruncated => f.write_str("close payload of 1 byte"),
@@ -361,6 +378,9 @@ struct Message {
     utf8: Utf8Stream,
     /// The data frame whose payload is still arriving, if any.
     frame: Option<DataFrame>,
+    /// Data frames of this message whose header has arrived, at most
+    /// [`FRAGMENTS_MAX`] (checked in `check_sequence`).
+    fragments: usize,
 }
 
 impl Message {
@@ -370,6 +390,7 @@ impl Message {
             payload: Vec::new(),
             utf8: Utf8Stream::default(),
             frame: None,
+            fragments: 0,
         }
     }
 
@@ -720,6 +741,7 @@ impl Decoder {
                     let message = partial
                         .message
                         .get_or_insert_with(|| Message::new(header.opcode == OpCode::Text));
+                    message.fragments += 1;
                     message.frame = Some(DataFrame {
                         fin: header.fin,
                         mask: header.mask,
@@ -774,7 +796,7 @@ impl Decoder {
             .partial
             .as_deref()
             .and_then(|p| p.message.as_ref())
-            .map(|m| m.payload.len());
+            .map(|m| (m.payload.len(), m.fragments));
         let so_far = match (header.opcode, in_progress) {
             // Control payloads are bounded by 125 (checked in parse_header),
             // not by the message limit, so a small limit never blocks a Ping.
@@ -782,7 +804,10 @@ impl Decoder {
                 return Ok(usize::from(header.len as u8))
             }
             (OpCode::Continuation, None) => return Err(Error::UnexpectedContinuation),
-            (OpCode::Continuation, Some(len)) => len,
+            (OpCode::Continuation, Some((_, fragments))) if fragments >= FRAGMENTS_MAX => {
+                return Err(Error::TooManyFragments)
+            }
+            (OpCode::Continuation, Some((len, _))) => len,
             (OpCode::Text | OpCode::Binary, Some(_)) => return Err(Error::ExpectedContinuation),
             (OpCode::Text | OpCode::Binary, None) => 0,
         };
@@ -824,6 +849,7 @@ impl Decoder {
                 let message = partial
                     .message
                     .get_or_insert_with(|| Message::new(header.opcode == OpCode::Text));
+                message.fragments += 1;
                 message.append(payload)?;
                 match partial.message.take() {
                     Some(message) if header.fin => message.finish(on_event),
@@ -1414,6 +1440,75 @@ mod tests {
         assert_eq!(Error::ExpectedContinuation.close_code(), 1002);
     }
 
+    /// A message of `fragments` frames: a text start, empty continuations, a
+    /// final "!" continuation.
+    fn fragmented(fragments: usize) -> Vec<u8> {
+        let mut data = client_frame(false, 1, b"a");
+        for _ in 0..fragments - 2 {
+            data.extend(client_frame(false, 0, b""));
+        }
+        data.extend(client_frame(true, 0, b"!"));
+        data
+    }
+
+    #[test]
+    fn fragment_count_is_bounded() {
+        // Exactly FRAGMENTS_MAX frames make one message, whole or split anywhere.
+        let data = fragmented(FRAGMENTS_MAX);
+        assert_eq!(decode(&data), (vec![Owned::Text("a!".into())], Ok(())));
+        let splits: Vec<usize> = (1..data.len()).step_by(5).collect();
+        assert_eq!(
+            decode_split(&data, &splits, &LIMITS),
+            (vec![Owned::Text("a!".into())], Ok(()))
+        );
+        // One more is refused with 1009 when its header arrives, before the final
+        // frame, and the decoder frees what it held.
+        let data = fragmented(FRAGMENTS_MAX + 1);
+        let (events, result) = decode(&data);
+        assert!(events.is_empty());
+        assert_eq!(result, Err(Error::TooManyFragments));
+        assert_eq!(Error::TooManyFragments.close_code(), 1009);
+        // Never finished: a start and FRAGMENTS_MAX empty continuations, split anywhere.
+        let mut endless = client_frame(false, 1, b"a");
+        for _ in 0..FRAGMENTS_MAX {
+            endless.extend(client_frame(false, 0, b""));
+        }
+        for splits in [vec![], (1..endless.len()).collect::<Vec<_>>()] {
+            let mut buf = endless.clone();
+            let mut decoder = Decoder::new();
+            let mut start = 0;
+            let mut result = Ok(());
+            for end in splits.into_iter().chain([buf.len()]) {
+                result = decoder.feed(&mut buf[start..end], &LIMITS, &mut |_| {
+                    ControlFlow::Continue(())
+                });
+                if result.is_err() {
+                    break;
+                }
+                start = end;
+            }
+            assert_eq!(result, Err(Error::TooManyFragments));
+            assert!(decoder.is_idle());
+        }
+        // Control frames between fragments do not count.
+        let mut data = client_frame(false, 2, b"a");
+        for i in 0..FRAGMENTS_MAX - 2 {
+            data.extend(client_frame(false, 0, b""));
+            if i % 100 == 0 {
+                data.extend(client_frame(true, 9, b"p"));
+            }
+        }
+        data.extend(client_frame(true, 0, b"b"));
+        let (events, result) = decode(&data);
+        assert_eq!(result, Ok(()));
+        assert_eq!(events.last(), Some(&Owned::Binary(b"ab".to_vec())));
+        // The count is per message: the next message starts again at zero.
+        let mut data = fragmented(FRAGMENTS_MAX);
+        data.extend(fragmented(FRAGMENTS_MAX));
+        assert_eq!(decode(&data).0.len(), 2);
+        assert_eq!(decode(&data).1, Ok(()));
+    }
+
     #[test]
     fn rejects_oversized_messages_before_buffering() {
         let limits = Limits {
@@ -1567,6 +1662,10 @@ mod tests {
             }
             .to_string(),
             "message of 11 bytes over the 10-byte limit"
+        );
+        assert_eq!(
+            Error::TooManyFragments.to_string(),
+            "message in more than 1024 fragments"
         );
     }
 

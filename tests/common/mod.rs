@@ -1,6 +1,9 @@
 //! Shared test helpers: start the real `volley` binary on a free loopback port, talk to it
 //! with real sockets (raw bytes, raw HTTP, and tungstenite's client), stop it by PID.
 #![allow(dead_code)]
+// Test helpers, not server code: a failed unwrap here is a failed test (clippy's
+// allow-unwrap-in-tests covers only #[test] fns and #[cfg(test)] modules, not these).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod redis;
 
