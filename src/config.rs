@@ -88,7 +88,8 @@ pub const PRESENCE_TTL_S_DEFAULT: u32 = 15;
 /// Capacity of each shard-to-shard channel.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
-#[derive(Parser, Debug)]
+/// No `Debug`: the flags hold secrets (JWT secret, API key, Redis password).
+#[derive(Parser)]
 #[command(
     name = "volley",
     version,
@@ -99,13 +100,13 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand)]
 pub enum Command {
     /// Run the server: WebSocket clients on /ws, the publish API on /api on the same port.
     Serve(ServeArgs),
 }
 
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Clone)]
 pub struct ServeArgs {
     /// Address to listen on (WebSocket and HTTP API share it).
     #[arg(long, default_value = LISTEN_DEFAULT)]
@@ -323,7 +324,7 @@ pub struct Config {
     pub redis: Option<RedisConfig>,
     pub client_auth: ClientAuth,
     /// Publisher key; None means the API answers loopback clients only.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     pub rooms_per_connection_max: usize,
     pub name_bytes_max: usize,
     pub client_publish_rate: u32,
@@ -335,6 +336,22 @@ pub struct Config {
     pub inbox_deliveries_max: u32,
     pub presence_ttl_s: u32,
     pub room_events: bool,
+}
+
+/// A secret value: its `Debug` never shows it, so no log line or panic message can.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl Secret {
+    pub fn as_bytes(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// A flag value that cannot be used, said in words with what to do.
@@ -632,7 +649,7 @@ impl ServeArgs {
             presence_ttl_s: self.presence_ttl_s,
             room_events: self.room_events,
             client_auth,
-            api_key: self.api_key.clone(),
+            api_key: self.api_key.clone().map(Secret),
             rooms_per_connection_max: self.rooms_per_connection_max,
             name_bytes_max: self.name_bytes_max,
             client_publish_rate: self.client_publish_rate,
@@ -720,6 +737,14 @@ mod tests {
         assert!(e.contains("one CPU per shard"), "{e}");
         let e = args(&["--idle-timeout-s", "10"]).validate(2).unwrap_err().0;
         assert!(e.contains("--ping-interval-s"), "{e}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let config = args(&["--api-key", "0123456789abcdef-key"])
+            .validate(2)
+            .unwrap();
+        assert!(!format!("{config:?}").contains("0123456789abcdef-key"));
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl Shard {
     }
 
     /// Puts one connection in a room, or says why not.
-    pub fn join_room(&self, key: ConnKey, room: &str) -> Result<(), Refusal> {
+    pub fn join_room(self: &Rc<Self>, key: ConnKey, room: &str) -> Result<(), Refusal> {
         check_name("room", room, self.config.name_bytes_max)
             .map_err(|e| (ErrorCode::BadField, e))?;
         let allowed = self
@@ -96,7 +96,7 @@ impl Shard {
         Ok(())
     }
 
-    fn join_unchecked(&self, key: ConnKey, room: &str) -> bool {
+    fn join_unchecked(self: &Rc<Self>, key: ConnKey, room: &str) -> bool {
         let change = self.index.borrow_mut().join(room, key);
         if change == Change::None {
             return false;
@@ -104,21 +104,46 @@ impl Shard {
         self.interest(&format!("room:{room}"), true);
         let member = self.member_name(key);
         self.presence_change(&format!("room:{room}"), &member, 1);
+        self.room_event(room, &member, "join");
         true
     }
 
-    pub fn leave_room(&self, key: ConnKey, room: &str) -> Result<(), Refusal> {
+    pub fn leave_room(self: &Rc<Self>, key: ConnKey, room: &str) -> Result<(), Refusal> {
         if self.index.borrow_mut().leave(room, key) == Change::None {
             return Err((ErrorCode::NotFound, format!("not in room {room:?}")));
         }
         self.interest(&format!("room:{room}"), false);
         let member = self.member_name(key);
         self.presence_change(&format!("room:{room}"), &member, -1);
+        self.room_event(room, &member, "leave");
         Ok(())
     }
 
+    /// With `--room-events`, tells a room's members that someone joined or left: a message
+    /// on the room's channel, `{"presence":"join"|"leave","user":<id or null>}`, sequenced
+    /// like any other so it takes its place in history and recovery.
+    pub fn room_event(self: &Rc<Self>, room: &str, member: &str, event: &str) {
+        if !self.config.room_events {
+            return;
+        }
+        let user = (!member.is_empty()).then_some(member);
+        let publish = Publish {
+            target: Target::Room(room.to_string()),
+            id: self.next_message_id(),
+            from: user.map(|u| format!("user:{u}")),
+            kind: PayloadKind::Json,
+            payload: Bytes::from(json!({ "presence": event, "user": user }).to_string()),
+        };
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            // Best effort: a lost presence event costs nobody a message.
+            let _ = fanout::publish(&shard, publish).await;
+        })
+        .detach();
+    }
+
     /// Every local connection of `user` joins (or leaves) `room`; returns how many changed.
-    pub fn membership(&self, room: &str, user: &str, join: bool) -> u32 {
+    pub fn membership(self: &Rc<Self>, room: &str, user: &str, join: bool) -> u32 {
         let keys: Vec<ConnKey> = self.index.borrow().user_conns(user).to_vec();
         let mut changed = 0;
         for key in keys {
@@ -133,7 +158,7 @@ impl Shard {
     }
 
     /// A control message from Redis for a user's connections (cluster-wide membership).
-    pub fn apply_control(&self, target: &Target, payload: &[u8]) -> u32 {
+    pub fn apply_control(self: &Rc<Self>, target: &Target, payload: &[u8]) -> u32 {
         let Target::User(user) = target else {
             return 0;
         };

@@ -323,7 +323,7 @@ impl Shard {
         outcome
     }
 
-    fn remove_conn(&self, key: ConnKey) {
+    fn remove_conn(self: &Rc<Self>, key: ConnKey) {
         let mut conns = self.conns.borrow_mut();
         let matches = conns
             .get(key.index as usize)
@@ -345,6 +345,7 @@ impl Shard {
             self.interest(&format!("room:{room}"), false);
             let member = conn.session.user.as_deref().unwrap_or("");
             self.presence_change(&format!("room:{room}"), member, -1);
+            self.room_event(&room, member, "leave");
         }
         drop(conn);
         let open = self.metrics.connections.get();

@@ -309,3 +309,33 @@ fn bad_resume_tokens_are_refused_with_the_reason() {
         );
     }
 }
+
+#[test]
+fn room_events_tell_members_who_joins_and_leaves() {
+    let server = Server::start(&["--shards", "2", "--room-events"]);
+    let mut bob = connect_native(server.addr, "user=bob");
+    send_op(&mut bob, json!({"op": "join", "room": "r", "ref": 1}));
+    // bob's own join event and the reply, in either order.
+    let mut frames: Vec<Value> = (0..2).map(|_| next_json(&mut bob)).collect();
+    frames.sort_by_key(|f| f["type"].as_str().unwrap_or("").to_string());
+    assert_eq!(
+        frames[0]["data"],
+        json!({"presence": "join", "user": "bob"})
+    );
+    let mut ann = connect_native(server.addr, "user=ann");
+    send_op(&mut ann, json!({"op": "join", "room": "r", "ref": 1}));
+    let joined = next_json(&mut bob);
+    assert_eq!(
+        (joined["channel"].as_str(), joined["from"].as_str()),
+        (Some("room:r"), Some("user:ann"))
+    );
+    assert_eq!(joined["data"], json!({"presence": "join", "user": "ann"}));
+    drop(ann);
+    let left = next_json(&mut bob);
+    assert_eq!(left["data"], json!({"presence": "leave", "user": "ann"}));
+    assert_eq!(
+        left["seq"].as_u64(),
+        Some(joined["seq"].as_u64().unwrap() + 1),
+        "sequenced like any message"
+    );
+}
