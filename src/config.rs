@@ -85,6 +85,10 @@ pub const INBOX_TTL_S_DEFAULT: u32 = 7 * 24 * 3600;
 pub const INBOX_DELIVERIES_MAX_DEFAULT: u32 = 3;
 /// Seconds after which a crashed node's users count as offline (its heartbeat key expires).
 pub const PRESENCE_TTL_S_DEFAULT: u32 = 15;
+/// Sockets per shard allowed in their HTTP phase at once (before an upgrade, or API
+/// keep-alive). Each holds a small task and up to a request's buffer until its head
+/// deadline; 10k is far above what real clients need and bounds a flood of idle sockets.
+pub const HTTP_SESSIONS_PER_SHARD_MAX_DEFAULT: u32 = 10_000;
 /// Capacity of each shard-to-shard channel.
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
@@ -202,6 +206,10 @@ pub struct ServeArgs {
     /// Tell room members when someone joins or leaves (a `presence` message on the room).
     #[arg(long)]
     pub room_events: bool,
+    /// Sockets per shard in their HTTP phase at once (not yet upgraded, or API
+    /// keep-alive); past it new sockets are closed at accept.
+    #[arg(long, default_value_t = HTTP_SESSIONS_PER_SHARD_MAX_DEFAULT)]
+    pub http_sessions_max: u32,
 }
 
 /// How client tokens are checked, if at all.
@@ -336,6 +344,7 @@ pub struct Config {
     pub inbox_deliveries_max: u32,
     pub presence_ttl_s: u32,
     pub room_events: bool,
+    pub http_sessions_max: u32,
 }
 
 /// A secret value: its `Debug` never shows it, so no log line or panic message can.
@@ -640,6 +649,9 @@ impl ServeArgs {
                 self.presence_ttl_s
             ));
         }
+        if self.http_sessions_max == 0 {
+            return err("--http-sessions-max 0: must be at least 1".into());
+        }
         Ok(Config {
             history_size: self.history_size,
             history_ttl_s: self.history_ttl_s,
@@ -648,6 +660,7 @@ impl ServeArgs {
             inbox_deliveries_max: self.inbox_deliveries_max,
             presence_ttl_s: self.presence_ttl_s,
             room_events: self.room_events,
+            http_sessions_max: self.http_sessions_max,
             client_auth,
             api_key: self.api_key.clone().map(Secret),
             rooms_per_connection_max: self.rooms_per_connection_max,

@@ -51,6 +51,8 @@ counters! {
     upgrades_total: "counter",
     /// Upgrades refused with 503 because --max-connections was reached.
     rejected_full_total: "counter",
+    /// Sockets closed at accept because too many were still in their HTTP phase.
+    rejected_http_sessions_total: "counter",
     /// Accept errors (e.g. EMFILE when the fd limit is reached).
     accept_errors_total: "counter",
     /// HTTP requests answered (API and failed upgrades).

@@ -79,6 +79,9 @@ pub struct Shard {
     /// shard that is closing everyone.
     accepting: Cell<bool>,
     accept_error_logged_s: Cell<Option<u32>>,
+    /// Sockets in their HTTP phase (before an upgrade, or API keep-alive): bounded by
+    /// `--http-sessions-max`, since `--max-connections` counts WebSockets only.
+    http_sessions: Cell<u32>,
     /// Cluster mode: this shard's Redis links.
     pub broker: Option<Rc<Broker>>,
     /// Who is connected as which user and in which rooms, on this shard.
@@ -179,6 +182,7 @@ impl Shard {
             ping_frame: frame::encode(OpCode::Ping, &[]),
             accepting: Cell::new(true),
             accept_error_logged_s: Cell::new(None),
+            http_sessions: Cell::new(0),
         }
     }
 
@@ -608,9 +612,23 @@ impl Shard {
             match listener.accept().await {
                 Ok(stream) => {
                     Metrics::inc(&self.metrics.accepted_total);
+                    if self.http_sessions.get() >= self.config.http_sessions_max {
+                        // A flood of sockets that never finish a request: each one would
+                        // hold a task and a read buffer until its head deadline. Refuse
+                        // new ones at once (the kernel resets them) and count it.
+                        Metrics::inc(&self.metrics.rejected_http_sessions_total);
+                        drop(stream);
+                        continue;
+                    }
                     // Pushes are small and latency matters more than packet count.
                     let _ = stream.set_nodelay(true);
-                    glommio::spawn_local(api::serve_http(self.clone(), stream)).detach();
+                    self.http_sessions.set(self.http_sessions.get() + 1);
+                    let shard = self.clone();
+                    glommio::spawn_local(async move {
+                        api::serve_http(shard.clone(), stream).await;
+                        shard.http_sessions.set(shard.http_sessions.get() - 1);
+                    })
+                    .detach();
                 }
                 Err(e) => {
                     Metrics::inc(&self.metrics.accept_errors_total);

@@ -916,3 +916,43 @@ fn secrets_are_never_logged_or_echoed() {
         assert!(!all.contains(value), "{flag}'s value printed: {all}");
     }
 }
+
+#[test]
+fn sockets_stuck_before_their_upgrade_are_bounded() {
+    let server = Server::start(&["--shards", "1", "--http-sessions-max", "5"]);
+    // Five sockets that never send a request hold every HTTP slot...
+    let idle: Vec<std::net::TcpStream> = (0..5)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    // ...so the next sockets are closed at once, without a task or a buffer.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !fresh_socket_is_refused(&server) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no socket was refused"
+        );
+    }
+    drop(idle);
+    // Slots free again: a real client connects and is served.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(mut client) = std::panic::catch_unwind(|| connect(&server)) {
+            client.close(None).unwrap();
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slots never came back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Opens one more socket and says whether it was refused (closed without an answer).
+fn fresh_socket_is_refused(server: &Server) -> bool {
+    let response = raw_exchange(
+        server.addr,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    response.is_empty()
+}
