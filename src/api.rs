@@ -175,7 +175,8 @@ pub async fn serve_http(shard: Rc<Shard>, mut stream: TcpStream) {
     let limits = http::Limits {
         head_bytes_max: config.http_head_bytes_max,
         headers_max: config.http_headers_max,
-        body_bytes_max: config.body_bytes_max,
+        // The largest body any route takes (a batch); each route then holds its own cap.
+        body_bytes_max: config.batch_bytes_max,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
     let peer = stream.peer_addr().ok();
@@ -493,6 +494,18 @@ async fn route(
             keep_alive,
             &[("Allow", allowed)],
         );
+    }
+    let body_max = if parts == ["api", "batch"] {
+        shard.config.batch_bytes_max
+    } else {
+        shard.config.body_bytes_max
+    };
+    if body.len() > body_max {
+        let message = format!(
+            "request body is {} bytes; this route takes at most {body_max} (--body-bytes-max, or --batch-bytes-max for /api/batch)",
+            body.len()
+        );
+        return error(shard, 413, &message, keep_alive);
     }
     if parts[0] == "api" {
         if let Err((status, message)) = authorize(shard, head, peer) {

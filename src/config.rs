@@ -29,6 +29,8 @@ pub const HTTP_HEAD_TIMEOUT_MS_DEFAULT: u64 = 10_000;
 pub const HTTP_BODY_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// Largest publish body: push messages are small; 64 KiB leaves room for rich payloads.
 pub const BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Largest `POST /api/batch` body: 10,000 short targeted messages fit in 4 MiB.
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// Largest message a client may send (after reassembly of fragments).
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 /// Frames queued for one client before it counts as a slow consumer and is closed with 1008.
@@ -137,6 +139,10 @@ pub struct ServeArgs {
     /// Maximum bytes of a publish request body (413 beyond).
     #[arg(long, default_value_t = BODY_BYTES_MAX_DEFAULT)]
     pub body_bytes_max: usize,
+    /// Maximum bytes of a `POST /api/batch` body (413 beyond); each message in it is still
+    /// held to --body-bytes-max.
+    #[arg(long, default_value_t = BATCH_BYTES_MAX_DEFAULT)]
+    pub batch_bytes_max: usize,
     /// Maximum bytes of one client message after reassembly (close 1009 beyond).
     #[arg(long, default_value_t = MESSAGE_BYTES_MAX_DEFAULT)]
     pub message_bytes_max: usize,
@@ -321,6 +327,7 @@ pub struct Config {
     pub http_head_timeout: Duration,
     pub http_body_timeout: Duration,
     pub body_bytes_max: usize,
+    pub batch_bytes_max: usize,
     pub message_bytes_max: usize,
     pub outbound_frames_max: usize,
     pub outbound_bytes_max: usize,
@@ -478,6 +485,12 @@ impl ServeArgs {
             return err(format!(
                 "--body-bytes-max {}: must be 1..=67108864 bytes",
                 self.body_bytes_max
+            ));
+        }
+        if !(1..=256 << 20).contains(&self.batch_bytes_max) {
+            return err(format!(
+                "--batch-bytes-max {}: must be 1..=268435456 bytes",
+                self.batch_bytes_max
             ));
         }
         if !(125..=64 << 20).contains(&self.message_bytes_max) {
@@ -678,6 +691,7 @@ impl ServeArgs {
             http_head_timeout: Duration::from_millis(self.http_head_timeout_ms),
             http_body_timeout: Duration::from_millis(HTTP_BODY_TIMEOUT_MS_DEFAULT),
             body_bytes_max: self.body_bytes_max,
+            batch_bytes_max: self.batch_bytes_max.max(self.body_bytes_max),
             message_bytes_max: self.message_bytes_max,
             outbound_frames_max: self.outbound_frames_max,
             outbound_bytes_max: self.outbound_bytes_max,

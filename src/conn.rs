@@ -254,14 +254,7 @@ impl Conn {
         let over_frames = self.outbox.frames.len() >= limits.outbound_frames_max;
         let over_bytes = self.outbox.bytes as usize + frame.len() > limits.outbound_bytes_max;
         if over_frames || over_bytes {
-            Metrics::inc(&metrics.slow_consumer_closes_total);
-            self.outbox.drop_unsent();
-            self.close(
-                close_code::POLICY,
-                "slow consumer: outbound queue full",
-                limits,
-                now_s,
-            );
+            self.close_slow(limits, metrics, now_s);
             return false;
         }
         let was_empty = self.outbox.is_empty();
@@ -270,6 +263,18 @@ impl Conn {
             self.wake();
         }
         true
+    }
+
+    /// A slow consumer: its unsent frames are dropped and it is closed with 1008.
+    fn close_slow(&mut self, limits: &ConnLimits, metrics: &Metrics, now_s: u32) {
+        Metrics::inc(&metrics.slow_consumer_closes_total);
+        self.outbox.drop_unsent();
+        self.close(
+            close_code::POLICY,
+            "slow consumer: outbound queue full",
+            limits,
+            now_s,
+        );
     }
 
     /// Starts a server-initiated close: queue the close frame, then wait for the client's.
@@ -382,14 +387,7 @@ impl Conn {
         }
         if self.state == ConnState::Open && self.outbox.bytes as usize > limits.outbound_bytes_max {
             // Pongs the client never reads: it is flooding pings without reading.
-            Metrics::inc(&metrics.slow_consumer_closes_total);
-            self.outbox.drop_unsent();
-            self.close(
-                close_code::POLICY,
-                "slow consumer: outbound queue full",
-                limits,
-                now_s,
-            );
+            self.close_slow(limits, metrics, now_s);
         }
     }
 

@@ -415,17 +415,14 @@ impl Shard {
         }
         drop(index);
         drop(conns);
-        if let Some(seq) = delivery.seq {
-            self.receipts.borrow_mut().record(
-                &delivery.publish.id,
-                &delivery.publish.target.to_string(),
-                seq,
-                queued,
-                now_s,
-            );
-            if queued > 0 {
-                self.receipt_change(&delivery.publish.id, "delivered", queued);
-            }
+        // Receipts only where something was delivered: a shard with no recipient keeps no
+        // entry (the table is bounded, and empty entries would evict real ones).
+        if let (Some(seq), true) = (delivery.seq, queued > 0) {
+            let channel = channel.unwrap_or_else(|| delivery.publish.target.to_string());
+            self.receipts
+                .borrow_mut()
+                .record(&delivery.publish.id, &channel, seq, queued, now_s);
+            self.receipt_change(&delivery.publish.id, "delivered", queued);
         }
         queued
     }

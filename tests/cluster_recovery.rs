@@ -6,27 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use base64::Engine;
 use common::redis::*;
 use common::*;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
-
-fn resume(channels: Value) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(channels.to_string())
-}
-
-fn post(server: &Server, path: &str, body: &str) -> Value {
-    let (status, answer) = request(server.addr, "POST", path, body.as_bytes());
-    assert_eq!(status, 200, "{answer}");
-    serde_json::from_str(&answer).unwrap()
-}
-
-fn get(server: &Server, path: &str) -> Value {
-    let (status, answer) = request(server.addr, "GET", path, b"");
-    assert_eq!(status, 200, "{answer}");
-    serde_json::from_str(&answer).unwrap()
-}
 
 fn node(redis: &Redis, extra: &[&str]) -> Server {
     let url = redis.url();
@@ -49,14 +32,6 @@ fn recover_all(client: &mut Client, channels: usize) -> (Vec<Value>, Vec<Value>)
     (messages, events)
 }
 
-fn seqs(messages: &[Value], channel: &str) -> Vec<u64> {
-    messages
-        .iter()
-        .filter(|m| m["channel"] == channel)
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect()
-}
-
 #[test]
 fn replay_across_processes_then_live_without_duplicates() {
     let redis = Redis::start();
@@ -65,12 +40,12 @@ fn replay_across_processes_then_live_without_duplicates() {
     let mut ann = connect_native(a.addr, "user=ann");
     send_op(&mut ann, json!({"op": "join", "room": "lobby", "ref": 1}));
     assert_eq!(next_json(&mut ann)["ok"], true);
-    post(&b, "/api/rooms/lobby/messages", "1");
+    post_json(&b, "/api/rooms/lobby/messages", "1");
     assert_eq!(next_json(&mut ann)["seq"], 1);
     drop(ann);
     a.wait_for("ann gone", |s| s["total"]["connections"] == 0);
     for n in 2..=101 {
-        post(&b, "/api/rooms/lobby/messages", &n.to_string());
+        post_json(&b, "/api/rooms/lobby/messages", &n.to_string());
     }
     let addr = b.addr;
     let publisher = std::thread::spawn(move || {
@@ -87,20 +62,20 @@ fn replay_across_processes_then_live_without_duplicates() {
     // Back on the other process.
     let mut ann = connect_native(
         b.addr,
-        &format!("user=ann&resume={}", resume(json!({"room:lobby": 1}))),
+        &format!("user=ann&resume={}", resume_token(json!({"room:lobby": 1}))),
     );
     let (mut messages, events) = recover_all(&mut ann, 1);
     assert_eq!(events[0]["recovered"], true, "{}", events[0]);
     publisher.join().unwrap();
-    while seqs(&messages, "room:lobby").last() != Some(&131) {
+    while seqs_of(&messages, "room:lobby").last() != Some(&131) {
         messages.push(next_json(&mut ann));
     }
     assert_eq!(
-        seqs(&messages, "room:lobby"),
+        seqs_of(&messages, "room:lobby"),
         (2..=131).collect::<Vec<_>>(),
         "every message once, in order"
     );
-    post(&a, "/api/rooms/lobby/messages", "132");
+    post_json(&a, "/api/rooms/lobby/messages", "132");
     assert_eq!(
         next_json(&mut ann)["seq"],
         132,
@@ -113,16 +88,16 @@ fn past_the_history_is_not_recovered() {
     let redis = Redis::start();
     let a = node(&redis, &["--history-size", "10"]);
     for n in 1..=30 {
-        post(&a, "/api/broadcast", &n.to_string());
+        post_json(&a, "/api/broadcast", &n.to_string());
     }
     let mut client = connect_native(
         a.addr,
-        &format!("user=x&resume={}", resume(json!({"all": 5}))),
+        &format!("user=x&resume={}", resume_token(json!({"all": 5}))),
     );
     let (messages, events) = recover_all(&mut client, 1);
     assert_eq!(events[0]["recovered"], false, "{}", events[0]);
-    assert_eq!(seqs(&messages, "all"), (21..=30).collect::<Vec<_>>());
-    let history = get(&a, "/api/channels/all/history?since=25");
+    assert_eq!(seqs_of(&messages, "all"), (21..=30).collect::<Vec<_>>());
+    let history = get_json(&a, "/api/channels/all/history?since=25");
     assert_eq!(history["messages"].as_array().unwrap().len(), 5);
     assert_eq!(history["complete"], true);
 }
@@ -132,7 +107,7 @@ fn the_inbox_survives_a_volley_restart_and_is_given_up_after_the_bound() {
     let redis = Redis::start();
     let mut a = node(&redis, &["--inbox-deliveries-max", "2"]);
     for n in 1..=3 {
-        let answer = post(&a, "/api/users/bob/messages", &format!(r#"{{"n":{n}}}"#));
+        let answer = post_json(&a, "/api/users/bob/messages", &format!(r#"{{"n":{n}}}"#));
         assert_eq!(
             (answer["recipients"].as_u64(), answer["nodes"].as_u64()),
             (Some(0), Some(0))
@@ -163,7 +138,7 @@ fn the_inbox_survives_a_volley_restart_and_is_given_up_after_the_bound() {
     drop(bob);
     b.wait_for("bob gone", |s| s["total"]["connections"] == 0);
     let mut bob = connect_native(b.addr, "user=bob");
-    post(&b, "/api/users/bob/messages", r#""now""#);
+    post_json(&b, "/api/users/bob/messages", r#""now""#);
     assert_eq!(
         next_json(&mut bob)["data"],
         "now",
@@ -182,45 +157,45 @@ fn a_killed_node_s_users_go_offline_within_the_ttl_and_recover_on_another_node()
     assert_eq!(next_json(&mut ann)["ok"], true);
     // Both nodes heartbeat; ann is online as seen from B.
     let deadline = Instant::now() + WAIT;
-    while get(&b, "/api/users/ann/presence")["online"] != true {
+    while get_json(&b, "/api/users/ann/presence")["online"] != true {
         assert!(Instant::now() < deadline, "ann never showed up online");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(
-        get(&b, "/api/rooms/ops/presence")["members"],
+        get_json(&b, "/api/rooms/ops/presence")["members"],
         json!(["ann"])
     );
-    post(&b, "/api/rooms/ops/messages", "before");
+    post_json(&b, "/api/rooms/ops/messages", "before");
     assert_eq!(next_json(&mut ann)["seq"], 1);
 
-    let a_node = get(&a, "/healthz")["node"].clone();
+    let a_node = get_json(&a, "/healthz")["node"].clone();
     // kill -9 node A: no goodbye, its counters stay in Redis, its heartbeat stops.
     a.child.kill().unwrap();
     a.child.wait().unwrap();
     drop(ann);
     let killed_at = Instant::now();
-    while get(&b, "/api/users/ann/presence")["online"] != false {
+    while get_json(&b, "/api/users/ann/presence")["online"] != false {
         assert!(
             killed_at.elapsed() < Duration::from_secs(10),
             "ann still online long after the TTL: {} nodes {:?} ttl {:?}",
-            get(&b, "/api/users/ann/presence"),
+            get_json(&b, "/api/users/ann/presence"),
             redis.try_command(&["SMEMBERS", "volley:nodes"]),
             redis.try_command(&["PTTL", &format!("volley:node:{}", a_node.as_str().unwrap())])
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(get(&b, "/api/rooms/ops/presence")["count"], 0);
+    assert_eq!(get_json(&b, "/api/rooms/ops/presence")["count"], 0);
 
     // Meanwhile messages went on; ann reconnects to B and recovers them.
     for n in 2..=11 {
-        post(&b, "/api/rooms/ops/messages", &n.to_string());
+        post_json(&b, "/api/rooms/ops/messages", &n.to_string());
     }
     let mut ann = connect_native(
         b.addr,
-        &format!("user=ann&resume={}", resume(json!({"room:ops": 1}))),
+        &format!("user=ann&resume={}", resume_token(json!({"room:ops": 1}))),
     );
     let (messages, events) = recover_all(&mut ann, 1);
     assert_eq!(events[0]["recovered"], true);
-    assert_eq!(seqs(&messages, "room:ops"), (2..=11).collect::<Vec<_>>());
-    assert_eq!(get(&b, "/api/users/ann/presence")["online"], true);
+    assert_eq!(seqs_of(&messages, "room:ops"), (2..=11).collect::<Vec<_>>());
+    assert_eq!(get_json(&b, "/api/users/ann/presence")["online"], true);
 }

@@ -6,25 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-use base64::Engine;
 use common::*;
 use serde_json::{json, Value};
-
-fn resume(channels: Value) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(channels.to_string())
-}
-
-fn post(server: &Server, path: &str, body: &str) -> Value {
-    let (status, answer) = request(server.addr, "POST", path, body.as_bytes());
-    assert_eq!(status, 200, "{answer}");
-    serde_json::from_str(&answer).unwrap()
-}
-
-fn get(server: &Server, path: &str) -> Value {
-    let (status, answer) = request(server.addr, "GET", path, b"");
-    assert_eq!(status, 200, "{answer}");
-    serde_json::from_str(&answer).unwrap()
-}
 
 /// Reads frames until the `recovered` event of `channel`, returning the messages before it.
 fn until_recovered(client: &mut Client, channel: &str) -> (Vec<Value>, Value) {
@@ -39,35 +22,27 @@ fn until_recovered(client: &mut Client, channel: &str) -> (Vec<Value>, Value) {
     }
 }
 
-fn seqs(messages: &[Value], channel: &str) -> Vec<u64> {
-    messages
-        .iter()
-        .filter(|m| m["channel"] == channel)
-        .map(|m| m["seq"].as_u64().unwrap())
-        .collect()
-}
-
 #[test]
 fn a_returning_client_gets_every_missed_message_in_order_then_live_without_duplicates() {
     let server = Server::start(&["--shards", "2"]);
     let mut ann = connect_native(server.addr, "user=ann");
     send_op(&mut ann, json!({"op": "join", "room": "lobby", "ref": 1}));
     assert_eq!(next_json(&mut ann)["ok"], true);
-    post(&server, "/api/rooms/lobby/messages", r#"{"n":1}"#);
+    post_json(&server, "/api/rooms/lobby/messages", r#"{"n":1}"#);
     assert_eq!(next_json(&mut ann)["seq"], 1);
     drop(ann);
     server.wait_for("ann gone", |s| s["total"]["connections"] == 0);
 
     // 100 messages while she is away, to the room and to her.
     for n in 2..=101 {
-        post(
+        post_json(
             &server,
             "/api/rooms/lobby/messages",
             &format!(r#"{{"n":{n}}}"#),
         );
     }
     for n in 1..=5 {
-        post(
+        post_json(
             &server,
             "/api/users/ann/messages",
             &format!(r#"{{"dm":{n}}}"#),
@@ -88,7 +63,7 @@ fn a_returning_client_gets_every_missed_message_in_order_then_live_without_dupli
             assert_eq!(status, 200);
         }
     });
-    let token = resume(json!({"room:lobby": 1, "user:ann": 0}));
+    let token = resume_token(json!({"room:lobby": 1, "user:ann": 0}));
     let mut ann = connect_native(server.addr, &format!("user=ann&resume={token}"));
     let mut seen = Vec::new();
     let mut recovered = Vec::new();
@@ -102,15 +77,15 @@ fn a_returning_client_gets_every_missed_message_in_order_then_live_without_dupli
     }
     publisher.join().unwrap();
     // Everything published up to now: read until the room reaches 151.
-    while seqs(&seen, "room:lobby").last() != Some(&151) {
+    while seqs_of(&seen, "room:lobby").last() != Some(&151) {
         seen.push(next_json(&mut ann));
     }
     assert_eq!(
-        seqs(&seen, "room:lobby"),
+        seqs_of(&seen, "room:lobby"),
         (2..=151).collect::<Vec<_>>(),
         "every message once, in order"
     );
-    assert_eq!(seqs(&seen, "user:ann"), (1..=5).collect::<Vec<_>>());
+    assert_eq!(seqs_of(&seen, "user:ann"), (1..=5).collect::<Vec<_>>());
     for event in &recovered {
         assert_eq!(event["recovered"], true, "{event}");
     }
@@ -120,7 +95,7 @@ fn a_returning_client_gets_every_missed_message_in_order_then_live_without_dupli
         .unwrap();
     assert!(lobby["replayed"].as_u64().unwrap() >= 100, "{lobby}");
     // And live after that, once.
-    post(&server, "/api/rooms/lobby/messages", r#"{"n":152}"#);
+    post_json(&server, "/api/rooms/lobby/messages", r#"{"n":152}"#);
     let next = next_json(&mut ann);
     assert_eq!(
         (next["channel"].as_str(), next["seq"].as_u64()),
@@ -133,7 +108,7 @@ fn a_returning_client_gets_every_missed_message_in_order_then_live_without_dupli
 fn a_gap_older_than_the_history_says_recovered_false() {
     let server = Server::start(&["--shards", "2", "--history-size", "10"]);
     for n in 1..=30 {
-        post(&server, "/api/broadcast", &format!(r#"{{"n":{n}}}"#));
+        post_json(&server, "/api/broadcast", &format!(r#"{{"n":{n}}}"#));
     }
     let mut client = connect_native(server.addr, "user=late");
     send_op(
@@ -144,7 +119,7 @@ fn a_gap_older_than_the_history_says_recovered_false() {
     assert_eq!(event["recovered"], false, "{event}");
     assert_eq!(event["seq"], 30);
     assert_eq!(
-        seqs(&messages, "all"),
+        seqs_of(&messages, "all"),
         (21..=30).collect::<Vec<_>>(),
         "what is kept is still sent"
     );
@@ -155,7 +130,7 @@ fn a_gap_older_than_the_history_says_recovered_false() {
     );
     let (messages, event) = until_recovered(&mut client, "all");
     assert_eq!(event["recovered"], true, "{event}");
-    assert_eq!(seqs(&messages, "all"), vec![26, 27, 28, 29, 30]);
+    assert_eq!(seqs_of(&messages, "all"), vec![26, 27, 28, 29, 30]);
     // Nothing missed is complete too.
     send_op(
         &mut client,
@@ -177,14 +152,14 @@ fn a_gap_older_than_the_history_says_recovered_false() {
         }
     }
     // The history API tells the same story.
-    let history = get(&server, "/api/channels/all/history?since=5");
+    let history = get_json(&server, "/api/channels/all/history?since=5");
     assert_eq!(
         (history["complete"].as_bool(), history["current"].as_u64()),
         (Some(false), Some(30))
     );
     assert_eq!(history["messages"].as_array().unwrap().len(), 10);
     assert_eq!(history["messages"][0]["data"]["n"], 21);
-    let history = get(&server, "/api/channels/all/history?since=27&limit=2");
+    let history = get_json(&server, "/api/channels/all/history?since=27&limit=2");
     assert_eq!(
         history["messages"]
             .as_array()
@@ -203,7 +178,7 @@ fn a_gap_older_than_the_history_says_recovered_false() {
 fn join_with_since_replays_the_room() {
     let server = Server::start(&["--shards", "2"]);
     for n in 1..=7 {
-        post(&server, "/api/rooms/game/messages", &format!("{n}"));
+        post_json(&server, "/api/rooms/game/messages", &format!("{n}"));
     }
     let mut client = connect_native(server.addr, "user=joe");
     send_op(
@@ -211,7 +186,7 @@ fn join_with_since_replays_the_room() {
         json!({"op": "join", "room": "game", "since": 4, "ref": 1}),
     );
     let (messages, event) = until_recovered(&mut client, "room:game");
-    assert_eq!(seqs(&messages, "room:game"), vec![5, 6, 7]);
+    assert_eq!(seqs_of(&messages, "room:game"), vec![5, 6, 7]);
     assert_eq!(event["recovered"], true);
 }
 
@@ -219,7 +194,7 @@ fn join_with_since_replays_the_room() {
 fn the_offline_inbox_is_delivered_until_acked_then_given_up() {
     let server = Server::start(&["--shards", "2", "--inbox-deliveries-max", "2"]);
     for n in 1..=3 {
-        let answer = post(
+        let answer = post_json(
             &server,
             "/api/users/bob/messages",
             &format!(r#"{{"n":{n}}}"#),
@@ -250,7 +225,7 @@ fn the_offline_inbox_is_delivered_until_acked_then_given_up() {
     let mut bob = connect_native(server.addr, "user=bob");
     let message = next_json(&mut bob);
     assert_eq!(message["seq"], 3);
-    post(&server, "/api/users/bob/messages", r#""live""#);
+    post_json(&server, "/api/users/bob/messages", r#""live""#);
     let live = next_json(&mut bob);
     assert_eq!(
         (live["seq"].as_u64(), live["data"].as_str()),
@@ -261,7 +236,7 @@ fn the_offline_inbox_is_delivered_until_acked_then_given_up() {
     server.wait_for("bob gone", |s| s["total"]["connections"] == 0);
     // Third connect: message 3 was delivered twice unacked: given up, nothing comes.
     let mut bob = connect_native(server.addr, "user=bob");
-    post(&server, "/api/users/bob/messages", r#""after""#);
+    post_json(&server, "/api/users/bob/messages", r#""after""#);
     let next = next_json(&mut bob);
     assert_eq!(
         next["data"], "after",
@@ -278,13 +253,16 @@ fn presence_of_users_and_rooms() {
     let _ann2 = connect_native(server.addr, "user=ann");
     send_op(&mut ann, json!({"op": "join", "room": "r", "ref": 1}));
     assert_eq!(next_json(&mut ann)["ok"], true);
-    let user = get(&server, "/api/users/ann/presence");
+    let user = get_json(&server, "/api/users/ann/presence");
     assert_eq!(
         (user["online"].as_bool(), user["connections"].as_u64()),
         (Some(true), Some(2))
     );
-    assert_eq!(get(&server, "/api/users/nobody/presence")["online"], false);
-    let room = get(&server, "/api/rooms/r/presence");
+    assert_eq!(
+        get_json(&server, "/api/users/nobody/presence")["online"],
+        false
+    );
+    let room = get_json(&server, "/api/rooms/r/presence");
     assert_eq!(
         (room["count"].as_u64(), room["members"].clone()),
         (Some(1), json!(["ann"]))
@@ -296,9 +274,9 @@ fn bad_resume_tokens_are_refused_with_the_reason() {
     let server = Server::start(&["--shards", "1"]);
     for (token, reason) in [
         ("!!!", "base64"),
-        (&*resume(json!(["x"])), "JSON object"),
-        (&*resume(json!({"user:other": 1})), "own user channel"),
-        (&*resume(json!({"planet:x": 1})), "not all"),
+        (&*resume_token(json!(["x"])), "JSON object"),
+        (&*resume_token(json!({"user:other": 1})), "own user channel"),
+        (&*resume_token(json!({"planet:x": 1})), "not all"),
     ] {
         let refusal = try_connect_native(server.addr, &format!("user=ann&resume={token}"))
             .map(|_| ())

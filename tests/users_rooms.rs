@@ -357,6 +357,18 @@ fn batch_publishes_to_many_targets() {
     assert_eq!(status, 400, "{answer}");
     let (status, _) = post(&server, "/api/batch", "not json");
     assert_eq!(status, 400);
+    // The documented maximum of 10,000 entries fits the default --batch-bytes-max, while
+    // a single publish body stays held to --body-bytes-max.
+    let many: Vec<Value> = (0..10_000)
+        .map(|i| json!({"user": format!("user-{i}"), "data": {"n": i}}))
+        .collect();
+    let body = json!({ "messages": many }).to_string();
+    assert!(body.len() > 64 * 1024);
+    let (status, answer) = post(&server, "/api/batch", &body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["results"].as_array().unwrap().len(), 10_000);
+    let (status, answer) = post(&server, "/api/broadcast", &"x".repeat(70 * 1024));
+    assert_eq!(status, 413, "{answer}");
 }
 
 #[test]

@@ -566,43 +566,12 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
             Ok(Op::Publish { target, data })
         }
         "ack" => {
-            let channel = json_str(required(fields.channel, "channel", "ack")?, "channel")?;
-            match Channel::parse(&channel) {
-                Some(Channel::All) => {}
-                Some(Channel::User(id)) => check_name(id, "channel", limits)?,
-                Some(Channel::Room(name)) => check_name(name, "channel", limits)?,
-                None => {
-                    return Err((
-                        ErrorCode::BadField,
-                        "`channel` must be all, user:<id> or room:<name>".to_string(),
-                    ))
-                }
-            }
-            let seq = required(fields.seq, "seq", "ack")?;
-            let seq = serde_json::from_str::<u64>(seq.get()).map_err(|_| {
-                (
-                    ErrorCode::BadField,
-                    format!(
-                        "`seq` must be an integer 0..=18446744073709551615, not {:.32}",
-                        seq.get()
-                    ),
-                )
-            })?;
+            let channel = channel_field(fields.channel, "ack", limits)?;
+            let seq = u64_field(required(fields.seq, "seq", "ack")?, "seq")?;
             Ok(Op::Ack { channel, seq })
         }
         "recover" => {
-            let channel = json_str(required(fields.channel, "channel", "recover")?, "channel")?;
-            match Channel::parse(&channel) {
-                Some(Channel::All) => {}
-                Some(Channel::User(id)) => check_name(id, "channel", limits)?,
-                Some(Channel::Room(name)) => check_name(name, "channel", limits)?,
-                None => {
-                    return Err((
-                        ErrorCode::BadField,
-                        "`channel` must be all, user:<id> or room:<name>".to_string(),
-                    ))
-                }
-            }
+            let channel = channel_field(fields.channel, "recover", limits)?;
             let since = u64_field(required(fields.since, "since", "recover")?, "since")?;
             Ok(Op::Recover { channel, since })
         }
@@ -614,6 +583,27 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
             ),
         )),
     }
+}
+
+/// A required `channel` field: `all`, `user:<id>` or `room:<name>`, names checked.
+fn channel_field<'a>(
+    raw: Option<&'a RawValue>,
+    op: &str,
+    limits: &Limits,
+) -> Result<Cow<'a, str>, (ErrorCode, String)> {
+    let channel = json_str(required(raw, "channel", op)?, "channel")?;
+    match Channel::parse(&channel) {
+        Some(Channel::All) => {}
+        Some(Channel::User(id)) => check_name(id, "channel", limits)?,
+        Some(Channel::Room(name)) => check_name(name, "channel", limits)?,
+        None => {
+            return Err((
+                ErrorCode::BadField,
+                "`channel` must be all, user:<id> or room:<name>".to_string(),
+            ))
+        }
+    }
+    Ok(channel)
 }
 
 /// An unsigned 64-bit integer field.

@@ -455,3 +455,32 @@ pub fn carries(message: &Message, text: &str) -> bool {
         .windows(text.len().max(1))
         .any(|w| w == text.as_bytes())
 }
+
+/// A resume token: base64url (no padding) of `{channel: last seq}`.
+pub fn resume_token(channels: serde_json::Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(channels.to_string())
+}
+
+/// POSTs `body` and returns the JSON answer, asserting 200.
+pub fn post_json(server: &Server, path: &str, body: &str) -> serde_json::Value {
+    let (status, answer) = request(server.addr, "POST", path, body.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
+/// GETs `path` and returns the JSON answer, asserting 200.
+pub fn get_json(server: &Server, path: &str) -> serde_json::Value {
+    let (status, answer) = request(server.addr, "GET", path, b"");
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
+/// The seqs of the messages of one channel, in arrival order.
+pub fn seqs_of(messages: &[serde_json::Value], channel: &str) -> Vec<u64> {
+    messages
+        .iter()
+        .filter(|m| m["channel"] == channel)
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
+}
