@@ -825,17 +825,11 @@ async fn batch(shard: &Rc<Shard>, body: &[u8], keep_alive: bool) -> Vec<u8> {
             payload: Bytes::copy_from_slice(data.get().as_bytes()),
         });
     }
-    let tasks: Vec<_> = publishes
-        .into_iter()
-        .map(|publish| {
-            let shard = shard.clone();
-            glommio::spawn_local(async move { fanout::publish(&shard, publish).await })
-        })
-        .collect();
-    let mut results = Vec::with_capacity(tasks.len());
+    let outcomes = fanout::publish_many(shard, publishes).await;
+    let mut results = Vec::with_capacity(outcomes.len());
     let mut recipients = 0u64;
-    for task in tasks {
-        match task.await {
+    for outcome in outcomes {
+        match outcome {
             Ok(published) => {
                 recipients += published.recipients as u64;
                 results.push(published_json(&published));

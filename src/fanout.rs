@@ -148,15 +148,15 @@ async fn publish_standalone(
 ) -> Result<Published, broker::Error> {
     let id = publish.id.clone();
     let owner = owner_shard(&publish.target, shard.shard_count());
-    let (seq, recipients) = if owner == shard.id {
-        sequence_and_deliver(shard, publish).await
+    let numbered = if owner == shard.id {
+        sequence_and_deliver(shard, vec![publish]).await
     } else {
         let (reply, answer) = oneshot::channel();
-        if shard
-            .send_to(owner, ShardMsg::Sequence { publish, reply })
-            .await
-            .is_err()
-        {
+        let msg = ShardMsg::Sequence {
+            publishes: vec![publish],
+            reply,
+        };
+        if shard.send_to(owner, msg).await.is_err() {
             return Err(broker::Error::Unavailable(
                 "the channel's shard is shutting down".into(),
             ));
@@ -165,6 +165,7 @@ async fn publish_standalone(
             broker::Error::Unavailable("the channel's shard is shutting down".into())
         })?
     };
+    let (seq, recipients) = numbered.first().copied().unwrap_or_default();
     Ok(Published {
         id,
         seq,
@@ -173,35 +174,40 @@ async fn publish_standalone(
     })
 }
 
-/// On the owning shard: number the message and deliver it everywhere, in number order.
-pub async fn sequence_and_deliver(shard: &Rc<Shard>, publish: Publish) -> (u64, u32) {
-    // Held from numbering until every shard has the delivery queued, so deliveries enter
+/// On the owning shard: number the messages and deliver them everywhere, in number
+/// order. A batch travels as one mesh message per peer shard, not one per message.
+/// Returns (seq, recipients in the process) per message, in input order.
+pub async fn sequence_and_deliver(shard: &Rc<Shard>, publishes: Vec<Publish>) -> Vec<(u64, u32)> {
+    // Held from numbering until every shard has the deliveries queued, so deliveries enter
     // the (FIFO) mesh channels in sequence order even when a channel is full.
     let permit = shard.sequencer().acquire_permit(1).await;
-    let seq = shard.next_seq(&publish.target);
-    let stored = Stored {
-        seq,
-        id: publish.id.clone(),
-        from: publish.from.clone(),
-        kind: publish.kind,
-        payload: publish.payload.clone(),
-    };
-    let channel = publish.target.to_string();
-    // Into the history before anyone can see it live: a recovering client that asks for
-    // history finds every message whose live copy it might have been held back from.
-    shard
-        .history
-        .borrow_mut()
-        .push(&channel, stored.clone(), shard.now());
-    let delivery = Arc::new(Delivery {
-        publish,
-        seq: Some(seq),
-    });
+    let now_s = shard.now();
+    let mut deliveries = Vec::with_capacity(publishes.len());
+    for publish in publishes {
+        let seq = shard.next_seq(&publish.target);
+        let stored = Stored {
+            seq,
+            id: publish.id.clone(),
+            from: publish.from.clone(),
+            kind: publish.kind,
+            payload: publish.payload.clone(),
+        };
+        // Into the history before anyone can see it live: a recovering client that asks
+        // for history finds every message whose live copy it might have been held back from.
+        shard
+            .history
+            .borrow_mut()
+            .push(&publish.target.to_string(), stored, now_s);
+        deliveries.push(Arc::new(Delivery {
+            publish,
+            seq: Some(seq),
+        }));
+    }
     let mut pending = Vec::with_capacity(shard.shard_count().saturating_sub(1));
     for peer in (0..shard.shard_count()).filter(|&peer| peer != shard.id) {
         let (done, answer) = oneshot::channel();
         let msg = ShardMsg::Deliver {
-            delivery: delivery.clone(),
+            deliveries: deliveries.clone(),
             done,
         };
         // A peer that is shutting down has no clients to deliver to.
@@ -209,19 +215,116 @@ pub async fn sequence_and_deliver(shard: &Rc<Shard>, publish: Publish) -> (u64, 
             pending.push(answer);
         }
     }
-    let mut recipients = shard.deliver(&delivery);
+    let mut recipients: Vec<u32> = deliveries.iter().map(|d| shard.deliver(d)).collect();
     drop(permit);
     for answer in pending {
-        recipients += answer.await.unwrap_or(0);
-    }
-    // Nobody anywhere holds this user: keep it for their next connection.
-    if let (Target::User(user), 0) = (&delivery.publish.target, recipients) {
-        if shard.config.inbox_size > 0 {
-            shard.inboxes.borrow_mut().push(user, stored, shard.now());
-            Metrics::inc(&shard.metrics.inbox_stored_total);
+        if let Ok(counts) = answer.await {
+            for (total, count) in recipients.iter_mut().zip(counts) {
+                *total += count;
+            }
         }
     }
-    (seq, recipients)
+    let mut out = Vec::with_capacity(deliveries.len());
+    for (delivery, recipients) in deliveries.iter().zip(recipients) {
+        let seq = delivery.seq.unwrap_or(0);
+        // Nobody anywhere holds this user: keep it for their next connection.
+        if let (Target::User(user), 0) = (&delivery.publish.target, recipients) {
+            if shard.config.inbox_size > 0 {
+                let stored = Stored {
+                    seq,
+                    id: delivery.publish.id.clone(),
+                    from: delivery.publish.from.clone(),
+                    kind: delivery.publish.kind,
+                    payload: delivery.publish.payload.clone(),
+                };
+                shard.inboxes.borrow_mut().push(user, stored, now_s);
+                Metrics::inc(&shard.metrics.inbox_stored_total);
+            }
+        }
+        out.push((seq, recipients));
+    }
+    out
+}
+
+/// Publishes many messages (`POST /api/batch`). Standalone, messages are grouped by their
+/// channel's owning shard and each group is numbered and delivered as one batch; in cluster
+/// mode they go to Redis concurrently (the command link pipelines them). Results are in
+/// input order.
+pub async fn publish_many(
+    shard: &Rc<Shard>,
+    publishes: Vec<Publish>,
+) -> Vec<Result<Published, broker::Error>> {
+    if shard.broker.is_some() {
+        let tasks: Vec<_> = publishes
+            .into_iter()
+            .map(|message| {
+                let shard = shard.clone();
+                glommio::spawn_local(async move { publish(&shard, message).await })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            out.push(task.await);
+        }
+        return out;
+    }
+    let count = publishes.len();
+    let mut groups: Vec<Vec<(usize, Publish)>> =
+        (0..shard.shard_count()).map(|_| Vec::new()).collect();
+    for (at, publish) in publishes.into_iter().enumerate() {
+        groups[owner_shard(&publish.target, shard.shard_count())].push((at, publish));
+    }
+    let mut out: Vec<Option<Result<Published, broker::Error>>> = (0..count).map(|_| None).collect();
+    for (owner, group) in groups.into_iter().enumerate() {
+        for chunk in chunks(group, BATCH_CHUNK) {
+            let (slots, publishes): (Vec<usize>, Vec<Publish>) = chunk.into_iter().unzip();
+            let ids: Vec<String> = publishes.iter().map(|p| p.id.clone()).collect();
+            let numbered = if owner == shard.id {
+                Ok(sequence_and_deliver(shard, publishes).await)
+            } else {
+                let (reply, answer) = oneshot::channel();
+                match shard
+                    .send_to(owner, ShardMsg::Sequence { publishes, reply })
+                    .await
+                {
+                    Ok(()) => answer.await.map_err(|_| ()),
+                    Err(_) => Err(()),
+                }
+            };
+            for (i, (slot, id)) in slots.into_iter().zip(ids).enumerate() {
+                out[slot] = Some(match &numbered {
+                    Ok(results) => {
+                        let (seq, recipients) = results.get(i).copied().unwrap_or_default();
+                        Ok(Published {
+                            id,
+                            seq,
+                            recipients,
+                            nodes: None,
+                        })
+                    }
+                    Err(()) => Err(broker::Error::Unavailable(
+                        "the channel's shard is shutting down".into(),
+                    )),
+                });
+            }
+        }
+    }
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(broker::Error::Unavailable("not published".into()))))
+        .collect()
+}
+
+/// Messages per mesh message when a batch is numbered: bounds how long one batch keeps a
+/// shard busy before other work gets a turn.
+const BATCH_CHUNK: usize = 512;
+
+fn chunks<T>(items: Vec<T>, size: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::with_capacity(items.len().div_ceil(size));
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        out.push(items.by_ref().take(size).collect());
+    }
+    out
 }
 
 /// The Lua script that numbers, stores and publishes in one step: INCR the channel's

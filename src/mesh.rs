@@ -68,17 +68,17 @@ pub struct Presence {
 
 /// A message from one shard to another.
 pub enum ShardMsg {
-    /// Standalone mode: this shard owns the target's channel; assign the next sequence
-    /// number and deliver everywhere. Answers (seq, recipients in the process).
+    /// Standalone mode: this shard owns these messages' channels; number them and deliver
+    /// them everywhere, in order. Answers (seq, recipients in the process) per message.
     Sequence {
-        publish: Publish,
-        reply: oneshot::Sender<(u64, u32)>,
+        publishes: Vec<Publish>,
+        reply: oneshot::Sender<Vec<(u64, u32)>>,
     },
-    /// Queue a delivery to the local recipients of its target; answer how many. The frames
-    /// are encoded once per shard from the shared payload.
+    /// Queue deliveries to the local recipients of their targets, in order; answer how many
+    /// per delivery. The frames are encoded once per shard from the shared payload.
     Deliver {
-        delivery: Arc<Delivery>,
-        done: oneshot::Sender<u32>,
+        deliveries: Vec<Arc<Delivery>>,
+        done: oneshot::Sender<Vec<u32>>,
     },
     /// Report a user's connections or a room's members on this shard.
     Lookup {

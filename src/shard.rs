@@ -429,16 +429,16 @@ impl Shard {
 
     fn handle_msg(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Sequence { publish, reply } => {
+            ShardMsg::Sequence { publishes, reply } => {
                 let shard = self.clone();
                 glommio::spawn_local(async move {
-                    let outcome = fanout::sequence_and_deliver(&shard, publish).await;
-                    let _ = reply.send(outcome);
+                    let numbered = fanout::sequence_and_deliver(&shard, publishes).await;
+                    let _ = reply.send(numbered);
                 })
                 .detach();
             }
-            ShardMsg::Deliver { delivery, done } => {
-                let _ = done.send(self.deliver(&delivery));
+            ShardMsg::Deliver { deliveries, done } => {
+                let _ = done.send(deliveries.iter().map(|d| self.deliver(d)).collect());
             }
             ShardMsg::Stats { reply } => {
                 let _ = reply.send(self.report());
