@@ -109,11 +109,67 @@ impl Histogram {
         }
         Some(self.max)
     }
+
+    /// The non-empty buckets as `[index, count]` pairs plus min, max and sum: what a
+    /// report carries so that another process (the coordinator) can merge histograms
+    /// exactly instead of averaging percentiles.
+    pub fn to_sparse(&self) -> serde_json::Value {
+        let buckets: Vec<[u64; 2]> = self
+            .counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| [i as u64, n])
+            .collect();
+        serde_json::json!({
+            "buckets": buckets,
+            "min": self.min(),
+            "max": self.max(),
+            "sum": self.sum.min(u64::MAX as u128) as u64,
+        })
+    }
+
+    /// Reads what `to_sparse` wrote; `None` if it is malformed.
+    pub fn from_sparse(v: &serde_json::Value) -> Option<Histogram> {
+        let mut h = Histogram::default();
+        for pair in v.get("buckets")?.as_array()? {
+            let index = usize::try_from(pair.get(0)?.as_u64()?).ok()?;
+            let n = pair.get(1)?.as_u64()?;
+            *h.counts.get_mut(index)? += n;
+            h.count += n;
+        }
+        if h.count > 0 {
+            h.min = v.get("min")?.as_u64()?;
+            h.max = v.get("max")?.as_u64()?;
+        }
+        h.sum = u128::from(v.get("sum")?.as_u64()?);
+        Some(h)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sparse_round_trip_merges_exactly() {
+        let mut a = Histogram::default();
+        for v in [5, 700, 12_345, 1_000_000] {
+            a.record(v);
+        }
+        let b = Histogram::from_sparse(&a.to_sparse()).expect("parses");
+        assert_eq!(b.count(), 4);
+        assert_eq!(b.min(), Some(5));
+        assert_eq!(b.max(), Some(1_000_000));
+        assert_eq!(b.quantile(0.5), a.quantile(0.5));
+        assert_eq!(b.mean(), a.mean());
+        let empty = Histogram::from_sparse(&Histogram::default().to_sparse()).expect("parses");
+        assert_eq!(empty.count(), 0);
+        assert!(
+            Histogram::from_sparse(&serde_json::json!({"buckets": [[99999999, 1]], "sum": 0}))
+                .is_none()
+        );
+    }
 
     #[test]
     fn empty_has_no_quantiles() {

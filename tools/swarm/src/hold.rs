@@ -32,6 +32,14 @@ const MESSAGE_BYTES_MAX: usize = 16 << 20;
 /// How often the stopper checks the signal flag.
 const STOP_POLL_MS: u64 = 50;
 /// Extra time after deadline + drain before the process gives up waiting for workers.
+/// Plus this per connection (closing tens of thousands of sockets on a loaded core).
+const WORKER_GRACE_MS_PER_CONN: f64 = 0.5;
+
+/// How long after deadline + drain the process waits for its workers.
+pub fn worker_grace_ms(conns: u64) -> u64 {
+    WORKER_GRACE_MS + (conns as f64 * WORKER_GRACE_MS_PER_CONN) as u64
+}
+
 const WORKER_GRACE_MS: u64 = 5000;
 
 pub struct HoldConfig {
@@ -46,7 +54,15 @@ pub struct HoldConfig {
     pub connect_timeout: Duration,
     pub inflight_max: usize,
     pub drain: Duration,
+    /// Machine-readable progress for a coordinator: one `swarm-status {json}` line on
+    /// stderr every `STATUS_EVERY_MS` instead of the human lines or bars.
+    pub status_lines: bool,
 }
+
+/// Prefix of the machine-readable progress lines (`--status-lines`).
+pub const STATUS_PREFIX: &str = "swarm-status ";
+/// How often `--status-lines` prints.
+const STATUS_EVERY_MS: u64 = 500;
 
 /// Live counters the main thread prints every second; one set per worker, so workers
 /// never write the same cache line on the hot path except these few adds.
@@ -56,6 +72,8 @@ struct Progress {
     failed: AtomicU64,
     open: AtomicU64,
     messages: AtomicU64,
+    /// Messages that carried a seq/t_us probe.
+    probes: AtomicU64,
 }
 
 pub fn run(cfg: HoldConfig) -> Result<serde_json::Value, String> {
@@ -84,62 +102,64 @@ pub fn run(cfg: HoldConfig) -> Result<serde_json::Value, String> {
         handles.push(handle);
     }
 
-    // Progress on stderr once a second, until every worker is done or the hard limit.
-    let hard_limit = deadline + cfg.drain + Duration::from_millis(WORKER_GRACE_MS);
-    let mut last_line = String::new();
-    let mut connecting = true;
-    let mut last_connected = 0u64;
+    // Progress on stderr (bars on a terminal, lines otherwise, or machine-readable lines
+    // for a coordinator), until every worker is done or the hard limit.
+    let grace_ms = worker_grace_ms(cfg.conns);
+    let hard_limit = deadline + cfg.drain + Duration::from_millis(grace_ms);
+    let tick_every = if cfg.status_lines {
+        Duration::from_millis(STATUS_EVERY_MS)
+    } else {
+        Duration::from_secs(1)
+    };
+    let mut view = if cfg.status_lines {
+        None
+    } else {
+        Some(ProgressView::new(cfg.conns))
+    };
     let mut last_tick = start;
-    let mut ticks = 0u64;
     while !handles.iter().all(|h| h.is_finished()) {
         std::thread::sleep(Duration::from_millis(100));
         let now = Instant::now();
         if now >= hard_limit {
-            eprintln!("swarm hold: workers did not stop {WORKER_GRACE_MS} ms after the deadline; giving up without a report");
+            eprintln!("swarm hold: workers did not stop {grace_ms} ms after the deadline and drain; giving up without a report");
             std::process::exit(2);
         }
-        if now.duration_since(last_tick) < Duration::from_secs(1) {
+        if now.duration_since(last_tick) < tick_every {
             continue;
         }
         let dt = now.duration_since(last_tick).as_secs_f64();
         last_tick = now;
-        ticks += 1;
         let sum = |f: fn(&Progress) -> &AtomicU64| {
             progress
                 .iter()
                 .map(|p| f(p).load(Ordering::Relaxed))
                 .sum::<u64>()
         };
-        let (connected, failed, open, messages) = (
-            sum(|p| &p.connected),
-            sum(|p| &p.failed),
-            sum(|p| &p.open),
-            sum(|p| &p.messages),
-        );
+        let c = Counts {
+            connected: sum(|p| &p.connected),
+            failed: sum(|p| &p.failed),
+            open: sum(|p| &p.open),
+            messages: sum(|p| &p.messages),
+            probes: sum(|p| &p.probes),
+        };
         let t = now.duration_since(start).as_secs_f64();
-        if connecting {
-            let rate = (connected - last_connected) as f64 / dt;
-            eprintln!(
-                "swarm hold: t={t:.1}s connecting: connected={connected} failed={failed} rate={rate:.0}/s open={open} msgs={messages}"
-            );
-            last_connected = connected;
-            if connected + failed >= cfg.conns {
-                connecting = false;
-                eprintln!(
-                    "swarm hold: t={t:.1}s connect phase done: connected={connected} failed={failed}"
-                );
-            }
-        } else {
-            // After connecting, a line when something changed, and at least every 10 s.
-            let line = format!(
-                "open={open} msgs={messages} disconnects={}",
-                connected.saturating_sub(open)
-            );
-            if line != last_line || ticks.is_multiple_of(10) {
-                eprintln!("swarm hold: t={t:.1}s holding: {line}");
-                last_line = line;
-            }
+        match view.as_mut() {
+            None => eprintln!(
+                "{STATUS_PREFIX}{}",
+                serde_json::json!({
+                    "t_s": (t * 1000.0).round() / 1000.0,
+                    "connected": c.connected,
+                    "failed": c.failed,
+                    "open": c.open,
+                    "messages": c.messages,
+                    "probes": c.probes,
+                })
+            ),
+            Some(v) => v.update(t, dt, &c),
         }
+    }
+    if let Some(v) = view {
+        v.finish();
     }
 
     let mut total = WorkerStats::default();
@@ -158,6 +178,111 @@ pub fn run(cfg: HoldConfig) -> Result<serde_json::Value, String> {
     Ok(hold_report(&facts, &total))
 }
 
+/// Summed live counters of all workers.
+struct Counts {
+    connected: u64,
+    failed: u64,
+    open: u64,
+    messages: u64,
+    probes: u64,
+}
+
+/// Human progress: indicatif bars when stderr is a terminal, a line per second (while
+/// connecting) or per change (while holding) otherwise, so logs stay readable.
+struct ProgressView {
+    conns: u64,
+    bar: Option<indicatif::ProgressBar>,
+    connecting: bool,
+    last_connected: u64,
+    last_line: String,
+    ticks: u64,
+}
+
+impl ProgressView {
+    fn new(conns: u64) -> Self {
+        let bar = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(|| {
+            let b = indicatif::ProgressBar::new(conns);
+            b.set_style(crate::coord::bar_style("connect"));
+            b
+        });
+        Self {
+            conns,
+            bar,
+            connecting: true,
+            last_connected: 0,
+            last_line: String::new(),
+            ticks: 0,
+        }
+    }
+
+    fn update(&mut self, t: f64, dt: f64, c: &Counts) {
+        self.ticks += 1;
+        let rate = (c.connected - self.last_connected) as f64 / dt;
+        self.last_connected = c.connected;
+        if self.connecting {
+            match &self.bar {
+                Some(b) => {
+                    b.set_position(c.connected + c.failed);
+                    b.set_message(format!(
+                        "{rate:.0}/s failed={} open={} msgs={}",
+                        c.failed, c.open, c.messages
+                    ));
+                }
+                None => eprintln!(
+                    "swarm hold: t={t:.1}s connecting: connected={} failed={} rate={rate:.0}/s open={} msgs={}",
+                    c.connected, c.failed, c.open, c.messages
+                ),
+            }
+            if c.connected + c.failed >= self.conns {
+                self.connecting = false;
+                match &self.bar {
+                    Some(b) => {
+                        b.finish_with_message(format!(
+                            "connected={} failed={} in {t:.1}s",
+                            c.connected, c.failed
+                        ));
+                        let hold = indicatif::ProgressBar::new_spinner();
+                        hold.set_style(
+                            indicatif::ProgressStyle::with_template("{spinner} hold {msg}")
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                        );
+                        self.bar = Some(hold);
+                    }
+                    None => eprintln!(
+                        "swarm hold: t={t:.1}s connect phase done: connected={} failed={}",
+                        c.connected, c.failed
+                    ),
+                }
+            }
+            return;
+        }
+        let line = format!(
+            "open={} msgs={} disconnects={}",
+            c.open,
+            c.messages,
+            c.connected.saturating_sub(c.open)
+        );
+        match &self.bar {
+            Some(b) => {
+                b.set_message(format!("t={t:.0}s {line}"));
+                b.tick();
+            }
+            None => {
+                if line != self.last_line || self.ticks.is_multiple_of(10) {
+                    eprintln!("swarm hold: t={t:.1}s holding: {line}");
+                    self.last_line = line;
+                }
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Some(b) = self.bar {
+            b.finish();
+        }
+    }
+}
+
 async fn worker(
     w: usize,
     cfg: Arc<HoldConfig>,
@@ -167,12 +292,17 @@ async fn worker(
 ) -> WorkerStats {
     let stats = Rc::new(RefCell::new(WorkerStats::default()));
     let (stop_tx, stop_rx) = watch::channel(false);
+    // When the stop came: every connection's polite close ends by stop + drain, however
+    // late its task gets to run (18,000 closes on one loaded core take a while).
+    let stopped_at: Rc<std::cell::Cell<Option<tokio::time::Instant>>> = Rc::default();
+    let stopped_at_setter = Rc::clone(&stopped_at);
     let deadline_tokio = tokio::time::Instant::from_std(deadline);
 
     // The stopper: flips `stop` at the deadline or on SIGINT/SIGTERM.
     tokio::task::spawn_local(async move {
         loop {
             if net::stop_requested() || tokio::time::Instant::now() >= deadline_tokio {
+                stopped_at_setter.set(Some(tokio::time::Instant::now()));
                 let _ = stop_tx.send(true);
                 return;
             }
@@ -217,6 +347,7 @@ async fn worker(
             Arc::clone(&progress),
             w,
             start,
+            Rc::clone(&stopped_at),
         ));
         i += cfg.workers as u64;
     }
@@ -277,6 +408,7 @@ async fn conn_task(
     progress: Arc<Vec<Progress>>,
     w: usize,
     start: Instant,
+    stopped_at: Rc<std::cell::Cell<Option<tokio::time::Instant>>>,
 ) {
     let p = &progress[w];
     let request = format!("ws://{}{}", cfg.target.authority, cfg.target.path);
@@ -354,6 +486,7 @@ async fn conn_task(
             Some((seq, t_us)) => {
                 let latency_us = now_us.saturating_sub(t_us);
                 s.probes += 1;
+                p.probes.fetch_add(1, Ordering::Relaxed);
                 s.latency_us.record(latency_us);
                 s.seqs.record(seq, latency_us);
                 track.observe(seq);
@@ -372,7 +505,8 @@ async fn conn_task(
     if closed_by_us {
         // Close politely and wait (bounded) for the server's Close, so the server sees a
         // normal close rather than a reset.
-        let _ = tokio::time::timeout(cfg.drain, async {
+        let drain_until = stopped_at.get().unwrap_or_else(tokio::time::Instant::now) + cfg.drain;
+        let _ = tokio::time::timeout_at(drain_until, async {
             let _ = ws.send(Message::Close(None)).await;
             while let Some(Ok(_)) = ws.next().await {}
         })

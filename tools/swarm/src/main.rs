@@ -11,14 +11,22 @@
 //! - `hist.rs`    log-linear latency histogram (pure)
 //! - `http.rs`    a minimal keep-alive HTTP/1.1 POST client
 //! - `net.rs`     URL and `--sources` parsing, RLIMIT_NOFILE, clock, stop signal
+//! - `coord.rs`   `swarm run`: worker processes, publisher, bars, merged report
+//! - `procfs.rs`  server CPU / RSS and kernel Slab from /proc
+//! - `plot.rs`    the SVG latency plot (plotters)
 
+mod coord;
 mod hist;
 mod hold;
 mod http;
 mod net;
+mod plot;
+mod procfs;
 mod publish;
 mod seq;
 mod stats;
+mod storm;
+mod targeted;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,6 +61,20 @@ enum Command {
     /// POST K broadcasts {"seq":n,"t_us":<unix µs>,"pad":"xx.."} to /api/broadcast, one every
     /// I ms, then print a JSON summary on stdout.
     Publish(PublishArgs),
+    /// Rooms and users through POST /api/batch: R rooms x S members join, then per phase
+    /// batches of one message per room / per user; counts and seq-checks every delivery and
+    /// prints a JSON report (deliveries/s, server CPU per delivery with --server-pid).
+    Targeted(targeted::TargetedArgs),
+    /// Coordinator: start several `swarm hold` worker processes (past the per-process
+    /// open-file limit), publish a broadcast every few seconds once all are connected,
+    /// read server CPU/RSS and kernel Slab from /proc, and print one merged JSON report
+    /// (optionally an SVG latency plot). Progress bars on a terminal.
+    Run(coord::RunArgs),
+    /// Reconnect storm with recovery: N clients join a room, all close, M messages are
+    /// published, then all N reconnect at once with a resume token; checks that each gets
+    /// exactly the M missed messages in order and `recovered: true`, and reports the time
+    /// until all caught up and the server's CPU per replayed message (JSON).
+    Storm(storm::StormArgs),
 }
 
 #[derive(Args)]
@@ -85,6 +107,10 @@ struct HoldArgs {
     /// After the run time, how long to wait for the server's Close replies.
     #[arg(long, default_value_t = 2000)]
     drain_ms: u64,
+    /// Print machine-readable `swarm-status {json}` progress lines on stderr (used by
+    /// `swarm run`) instead of human progress.
+    #[arg(long, hide = true)]
+    status_lines: bool,
 }
 
 #[derive(Args)]
@@ -170,6 +196,7 @@ fn hold(a: HoldArgs) -> Result<serde_json::Value, String> {
         connect_timeout: Duration::from_millis(a.connect_timeout_ms.max(1)),
         inflight_max: a.inflight_max,
         drain: Duration::from_millis(a.drain_ms),
+        status_lines: a.status_lines,
     };
     eprintln!(
         "swarm hold: url={} conns={} rate={}/s duration={}s sources={} ({} addrs) workers={} connect_timeout={}ms inflight_max={} drain={}ms nofile={nofile}",
@@ -226,6 +253,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Hold(a) => hold(a),
         Command::Publish(a) => publish(a),
+        Command::Targeted(a) => targeted::run(a),
+        Command::Run(a) => coord::run(a),
+        Command::Storm(a) => storm::run(a),
     };
     match result {
         Ok(report) => {

@@ -16,6 +16,12 @@ struct Probe {
     t_us: u64,
 }
 
+/// A probe wrapped in an envelope under `data` (volley's native protocol).
+#[derive(Deserialize)]
+struct InData {
+    data: Probe,
+}
+
 /// `Some((seq, t_us))` if `payload` is a JSON object with u64 fields `seq` and `t_us`.
 ///
 /// The server may wrap the published body in an envelope; if the top-level object has no
@@ -23,6 +29,10 @@ struct Probe {
 pub fn parse_probe(payload: &[u8]) -> Option<(u64, u64)> {
     if let Ok(p) = serde_json::from_slice::<Probe>(payload) {
         return Some((p.seq, p.t_us));
+    }
+    // volley's native envelope {"type":"message",...,"data":{probe}}: one typed pass.
+    if let Ok(w) = serde_json::from_slice::<InData>(payload) {
+        return Some((w.data.seq, w.data.t_us));
     }
     // Rare path: only messages that are not a bare probe pay for a full parse.
     let value: serde_json::Value = serde_json::from_slice(payload).ok()?;
@@ -99,6 +109,8 @@ pub struct SeqRow {
     pub last_receive_us: u64,
     /// Earliest arrival, as µs after t_us.
     pub first_receive_us: u64,
+    /// Sum of every receipt's latency (for the mean per broadcast).
+    pub latency_sum_us: u64,
 }
 
 /// Per-seq rows for seqs below `SEQS_TRACKED`; larger seqs are only counted.
@@ -131,6 +143,7 @@ impl SeqTable {
             row.last_receive_us = row.last_receive_us.max(latency_us);
         }
         row.receivers += 1;
+        row.latency_sum_us = row.latency_sum_us.saturating_add(latency_us);
     }
 
     pub fn merge(&mut self, other: &SeqTable) {
@@ -144,6 +157,7 @@ impl SeqTable {
                 mine.receivers += theirs.receivers;
                 mine.first_receive_us = mine.first_receive_us.min(theirs.first_receive_us);
                 mine.last_receive_us = mine.last_receive_us.max(theirs.last_receive_us);
+                mine.latency_sum_us = mine.latency_sum_us.saturating_add(theirs.latency_sum_us);
             }
         }
         self.untracked += other.untracked;
@@ -225,7 +239,8 @@ mod tests {
                     SeqRow {
                         receivers: 3,
                         last_receive_us: 300,
-                        first_receive_us: 50
+                        first_receive_us: 50,
+                        latency_sum_us: 450,
                     }
                 ),
                 (
@@ -233,7 +248,8 @@ mod tests {
                     SeqRow {
                         receivers: 1,
                         last_receive_us: 70,
-                        first_receive_us: 70
+                        first_receive_us: 70,
+                        latency_sum_us: 70,
                     }
                 ),
             ]

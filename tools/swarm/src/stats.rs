@@ -141,6 +141,7 @@ pub fn hold_report(facts: &RunFacts, s: &WorkerStats) -> Value {
                 "receivers": r.receivers,
                 "first_receive_us": r.first_receive_us,
                 "last_receive_us": r.last_receive_us,
+                "latency_sum_us": r.latency_sum_us,
             })
         })
         .collect();
@@ -179,6 +180,7 @@ pub fn hold_report(facts: &RunFacts, s: &WorkerStats) -> Value {
             "max": h.max(),
             "mean": h.mean().map(|m| m.round()),
         },
+        "latency_hist": h.to_sparse(),
         "seqs": seqs,
         "seq_receipts_untracked": s.seqs.untracked,
     })
