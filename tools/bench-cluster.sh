@@ -398,6 +398,7 @@ for r in reports:
         reasons["connect: " + why] = reasons.get("connect: " + why, 0) + c
 # volley stderr: anything but the start-up lines
 known = [r"^volley: warning: open file limit is", r"^volley: listening on",
+         r"^volley: WARNING: no --jwt-secret", r"^volley: no --api-key:",
          r"^volley\[shard \d+\]: redis (subscriber|command) link to .* is up$"]
 odd = []
 for p in sorted(glob.glob(os.path.join(d, "volley*.log"))):
