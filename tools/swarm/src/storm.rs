@@ -1105,6 +1105,8 @@ async fn phase4_client(
     end.upgraded_us = Some(since_us(start));
     sh.connected4.fetch_add(1, Ordering::Relaxed);
     let live_seq = end.catchup.last() + 1;
+    // Counted in `failed4` (the main thread stops waiting for it).
+    let mut gave_up = false;
     loop {
         let msg = tokio::select! {
             biased;
@@ -1114,7 +1116,7 @@ async fn phase4_client(
         let Some(Ok(Message::Text(t))) = &msg else {
             if let Some(reason) = end_reason(&msg) {
                 end.disconnect = Some(reason);
-                if end.caught_up_us.is_none() {
+                if end.caught_up_us.is_none() && !gave_up {
                     sh.failed4.fetch_add(1, Ordering::Relaxed);
                 }
                 return end;
@@ -1138,6 +1140,12 @@ async fn phase4_client(
             Frame::Recovered { ours: true, event } => {
                 end.recovered_us.get_or_insert_with(|| since_us(start));
                 end.catchup.on_recovered(event);
+                // The replay is over: if S0+M has not come, it will not (volley replays
+                // before the event). Count the client as finished, once.
+                if !end.catchup.caught_up() && !gave_up {
+                    gave_up = true;
+                    sh.failed4.fetch_add(1, Ordering::Relaxed);
+                }
             }
             _ => end.foreign += 1,
         }
@@ -1197,8 +1205,17 @@ async fn get_connections(api: &Target) -> Result<u64, String> {
         .unwrap_or_else(|_| Err("GET /api/stats: timeout".to_owned()))
 }
 
-/// Publishes one message to the room; its seq.
+/// Publishes one message to the room; its seq. A transport error is retried once on a
+/// fresh connection: volley closes a keep-alive connection that stays idle past its
+/// `--http-head-timeout-ms` (10 s), e.g. while swarm waits in phase 4.
 async fn publish_one(cfg: &Config, client: &mut Client, k: u64) -> Result<u64, String> {
+    match publish_once(cfg, client, k).await {
+        Err(e) if e != "timeout" && !e.starts_with("POST ") => publish_once(cfg, client, k).await,
+        other => other,
+    }
+}
+
+async fn publish_once(cfg: &Config, client: &mut Client, k: u64) -> Result<u64, String> {
     let path = format!("/api/rooms/{}/messages", cfg.room);
     let body = payload(k, cfg.size);
     let resp = tokio::time::timeout(
@@ -1402,6 +1419,8 @@ pub fn run(a: StormArgs) -> Result<Value, String> {
         tokio::time::sleep(cfg.settle).await;
         log("phase 2: all closed; phase 3: publishing");
         // --- phase 3: publish M while nobody is connected ---------------------------------
+        // A fresh connection: the one of phase 1 may have been idle past volley's limit.
+        api = Client::new(cfg.api.clone());
         let published = publish_missed(cfg, &mut api).await;
         tokio::time::sleep(cfg.settle).await;
         (counts, published)
@@ -1476,6 +1495,7 @@ pub fn run(a: StormArgs) -> Result<Value, String> {
         let mut live = Value::Null;
         if cfg.live_check && caught > 0 && !net::stop_requested() {
             let t = Instant::now();
+            api = Client::new(cfg.api.clone());
             let seq = publish_one(cfg, &mut api, cfg.missed + 1).await;
             while sh.live_seen.load(Ordering::Relaxed) < caught
                 && t.elapsed() < Duration::from_secs(10)
