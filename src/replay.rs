@@ -23,8 +23,12 @@ use crate::metrics::Metrics;
 use crate::protocol::Codec;
 use crate::recovery::Recovering;
 use crate::shard::Shard;
-use crate::ws::frame::{self, OpCode};
+use crate::ws::frame::{self, close_code, OpCode};
 
+/// How often a replay waiting for queue room looks again.
+const REPLAY_POLL: std::time::Duration = std::time::Duration::from_millis(2);
+/// How long a replay waits for a client that reads nothing before closing it.
+const REPLAY_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Seconds a recovered channel keeps dropping late duplicates of replayed messages.
 const RECOVERY_GRACE_S: u32 = 5;
 
@@ -81,8 +85,50 @@ impl Shard {
         messages
     }
 
-    /// A channel's history after `since`, from the owning shard or from Redis.
+    /// A channel's history after `since`, from the owning shard or from Redis. Concurrent
+    /// requests for the same (channel, since, limit) on this shard share one read: a
+    /// reconnect storm after a restart asks for the same history a thousand times.
     pub async fn fetch_history(
+        self: &Rc<Self>,
+        target: &Target,
+        since: u64,
+        limit: usize,
+    ) -> Result<Replay, broker::Error> {
+        let key = (target.to_string(), since, limit);
+        let waiting = {
+            let mut inflight = self.history_reads.borrow_mut();
+            match inflight.get_mut(&key) {
+                Some(waiters) => {
+                    let (reply, answer) = oneshot::channel();
+                    waiters.push(reply);
+                    Some(answer)
+                }
+                None => {
+                    inflight.insert(key.clone(), Vec::new());
+                    None
+                }
+            }
+        };
+        if let Some(answer) = waiting {
+            return answer.await.unwrap_or_else(|_| {
+                Err(broker::Error::Unavailable(
+                    "the history read was dropped".into(),
+                ))
+            });
+        }
+        let result = self.read_history(target, since, limit).await;
+        let waiters = self
+            .history_reads
+            .borrow_mut()
+            .remove(&key)
+            .unwrap_or_default();
+        for waiter in waiters {
+            let _ = waiter.send(result.clone());
+        }
+        result
+    }
+
+    async fn read_history(
         self: &Rc<Self>,
         target: &Target,
         since: u64,
@@ -248,6 +294,35 @@ impl Shard {
         .detach();
     }
 
+    /// Waits until a connection's outbound queue is at most half full. False when the
+    /// connection is gone, or made no room for `REPLAY_STALL` (it is then closed as a slow
+    /// consumer: it is not reading its replay).
+    async fn wait_for_queue_room(self: &Rc<Self>, key: ConnKey) -> bool {
+        let half = (self.config.outbound_frames_max / 2).max(1);
+        let stalled_at = std::time::Instant::now();
+        loop {
+            let queued = self
+                .conns_ref()
+                .get(key.index as usize)
+                .filter(|c| c.generation() == key.generation && c.is_open())
+                .map(|c| c.queued_frames());
+            match queued {
+                None => return false,
+                Some(queued) if queued < half => return true,
+                Some(_) if stalled_at.elapsed() >= REPLAY_STALL => {
+                    Metrics::inc(&self.metrics.slow_consumer_closes_total);
+                    self.close_conn(
+                        key,
+                        close_code::POLICY,
+                        "slow consumer: not reading its replay",
+                    );
+                    return false;
+                }
+                Some(_) => glommio::timer::sleep(REPLAY_POLL).await,
+            }
+        }
+    }
+
     /// The frame of a stored message for one codec.
     fn stored_frame(target: &Target, message: &Stored, codec: Codec) -> Bytes {
         let delivery = Delivery {
@@ -297,9 +372,16 @@ impl Shard {
                     return;
                 };
                 let mut replayed_to = since;
+                let mut replayed = 0u64;
                 for message in &replay.messages {
+                    // Flow control: a replay longer than the outbound queue is fed as the
+                    // client reads, not queued at once (which would close it as slow).
+                    if !shard.wait_for_queue_room(key).await {
+                        return;
+                    }
                     shard.send_to_conn(key, Self::stored_frame(&target, message, codec));
                     replayed_to = replayed_to.max(message.seq);
+                    replayed += 1;
                 }
                 let until_s = shard.now() + RECOVERY_GRACE_S;
                 let released = shard
@@ -314,7 +396,7 @@ impl Shard {
                 if matches!(target, Target::User(_)) {
                     user_floor = replayed_to;
                 }
-                Metrics::add(&shard.metrics.replayed_total, replay.messages.len() as u64);
+                Metrics::add(&shard.metrics.replayed_total, replayed);
                 if codec == Codec::Native {
                     let mut event = json!({
                         "type": "recovered",
@@ -342,6 +424,9 @@ impl Shard {
                 let target = Target::User(user);
                 let mut delivered = 0;
                 for message in messages.iter().filter(|m| m.seq > user_floor) {
+                    if !shard.wait_for_queue_room(key).await {
+                        return;
+                    }
                     shard.send_to_conn(key, Self::stored_frame(&target, message, codec));
                     delivered += 1;
                 }

@@ -96,6 +96,9 @@ pub struct Shard {
     pub(crate) history: RefCell<History>,
     /// Standalone: offline inboxes of the users whose channel this shard owns.
     pub(crate) inboxes: RefCell<Inboxes>,
+    /// History reads under way, by (channel, since, limit), with the recoveries waiting
+    /// for the same read.
+    pub(crate) history_reads: RefCell<HashMap<HistoryRead, Vec<HistoryWaiter>>>,
     /// Counter behind the ids of messages this shard publishes.
     next_message: Cell<u64>,
     /// Cluster mode: (message id, local recipients) of this process's own messages seen on
@@ -106,6 +109,11 @@ pub struct Shard {
     pub(crate) started_at: Instant,
     envelope_error_logged_s: Cell<Option<u32>>,
 }
+
+/// A history read: (channel, since, limit).
+pub(crate) type HistoryRead = (String, u64, usize);
+/// A recovery waiting for a history read another recovery started.
+pub(crate) type HistoryWaiter = oneshot::Sender<Result<crate::mesh::Replay, broker::Error>>;
 
 /// The long-lived future of one connection: 16 bytes, whatever the connection does.
 /// Everything else of the connection sits in the slab, reachable through `key`.
@@ -157,6 +165,7 @@ impl Shard {
             sequencer: glommio::sync::Semaphore::new(1),
             receipts: RefCell::new(Receipts::new(RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S)),
             history: RefCell::new(History::new(config.history_size, config.history_ttl_s)),
+            history_reads: RefCell::new(HashMap::new()),
             inboxes: RefCell::new(Inboxes::new(
                 config.inbox_size,
                 config.inbox_ttl_s,

@@ -317,3 +317,48 @@ fn room_events_tell_members_who_joins_and_leaves() {
         "sequenced like any message"
     );
 }
+
+#[test]
+fn a_replay_longer_than_the_outbound_queue_is_fed_as_the_client_reads() {
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--history-size",
+        "3000",
+        "--outbound-frames-max",
+        "64",
+    ]);
+    let messages: Vec<Value> = (1..=2000)
+        .map(|n| json!({"room": "long", "data": n}))
+        .collect();
+    let answer = post_json(
+        &server,
+        "/api/batch",
+        &json!({ "messages": messages }).to_string(),
+    );
+    assert_eq!(answer["results"].as_array().unwrap().len(), 2000);
+    let mut client = connect_native(server.addr, "user=reader");
+    send_op(
+        &mut client,
+        json!({"op": "join", "room": "long", "since": 0, "ref": 1}),
+    );
+    let mut seen = Vec::new();
+    loop {
+        let frame = next_json(&mut client);
+        match frame["type"].as_str() {
+            Some("message") => seen.push(frame),
+            Some("recovered") => {
+                assert_eq!(frame["recovered"], true, "{frame}");
+                assert_eq!(frame["replayed"], 2000);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seqs_of(&seen, "room:long"), (1..=2000).collect::<Vec<_>>());
+    assert_eq!(
+        server.total("slow_consumer_closes_total"),
+        0,
+        "2000 replayed through a 64-frame queue"
+    );
+}
