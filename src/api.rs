@@ -13,7 +13,7 @@ use bytes::Bytes;
 use redis_protocol::resp2::types::BytesFrame;
 
 use futures_channel::oneshot;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWriteExt};
 use glommio::net::TcpStream;
 use serde_json::json;
 
@@ -29,8 +29,6 @@ use crate::shard::Shard;
 use crate::ws::handshake;
 use crate::{broker, fanout};
 
-/// Bytes read per `read` call while collecting a request.
-const READ_CHUNK_BYTES: usize = 4096;
 /// `?wait=ack` without `timeout_ms`.
 const WAIT_ACK_DEFAULT_MS: u64 = 5_000;
 /// Longest `?wait=ack&timeout_ms=`: an HTTP request should not hang for minutes.
@@ -53,7 +51,11 @@ enum ReadError {
 }
 
 /// Reads more bytes into `buf` before `deadline`. Returns the number read (0 = EOF).
+/// Reads what arrived into `buf`, through the shard's scratch buffer (borrowed only inside
+/// one poll), so a socket in its HTTP phase holds exactly the bytes it sent and no
+/// read-sized buffer of its own: fewer transient allocations per connection.
 async fn read_more(
+    shard: &Shard,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     deadline: Instant,
@@ -65,20 +67,27 @@ async fn read_more(
         });
     }
     let start = buf.len();
-    buf.resize(start + READ_CHUNK_BYTES, 0);
-    let read = stream.read(&mut buf[start..]);
+    let read = futures_lite::future::poll_fn(|cx| {
+        let mut scratch = shard.scratch().borrow_mut();
+        let room = (shard.config.batch_bytes_max + shard.config.http_head_bytes_max)
+            .saturating_sub(buf.len())
+            .clamp(1, scratch.len());
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut scratch[..room]) {
+            std::task::Poll::Ready(Ok(n)) => {
+                buf.extend_from_slice(&scratch[..n]);
+                std::task::Poll::Ready(Ok(n))
+            }
+            other => other,
+        }
+    });
     let timer = async {
         glommio::timer::sleep(deadline - now).await;
         Err(std::io::ErrorKind::TimedOut.into())
     };
     let result = futures_lite::future::or(read, timer).await;
     match result {
-        Ok(n) => {
-            buf.truncate(start + n);
-            Ok(n)
-        }
+        Ok(n) => Ok(n),
         Err(e) => {
-            buf.truncate(start);
             if e.kind() == std::io::ErrorKind::TimedOut {
                 Err(ReadError::Timeout { started: start > 0 })
             } else {
@@ -89,6 +98,7 @@ async fn read_more(
 }
 
 async fn read_head(
+    shard: &Shard,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     limits: &http::Limits,
@@ -102,7 +112,7 @@ async fn read_head(
                 Err(e) => return Err(ReadError::Http(e)),
             }
         }
-        if read_more(stream, buf, deadline).await? == 0 {
+        if read_more(shard, stream, buf, deadline).await? == 0 {
             return Err(if buf.is_empty() {
                 ReadError::Closed
             } else {
@@ -115,6 +125,7 @@ async fn read_head(
 /// Reads the body that follows `head` (which starts at `buf[0]`). Returns the body and the
 /// number of bytes of `buf` the request used, so a pipelined next request stays in `buf`.
 async fn read_body(
+    shard: &Shard,
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
     head: &Head,
@@ -134,7 +145,7 @@ async fn read_body(
                     continue_sent = true;
                     send_continue(stream).await?;
                 }
-                if read_more(stream, buf, deadline).await? == 0 {
+                if read_more(shard, stream, buf, deadline).await? == 0 {
                     return Err(ReadError::Io);
                 }
             }
@@ -152,7 +163,7 @@ async fn read_body(
                     continue_sent = true;
                     send_continue(stream).await?;
                 }
-                if read_more(stream, buf, deadline).await? == 0 {
+                if read_more(shard, stream, buf, deadline).await? == 0 {
                     return Err(ReadError::Io);
                 }
             }
@@ -178,11 +189,11 @@ pub async fn serve_http(shard: Rc<Shard>, mut stream: TcpStream) {
         // The largest body any route takes (a batch); each route then holds its own cap.
         body_bytes_max: config.batch_bytes_max,
     };
-    let mut buf: Vec<u8> = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut buf: Vec<u8> = Vec::new();
     let peer = stream.peer_addr().ok();
     loop {
         let head_deadline = Instant::now() + config.http_head_timeout;
-        let head = match read_head(&mut stream, &mut buf, &limits, head_deadline).await {
+        let head = match read_head(&shard, &mut stream, &mut buf, &limits, head_deadline).await {
             Ok(head) => head,
             Err(e) => {
                 answer_read_error(&shard, &mut stream, e).await;
@@ -196,7 +207,7 @@ pub async fn serve_http(shard: Rc<Shard>, mut stream: TcpStream) {
         }
         let body_deadline = Instant::now() + config.http_body_timeout;
         let (body, used) =
-            match read_body(&mut stream, &mut buf, &head, &limits, body_deadline).await {
+            match read_body(&shard, &mut stream, &mut buf, &head, &limits, body_deadline).await {
                 Ok(read) => read,
                 Err(e) => {
                     answer_read_error(&shard, &mut stream, e).await;

@@ -44,6 +44,8 @@ use crate::{api, fanout, listener, log};
 /// How often the sweep runs: the clock's resolution, and the granularity of idle and close
 /// deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most connections a shard reserves slab room for at start (address space, not RSS).
+const SLAB_RESERVE_MAX: usize = 1 << 20;
 /// Seconds between full passes over the slab (idle, ping, deadlines), at most.
 const FULL_SWEEP_EVERY_S: u32 = 5;
 /// How often a shard checks the process-wide shutdown flag.
@@ -141,6 +143,10 @@ impl Future for ConnTask {
 
 impl Shard {
     fn new(id: usize, config: Config, shared: Arc<Shared>, senders: MeshSenders) -> Shard {
+        let slab_reserve = config
+            .max_connections
+            .div_ceil(config.shards)
+            .min(SLAB_RESERVE_MAX);
         let limits = ConnLimits {
             outbound_frames_max: config.outbound_frames_max,
             outbound_bytes_max: config.outbound_bytes_max,
@@ -180,7 +186,10 @@ impl Shard {
             config,
             shared,
             metrics: Metrics::default(),
-            conns: RefCell::new(Slab::new()),
+            // Reserved for this shard's share of --max-connections up front: the pages are
+            // only touched (and resident) as connections arrive, and the slab never moves,
+            // so there is no doubling copy, and no freed old array left behind in RSS.
+            conns: RefCell::new(Slab::with_capacity(slab_reserve)),
             next_generation: Cell::new(0),
             read_buf: RefCell::new(vec![0; READ_SCRATCH_BYTES].into_boxed_slice()),
             write_buf: RefCell::new(vec![0; WRITE_SCRATCH_BYTES].into_boxed_slice()),
@@ -210,6 +219,11 @@ impl Shard {
 
     pub(crate) fn limits(&self) -> &ConnLimits {
         &self.limits
+    }
+
+    /// The shard-wide read buffer: borrow it only inside one poll, never across an await.
+    pub(crate) fn scratch(&self) -> &RefCell<Box<[u8]>> {
+        &self.read_buf
     }
 
     /// Number of shards in this process.
