@@ -1134,11 +1134,13 @@ fn closing_handshake() {
     assert!(run_cases(&server, close_cases()) > 40);
 }
 
-/// The case list as the markdown tables in docs/CONFORMANCE.md
-/// (`cargo test --test conformance -- --ignored --nocapture list_cases`).
+/// docs/CONFORMANCE.md lists every case: its tables must match the cases here. When a
+/// case is added or changed, this fails and prints the tables to paste
+/// (`cargo test --test conformance docs_list_every_case -- --nocapture`).
 #[test]
-#[ignore = "prints the case list; run by hand"]
-fn list_cases() {
+fn docs_list_every_case() {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let sections = [
         (
             "Framing, lengths and limits (Autobahn 1, 9)",
@@ -1155,8 +1157,8 @@ fn list_cases() {
     ];
     let mut total = 0;
     for (section, cases) in sections {
-        println!("\n### {section}: {} cases\n", cases.len());
-        println!("| case | sent | expected |\n|---|---|---|");
+        let _ = writeln!(out, "\n### {section}: {} cases\n", cases.len());
+        let _ = writeln!(out, "| case | sent | expected |\n|---|---|---|");
         total += cases.len();
         for c in cases {
             let bytes: usize = c.writes.iter().map(Vec::len).sum();
@@ -1188,8 +1190,21 @@ fn list_cases() {
                     format!("{messages} message(s) counted; {echoed}; later data ignored")
                 }
             };
-            println!("| {} | {sent} | {expected} |", c.name.replace('|', "\\|"));
+            let _ = writeln!(out, "| {} | {sent} | {expected} |", c.name.replace('|', "\\|"));
         }
     }
-    println!("\ntotal: {total}");
+    let _ = writeln!(out, "\ntotal: {total}");
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFORMANCE.md")).unwrap();
+    let missing: Vec<&str> = out
+        .lines()
+        .filter(|line| line.starts_with("| ") || line.starts_with("### "))
+        .filter(|line| !docs.contains(line))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/CONFORMANCE.md is out of date; {} lines differ, first: {:?}\nThe tables:\n{out}",
+        missing.len(),
+        missing.first()
+    );
+    assert!(total > 300, "{total} cases");
 }
