@@ -1190,11 +1190,16 @@ fn docs_list_every_case() {
                     format!("{messages} message(s) counted; {echoed}; later data ignored")
                 }
             };
-            let _ = writeln!(out, "| {} | {sent} | {expected} |", c.name.replace('|', "\\|"));
+            let _ = writeln!(
+                out,
+                "| {} | {sent} | {expected} |",
+                c.name.replace('|', "\\|")
+            );
         }
     }
     let _ = writeln!(out, "\ntotal: {total}");
-    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFORMANCE.md")).unwrap();
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CONFORMANCE.md"))
+        .unwrap();
     let missing: Vec<&str> = out
         .lines()
         .filter(|line| line.starts_with("| ") || line.starts_with("### "))
