@@ -131,6 +131,8 @@ pub struct Response {
 pub struct Client {
     target: Target,
     stream: Option<TcpStream>,
+    /// Extra request headers (e.g. the publisher's `X-API-Key`).
+    headers: Vec<(String, String)>,
 }
 
 impl Client {
@@ -138,7 +140,14 @@ impl Client {
         Self {
             target,
             stream: None,
+            headers: Vec::new(),
         }
+    }
+
+    /// Adds a header to every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     /// `path` is appended to the target's path prefix (without doubling the slash).
@@ -172,8 +181,12 @@ impl Client {
             }
         };
         let full_path = format!("{}{}", self.target.path.trim_end_matches('/'), path);
+        let mut extra = String::new();
+        for (name, value) in &self.headers {
+            extra.push_str(&format!("{name}: {value}\r\n"));
+        }
         let mut request = format!(
-            "POST {full_path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+            "POST {full_path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}\r\n",
             self.target.authority,
             body.len()
         )

@@ -23,6 +23,7 @@ mod net;
 mod plot;
 mod procfs;
 mod publish;
+mod push;
 mod seq;
 mod stats;
 mod storm;
@@ -61,6 +62,9 @@ enum Command {
     /// POST K broadcasts {"seq":n,"t_us":<unix µs>,"pad":"xx.."} to /api/broadcast, one every
     /// I ms, then print a JSON summary on stdout.
     Publish(PublishArgs),
+    /// Send broadcast, user or room messages from the command line (count, rate, receipts
+    /// with --wait-ack); prints every answer and a JSON summary.
+    Push(push::PushArgs),
     /// Rooms and users through POST /api/batch: R rooms x S members join, then per phase
     /// batches of one message per room / per user; counts and seq-checks every delivery and
     /// prints a JSON report (deliveries/s, server CPU per delivery with --server-pid).
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Hold(a) => hold(a),
         Command::Publish(a) => publish(a),
+        Command::Push(a) => push::run(a),
         Command::Targeted(a) => targeted::run(a),
         Command::Run(a) => coord::run(a),
         Command::Storm(a) => storm::run(a),
