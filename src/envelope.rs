@@ -21,7 +21,7 @@ const SKIP_DEPTH_MAX: usize = 32;
 const ENTRIES_MAX: u32 = 64;
 
 /// Who a message is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// Every connected client.
     All,

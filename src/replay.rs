@@ -72,7 +72,9 @@ fn stored_from_envelope(payload: &Bytes) -> Option<Stored> {
 impl Shard {
     /// Standalone, on the owning shard: the channel's messages after `since`.
     pub fn history_since(&self, channel: &str, since: u64, limit: usize) -> Replay {
-        let current = self.seqs.borrow().get(channel).copied().unwrap_or(0);
+        let current = Target::parse(channel)
+            .and_then(|target| self.seqs.borrow().get(&target).copied())
+            .unwrap_or(0);
         self.history
             .borrow()
             .since(channel, since, limit, current, self.now())

@@ -344,7 +344,12 @@ impl Shard {
     /// Standalone: the next sequence number of a channel this shard owns.
     pub fn next_seq(&self, target: &Target) -> u64 {
         let mut seqs = self.seqs.borrow_mut();
-        let seq = seqs.entry(target.to_string()).or_insert(0);
+        // The common case, a channel numbered before, allocates nothing.
+        if let Some(seq) = seqs.get_mut(target) {
+            *seq += 1;
+            return *seq;
+        }
+        let seq = seqs.entry(target.clone()).or_insert(0);
         *seq += 1;
         *seq
     }

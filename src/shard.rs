@@ -89,7 +89,7 @@ pub struct Shard {
     /// Who is connected as which user and in which rooms, on this shard.
     pub(crate) index: RefCell<Index>,
     /// Standalone: the last sequence number of each channel this shard owns.
-    pub(crate) seqs: RefCell<HashMap<String, u64>>,
+    pub(crate) seqs: RefCell<HashMap<Target, u64>>,
     /// Standalone: held while numbering a message and handing it to every shard, so
     /// deliveries leave in number order.
     pub(crate) sequencer: glommio::sync::Semaphore,
