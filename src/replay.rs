@@ -25,6 +25,10 @@ use crate::recovery::Recovering;
 use crate::shard::Shard;
 use crate::ws::frame::{self, close_code, OpCode};
 
+/// Longest a recovery waits for Redis to confirm the subscriptions it depends on.
+const SUBSCRIBE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often that wait looks.
+const SUBSCRIBE_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 /// How often a replay waiting for queue room looks again.
 const REPLAY_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a replay waits for a client that reads nothing before closing it.
@@ -325,6 +329,21 @@ impl Shard {
         }
     }
 
+    /// Cluster mode: waits (at most `SUBSCRIBE_WAIT_MAX`) until this shard's subscriptions
+    /// to `channels` (volley names such as `room:lobby`) are confirmed by Redis.
+    async fn wait_subscribed(&self, channels: &[String]) {
+        let Some(broker) = &self.broker else {
+            return;
+        };
+        let redis_names: Vec<String> = channels.iter().map(|c| broker.channel(c)).collect();
+        let deadline = std::time::Instant::now() + SUBSCRIBE_WAIT_MAX;
+        while !redis_names.iter().all(|c| broker.is_subscribed(c))
+            && std::time::Instant::now() < deadline
+        {
+            glommio::timer::sleep(SUBSCRIBE_WAIT_POLL).await;
+        }
+    }
+
     /// The frame of a stored message for one codec.
     fn stored_frame(target: &Target, message: &Stored, codec: Codec) -> Bytes {
         let delivery = Delivery {
@@ -361,6 +380,16 @@ impl Shard {
             .flatten();
         let shard = self.clone();
         glommio::spawn_local(async move {
+            // Cluster mode: read history and inbox only once this shard's subscriptions
+            // to those channels are confirmed. A message published before that went to
+            // the history (and, for a user nobody held, the inbox) and is read below; one
+            // published after arrives live. Reading earlier could miss a message published
+            // in between, which would be neither replayed nor delivered.
+            let mut wanted: Vec<String> = names.clone();
+            if let (true, Some(user)) = (take_inbox, &user) {
+                wanted.push(format!("user:{user}"));
+            }
+            shard.wait_subscribed(&wanted).await;
             let mut user_floor = 0;
             for (target, since) in channels {
                 let channel = target.to_string();
