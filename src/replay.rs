@@ -25,10 +25,6 @@ use crate::recovery::Recovering;
 use crate::shard::Shard;
 use crate::ws::frame::{self, close_code, OpCode};
 
-/// Longest a recovery waits for Redis to confirm the subscriptions it depends on.
-const SUBSCRIBE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(3);
-/// How often that wait looks.
-const SUBSCRIBE_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 /// How often a replay waiting for queue room looks again.
 const REPLAY_POLL: std::time::Duration = std::time::Duration::from_millis(2);
 /// How long a replay waits for a client that reads nothing before closing it.
@@ -329,18 +325,12 @@ impl Shard {
         }
     }
 
-    /// Cluster mode: waits (at most `SUBSCRIBE_WAIT_MAX`) until this shard's subscriptions
-    /// to `channels` (volley names such as `room:lobby`) are confirmed by Redis.
+    /// Cluster mode: waits until this shard's subscriptions to `channels` (volley names
+    /// such as `room:lobby`) are confirmed by Redis (bounded by the broker).
     async fn wait_subscribed(&self, channels: &[String]) {
-        let Some(broker) = &self.broker else {
-            return;
-        };
-        let redis_names: Vec<String> = channels.iter().map(|c| broker.channel(c)).collect();
-        let deadline = std::time::Instant::now() + SUBSCRIBE_WAIT_MAX;
-        while !redis_names.iter().all(|c| broker.is_subscribed(c))
-            && std::time::Instant::now() < deadline
-        {
-            glommio::timer::sleep(SUBSCRIBE_WAIT_POLL).await;
+        if let Some(broker) = &self.broker {
+            let redis_names: Vec<String> = channels.iter().map(|c| broker.channel(c)).collect();
+            broker.wait_subscribed(&redis_names).await;
         }
     }
 

@@ -20,11 +20,6 @@ use crate::protocol::native::{self, ErrorCode, Ref};
 use crate::protocol::{self, check_name, Codec, Session};
 use crate::shard::Shard;
 
-/// Longest a join reply waits for Redis to confirm the room's subscription.
-const SUBSCRIBE_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(3);
-/// How often that wait looks.
-const SUBSCRIBE_WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(2);
-
 /// An op refused: the code and the words the client gets.
 pub type Refusal = (ErrorCode, String);
 
@@ -248,7 +243,7 @@ impl Shard {
     }
 
     /// Replies ok to a join, at once standalone, or once the Redis subscription to
-    /// `channel` is confirmed in cluster mode (or after `SUBSCRIBE_WAIT_MAX`, still ok:
+    /// `channel` is confirmed in cluster mode (or after the broker's wait runs out, still ok:
     /// the membership holds and messages flow as soon as Redis confirms).
     pub fn reply_when_subscribed(
         self: &Rc<Self>,
@@ -267,10 +262,7 @@ impl Shard {
         }
         let shard = self.clone();
         glommio::spawn_local(async move {
-            let deadline = std::time::Instant::now() + SUBSCRIBE_WAIT_MAX;
-            while !broker.is_subscribed(&channel) && std::time::Instant::now() < deadline {
-                glommio::timer::sleep(SUBSCRIBE_WAIT_POLL).await;
-            }
+            broker.wait_subscribed(&[channel]).await;
             protocol::reply_ok(&shard, key, reference.as_ref(), None);
         })
         .detach();

@@ -17,12 +17,6 @@ fn post(server: &Server, path: &str, body: &str) -> (u16, Value) {
     )
 }
 
-fn next_message(client: &mut Client) -> Value {
-    let frame = next_json(client);
-    assert_eq!(frame["type"], "message", "{frame}");
-    frame
-}
-
 /// Sends an op with a ref and waits for its reply, keeping messages that come first.
 fn op(client: &mut Client, mut body: Value, reference: u64, early: &mut Vec<Value>) -> Value {
     body["ref"] = reference.into();

@@ -50,12 +50,6 @@ fn op_collect(client: &mut Client, mut body: Value, reference: u64) -> (Value, V
     }
 }
 
-fn next_message(client: &mut Client) -> Value {
-    let frame = next_json(client);
-    assert_eq!(frame["type"], "message", "{frame}");
-    frame
-}
-
 #[test]
 fn one_to_one_and_group_chat_across_shards_with_sequence_numbers() {
     let server = Server::start(&["--shards", "2"]);

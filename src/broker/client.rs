@@ -40,6 +40,11 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time allowed for TCP connect plus AUTH/SELECT.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest a caller waits for Redis to confirm subscriptions it depends on (a join's reply,
+/// a recovery's history read).
+const SUBSCRIBE_WAIT_MAX: Duration = Duration::from_secs(3);
+/// How often that wait looks.
+const SUBSCRIBE_WAIT_POLL: Duration = Duration::from_millis(2);
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command when many change at once.
 const CHANNELS_PER_COMMAND: usize = 1000;
 /// Bytes read from a Redis link per read call.
@@ -173,6 +178,21 @@ impl Broker {
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.sub_state.get() == LinkState::Up
             && self.confirmed.borrow().contains(channel.as_bytes())
+    }
+
+    /// Waits (at most `SUBSCRIBE_WAIT_MAX`) until every Redis channel in `channels` is a
+    /// confirmed subscription; false when the wait ran out.
+    pub async fn wait_subscribed(&self, channels: &[String]) -> bool {
+        let deadline = Instant::now() + SUBSCRIBE_WAIT_MAX;
+        loop {
+            if channels.iter().all(|c| self.is_subscribed(c)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            glommio::timer::sleep(SUBSCRIBE_WAIT_POLL).await;
+        }
     }
 
     /// One more local connection wants `channel`.

@@ -484,3 +484,10 @@ pub fn seqs_of(messages: &[serde_json::Value], channel: &str) -> Vec<u64> {
         .map(|m| m["seq"].as_u64().unwrap())
         .collect()
 }
+
+/// The next server `message` (native protocol), asserting that is what came.
+pub fn next_message(client: &mut Client) -> serde_json::Value {
+    let frame = next_json(client);
+    assert_eq!(frame["type"], "message", "{frame}");
+    frame
+}
