@@ -12,11 +12,11 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use slab::Slab;
 use volley::conn::Outbox;
-use volley::fanout::encode_message;
+use volley::ws::frame::{self, OpCode};
 
 fn fanout(c: &mut Criterion) {
     let mut group = c.benchmark_group("fanout_one_frame");
-    let frame = encode_message(&[b'x'; 100]);
+    let frame = frame::encode(OpCode::Text, &[b'x'; 100]);
     for n in [1_000usize, 10_000, 64_000] {
         let mut queues: Slab<Outbox> = Slab::with_capacity(n);
         for _ in 0..n {

@@ -92,6 +92,10 @@ pub const PRESENCE_TTL_S_DEFAULT: u32 = 15;
 /// deadline; 10k is far above what real clients need and bounds a flood of idle sockets.
 pub const HTTP_SESSIONS_PER_SHARD_MAX_DEFAULT: u32 = 10_000;
 /// Capacity of each shard-to-shard channel.
+/// Short tasks (client publishes, replays, room events, receipt waits) one shard runs at
+/// once. Past it new ones are refused and counted: a reconnect storm of a full shard (64k
+/// recoveries) fits twice, a runaway loop does not eat the box.
+pub const SHARD_TASKS_MAX: u32 = 131_072;
 pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 
 /// No `Debug`: the flags hold secrets (JWT secret, API key, Redis password).

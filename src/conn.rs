@@ -208,6 +208,11 @@ impl Conn {
         }
     }
 
+    /// The session of a connection that is gone (its socket closes as it drops).
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+
     pub fn generation(&self) -> u32 {
         self.generation
     }

@@ -3,14 +3,19 @@
 //!
 //! This is the ONLY module whose types are `Send`; every other module is shard-local
 //! (`Rc`, `Cell`, `RefCell`). Reading this file tells you everything that moves between cores.
-//! Called by `shard` (which owns the mesh endpoints) and `fanout` (which sends through them).
+//! `shard` joins the mesh and serves what arrives; every service sends through [`Peers`],
+//! whose [`Peers::gather`] is the one scatter-gather over the shards.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use std::future::Future;
+use std::time::{Duration, Instant};
+
 use bytes::Bytes;
 use futures_channel::oneshot;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::{GlommioError, ResourceType};
 
 use crate::envelope::{PayloadKind, Target};
 use crate::metrics::Snapshot;
@@ -147,6 +152,115 @@ pub type MeshSenders = Senders<ShardMsg>;
 /// Builds the full mesh that every shard joins once at start.
 pub fn build(shards: usize, capacity: usize) -> Mesh {
     MeshBuilder::full(shards, capacity)
+}
+
+/// One shard's way to the others: its mesh senders and its own id.
+pub struct Peers {
+    senders: MeshSenders,
+}
+
+impl Peers {
+    pub fn new(senders: MeshSenders) -> Peers {
+        Peers { senders }
+    }
+
+    /// This shard's id (its index in the mesh).
+    pub fn id(&self) -> usize {
+        self.senders.peer_id()
+    }
+
+    /// Number of shards in this process.
+    pub fn count(&self) -> usize {
+        self.senders.nr_consumers()
+    }
+
+    /// The other shards' ids.
+    pub fn others(&self) -> impl Iterator<Item = usize> {
+        let id = self.id();
+        (0..self.count()).filter(move |&peer| peer != id)
+    }
+
+    /// Sends a message to another shard. A peer that is gone (shutting down) hands the
+    /// message back; `Err(None)` means the mesh refused it without giving it back (a peer
+    /// index that does not exist: our bug).
+    pub async fn send_to(&self, peer: usize, msg: ShardMsg) -> Result<(), Option<ShardMsg>> {
+        debug_assert_ne!(
+            peer,
+            self.id(),
+            "the local fast path never goes through the mesh"
+        );
+        let msg = match self.senders.try_send_to(peer, msg) {
+            Ok(()) => return Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(msg))) => msg,
+            Err(e) => return Err(give_back(e)),
+        };
+        self.senders.send_to(peer, msg).await.map_err(give_back)
+    }
+
+    /// Scatter-gather over every shard, in the spirit of seastar's `map_reduce`: sends
+    /// `ask(reply)` to every other shard first, so they all work at once, then runs `local`
+    /// for this shard, then collects the answers. Returns one answer per shard, indexed by
+    /// shard id; a shard that is gone, drops the question or misses `within` answers
+    /// `T::default()` (its part is unknown, which callers count as nothing).
+    pub async fn gather<T, L>(
+        &self,
+        ask: impl Fn(oneshot::Sender<T>) -> ShardMsg,
+        local: L,
+        within: Option<Duration>,
+    ) -> Vec<T>
+    where
+        T: Default,
+        L: Future<Output = T>,
+    {
+        let deadline = within.map(|w| Instant::now() + w);
+        let mut pending = Vec::with_capacity(self.count());
+        for peer in 0..self.count() {
+            if peer == self.id() {
+                pending.push(None);
+                continue;
+            }
+            let (reply, answer) = oneshot::channel();
+            pending.push(self.send_to(peer, ask(reply)).await.ok().map(|()| answer));
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        let mut local = Some(local);
+        for (peer, answer) in pending.into_iter().enumerate() {
+            let value = match (peer == self.id(), answer) {
+                (true, _) => match local.take() {
+                    Some(local) => bounded(local, deadline).await,
+                    None => T::default(),
+                },
+                (false, Some(answer)) => {
+                    bounded(async { answer.await.unwrap_or_default() }, deadline).await
+                }
+                (false, None) => T::default(),
+            };
+            out.push(value);
+        }
+        out
+    }
+}
+
+/// `future`'s output, or `T::default()` once `deadline` has passed.
+async fn bounded<T: Default>(future: impl Future<Output = T>, deadline: Option<Instant>) -> T {
+    let Some(deadline) = deadline else {
+        return future.await;
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    let late = async {
+        glommio::timer::sleep(left).await;
+        T::default()
+    };
+    futures_lite::future::or(future, late).await
+}
+
+/// The message inside a failed mesh send, when the error carries it.
+fn give_back(e: GlommioError<ShardMsg>) -> Option<ShardMsg> {
+    match e {
+        GlommioError::Closed(ResourceType::Channel(msg))
+        | GlommioError::WouldBlock(ResourceType::Channel(msg)) => Some(msg),
+        _ => None,
+    }
 }
 
 /// Process-wide state. Touched on accept, close and shutdown, never per message.

@@ -95,6 +95,9 @@ counters! {
     inbox_delivered_total: "counter",
     /// Inbox messages given up after --inbox-deliveries-max unacked deliveries.
     inbox_given_up_total: "counter",
+    /// Short tasks (publishes, replays, room events) refused because the shard ran
+    /// `SHARD_TASKS_MAX` of them already.
+    tasks_refused_total: "counter",
 }
 
 impl Snapshot {

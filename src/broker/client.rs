@@ -7,8 +7,9 @@
 //! queued in one command, so 10k clients arriving at once cost one round trip, not 10k.
 //! After a reconnect every channel still wanted is subscribed again.
 //!
-//! `shard` spawns `run_subscriber` and `run_commands` and cancels them at shutdown; `api`
-//! calls `Broker::command`; messages go to `Shard::on_broker_message`.
+//! `shard` spawns `run_subscriber` and `run_commands` and cancels them at shutdown;
+//! `backend::redis` calls `Broker::command`. Messages from subscriptions go out through a
+//! channel the shard reads: the broker never calls up.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -26,9 +27,9 @@ use redis_protocol::resp2::types::BytesFrame;
 use super::resp::{self, Push};
 use super::Error;
 use crate::config::RedisConfig;
+use crate::ctx::Ctx;
 use crate::log;
 use crate::metrics::Metrics;
-use crate::shard::Shard;
 
 /// First wait after a failed connect; doubles up to `BACKOFF_MAX`.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -51,6 +52,18 @@ const CHANNELS_PER_COMMAND: usize = 1000;
 const READ_BYTES: usize = 16 * 1024;
 /// Commands queued for the command link before callers are refused.
 const COMMAND_QUEUE_MAX: usize = 4096;
+
+/// Capacity of the channel that carries subscription messages to the shard: past it the
+/// subscriber link stops reading until the shard catches up (Redis buffers the rest).
+pub const INCOMING_MAX: usize = 1024;
+
+/// A message from a subscription, on its way to the shard.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The Redis channel it came on.
+    pub channel: Bytes,
+    pub payload: Bytes,
+}
 
 /// Which of the two links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,11 +166,6 @@ impl Broker {
             confirmed: RefCell::new(HashSet::new()),
             last_error: RefCell::new(None),
         }
-    }
-
-    /// The Redis channel name for a volley channel: `{prefix}:{name}`.
-    pub fn channel(&self, name: &str) -> String {
-        format!("{}:{}", self.config.prefix, name)
     }
 
     /// True when both links are connected.
@@ -445,7 +453,7 @@ async fn connect(config: &RedisConfig) -> Result<(TcpStream, BytesMut), String> 
 }
 
 /// Keeps the subscriber link up for the life of the shard.
-pub async fn run_subscriber(shard: Rc<Shard>, broker: Rc<Broker>) {
+pub async fn run_subscriber(ctx: Rc<Ctx>, broker: Rc<Broker>, incoming: LocalSender<Incoming>) {
     let Some(changed) = broker.interest_changed_rx.borrow_mut().take() else {
         return;
     };
@@ -454,13 +462,14 @@ pub async fn run_subscriber(shard: Rc<Shard>, broker: Rc<Broker>) {
         let reason = match connect(&broker.config).await {
             Ok((mut stream, buf)) => {
                 backoff.reset();
-                let reason = subscriber_session(&shard, &broker, &mut stream, buf, &changed).await;
+                let reason =
+                    subscriber_session(&ctx, &broker, &mut stream, buf, &changed, &incoming).await;
                 broker.confirmed.borrow_mut().clear();
                 reason
             }
             Err(reason) => reason,
         };
-        broker.set_state(Link::Subscriber, false, Some(reason), &shard.metrics);
+        broker.set_state(Link::Subscriber, false, Some(reason), &ctx.metrics);
         glommio::timer::sleep(backoff.wait()).await;
     }
 }
@@ -519,17 +528,18 @@ enum SubEvent {
 
 /// One connected subscriber session; returns why it ended.
 async fn subscriber_session(
-    shard: &Rc<Shard>,
+    ctx: &Ctx,
     broker: &Broker,
     stream: &mut TcpStream,
     mut buf: BytesMut,
     changed: &LocalReceiver<()>,
+    incoming: &LocalSender<Incoming>,
 ) -> String {
     let mut subscribed = HashSet::new();
     if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
         return reason;
     }
-    broker.set_state(Link::Subscriber, true, None, &shard.metrics);
+    broker.set_state(Link::Subscriber, true, None, &ctx.metrics);
     let mut scratch = vec![0u8; READ_BYTES];
     let mut last_rx = Instant::now();
     let mut ping_sent: Option<Instant> = None;
@@ -560,7 +570,9 @@ async fn subscriber_session(
                     };
                     match resp::classify(frame) {
                         Push::Message { channel, payload } => {
-                            shard.on_broker_message(&channel, payload)
+                            if incoming.send(Incoming { channel, payload }).await.is_err() {
+                                return "the shard is stopping".into();
+                            }
                         }
                         Push::Subscribed { channel, .. } => {
                             broker.confirmed.borrow_mut().insert(channel);
@@ -598,7 +610,7 @@ async fn subscriber_session(
 }
 
 /// Keeps the command link up for the life of the shard.
-pub async fn run_commands(shard: Rc<Shard>, broker: Rc<Broker>) {
+pub async fn run_commands(ctx: Rc<Ctx>, broker: Rc<Broker>) {
     let Some(requests) = broker.requests_rx.borrow_mut().take() else {
         return;
     };
@@ -608,12 +620,12 @@ pub async fn run_commands(shard: Rc<Shard>, broker: Rc<Broker>) {
             Ok((mut stream, buf)) => {
                 backoff.reset();
                 let first = broker.heartbeat.as_ref().map(Heartbeat::wire);
-                broker.set_state(Link::Commands, true, None, &shard.metrics);
+                broker.set_state(Link::Commands, true, None, &ctx.metrics);
                 command_session(&broker.config, &mut stream, buf, &requests, first).await
             }
             Err(reason) => reason,
         };
-        broker.set_state(Link::Commands, false, Some(reason.clone()), &shard.metrics);
+        broker.set_state(Link::Commands, false, Some(reason.clone()), &ctx.metrics);
         // Whatever was queued while the link died cannot be sent now: fail it in words.
         while let Some(Some(request)) = futures_lite::future::poll_once(requests.recv()).await {
             let _ = request.reply.send(Err(reason.clone()));

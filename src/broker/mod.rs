@@ -1,7 +1,9 @@
-//! Cluster mode: each shard's own Redis links (`client`) over a sans-IO RESP codec (`resp`).
-//! Present only when `--redis` is set; standalone volley never touches this module.
+//! Cluster mode: each shard's own Redis links (`client`) over a sans-IO RESP codec (`resp`),
+//! and every Redis name and script volley uses (`keys`). Present only when `--redis` is set;
+//! standalone volley never touches this module. Used by `backend::redis` and `shard`.
 
 pub mod client;
+pub mod keys;
 pub mod resp;
 
 use std::fmt;

@@ -1,14 +1,17 @@
-//! The client protocol boundary: what a connection speaks (`Codec`), who it is (`Session`),
-//! and the one dispatch function every client data message goes through.
+//! The client protocol seam: what a connection speaks (`Codec`), the trait every codec
+//! implements (`ClientCodec`: decode a client message into a protocol-neutral op; encode a
+//! message, a reply, an error, a recovery marker), who a connection is (`Session`), and
+//! [`dispatch`], the one place client ops are acted on, whatever codec carried them.
 //!
 //! `native` is volley's JSON protocol (docs/PROTOCOL.md); `Codec::Raw` connections are
-//! push-only and receive bare payloads. A second codec (socket.io) will sit beside `native`;
-//! routing (`index`, `fanout`) never looks inside a message.
+//! push-only and receive bare payloads. Routing (`hub`) never looks inside a message: it
+//! asks the connection's codec for a frame, once per codec per delivery.
 //!
-//! Called by `shard` after a connection's poll, outside any slab borrow, so handling an op
-//! may touch the index, other connections and spawn publishes.
+//! Called by `shard` after a connection's poll (outside any slab borrow, so an op may touch
+//! the index, other connections and start publishes), and by `front` at upgrade.
 
 pub mod native;
+pub mod ops;
 
 use std::rc::Rc;
 
@@ -17,11 +20,11 @@ use bytes::Bytes;
 use crate::auth::Claims;
 use crate::config::CLIENT_STRIKES_MAX;
 use crate::conn::ConnKey;
-use crate::envelope::Target;
+use crate::envelope::{PayloadKind, Target};
 use crate::metrics::Metrics;
-use crate::shard::Shard;
-use crate::ws::frame::close_code;
-use native::{ErrorCode, Op, Ref};
+use crate::services::{Refusal, Services};
+use crate::ws::frame::{self, close_code, OpCode};
+pub use ops::{ClientOp, ErrorCode, OpError, Ref, Request};
 
 /// What a connection speaks, chosen at upgrade (`?protocol=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +36,25 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// Number of codecs: the size of a delivery's frame cache.
+    pub const COUNT: usize = 2;
+
+    /// This codec's slot in a frame cache, `0..COUNT`.
+    pub const fn index(self) -> usize {
+        match self {
+            Codec::Native => 0,
+            Codec::Raw => 1,
+        }
+    }
+
+    /// The codec's implementation.
+    pub fn get(self) -> &'static dyn ClientCodec {
+        match self {
+            Codec::Native => &native::Native,
+            Codec::Raw => &Raw,
+        }
+    }
+
     pub fn parse(value: Option<&str>) -> Result<Codec, String> {
         match value {
             None | Some("json") | Some("native") => Ok(Codec::Native),
@@ -41,6 +63,98 @@ impl Codec {
                 "protocol={other}: use protocol=json (default) or protocol=raw"
             )),
         }
+    }
+}
+
+/// A published message as every codec sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub channel: &'a Target,
+    /// The channel sequence number; None for messages from foreign publishers.
+    pub seq: Option<u64>,
+    pub id: &'a str,
+    /// `user:<id>` of a publishing client; None for the HTTP API.
+    pub from: Option<&'a str>,
+    pub kind: PayloadKind,
+    pub payload: &'a [u8],
+}
+
+/// The end of one channel's recovery, as the client is told.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovered<'a> {
+    pub channel: &'a Target,
+    /// True only when every message after the client's seq was replayed.
+    pub recovered: bool,
+    pub replayed: usize,
+    /// The channel's seq the client is now at.
+    pub seq: u64,
+    /// Why the history could not be read, when it could not.
+    pub error: Option<&'a str>,
+}
+
+/// Limits a decoded op must respect, from `Config`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpLimits {
+    pub name_bytes_max: usize,
+    pub data_bytes_max: usize,
+}
+
+/// What a codec made of one client message.
+#[derive(Debug)]
+pub enum Decoded {
+    /// Nothing to do (a push-only codec, or a codec-level message it answered itself).
+    Ignored,
+    Op(Request),
+    /// Not an acceptable op: answered with the error and counted as a strike.
+    Refused(OpError),
+}
+
+/// A client protocol. Encoders are called once per delivery per codec (their frame is
+/// shared by every recipient), so they may allocate; decoders see each client message.
+pub trait ClientCodec {
+    /// A published message as one complete WebSocket frame.
+    fn message(&self, message: &Message<'_>) -> Bytes;
+    /// Decodes one client data message.
+    fn decode(&self, inbound: &Inbound, limits: &OpLimits) -> Decoded;
+    /// The success reply to an op, if this codec sends one.
+    fn reply_ok(
+        &self,
+        reference: Option<&Ref>,
+        result: Option<&serde_json::Value>,
+    ) -> Option<Bytes>;
+    /// The error reply to an op, if this codec sends one.
+    fn reply_err(&self, error: &OpError) -> Option<Bytes>;
+    /// The marker that ends a channel's recovery, if this codec sends one.
+    fn recovered(&self, recovered: &Recovered<'_>) -> Option<Bytes>;
+}
+
+/// The push-only codec: bare payloads, text (RFC 6455 §5.6 requires UTF-8) or binary.
+pub struct Raw;
+
+impl ClientCodec for Raw {
+    fn message(&self, message: &Message<'_>) -> Bytes {
+        let opcode = match message.kind {
+            PayloadKind::Binary => OpCode::Binary,
+            PayloadKind::Text | PayloadKind::Json => OpCode::Text,
+        };
+        frame::encode(opcode, message.payload)
+    }
+
+    fn decode(&self, _: &Inbound, _: &OpLimits) -> Decoded {
+        // Push-only connections: client messages are counted, not interpreted.
+        Decoded::Ignored
+    }
+
+    fn reply_ok(&self, _: Option<&Ref>, _: Option<&serde_json::Value>) -> Option<Bytes> {
+        None
+    }
+
+    fn reply_err(&self, _: &OpError) -> Option<Bytes> {
+        None
+    }
+
+    fn recovered(&self, _: &Recovered<'_>) -> Option<Bytes> {
+        None
     }
 }
 
@@ -90,7 +204,7 @@ pub struct Session {
     pub publish_bucket: TokenBucket,
     /// Channels being recovered (replay under way, or a short grace after it); None for
     /// almost every connection, so it costs one pointer.
-    pub recovering: Option<Box<crate::recovery::Recovering>>,
+    pub recovering: Option<Box<crate::hub::recovery::Recovering>>,
 }
 
 impl Session {
@@ -123,161 +237,159 @@ pub enum Inbound {
     Binary(usize),
 }
 
-/// Checks a room or user name: non-empty, short, no control characters.
-pub fn check_name(kind: &str, name: &str, max: usize) -> Result<(), String> {
+/// Why a room or user name is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameError {
+    Empty,
+    TooLong { bytes: usize, max: usize },
+    Control,
+}
+
+impl NameError {
+    /// The op error code: too long is `too_large`, the rest `bad_field`.
+    pub fn code(self) -> ErrorCode {
+        match self {
+            NameError::TooLong { .. } => ErrorCode::TooLarge,
+            NameError::Empty | NameError::Control => ErrorCode::BadField,
+        }
+    }
+
+    /// Words for a human, naming what was checked (`room name`, `` `room` ``).
+    pub fn message(self, what: &str) -> String {
+        match self {
+            NameError::Empty => format!("{what} must not be empty"),
+            NameError::TooLong { bytes, max } => {
+                format!("{what} is {bytes} bytes; the limit is {max} bytes")
+            }
+            NameError::Control => format!("{what} must not contain control characters"),
+        }
+    }
+}
+
+/// The one check of a room or user name: non-empty, at most `max` bytes, no control
+/// characters (docs/PROTOCOL.md, "Names").
+pub fn check_name(name: &str, max: usize) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err(format!("{kind} name is empty"));
+        return Err(NameError::Empty);
     }
     if name.len() > max {
-        return Err(format!(
-            "{kind} name is {} bytes; at most {max}",
-            name.len()
-        ));
+        return Err(NameError::TooLong {
+            bytes: name.len(),
+            max,
+        });
     }
     if name.chars().any(char::is_control) {
-        return Err(format!("{kind} name contains control characters"));
+        return Err(NameError::Control);
     }
     Ok(())
 }
 
 /// Handles every data message one connection sent in one read.
-pub fn dispatch(shard: &Rc<Shard>, key: ConnKey, inbound: Vec<Inbound>) {
+pub fn dispatch(svc: &Rc<Services>, key: ConnKey, inbound: Vec<Inbound>) {
+    let limits = OpLimits {
+        name_bytes_max: svc.ctx.config.name_bytes_max,
+        data_bytes_max: svc.ctx.config.message_bytes_max,
+    };
     for message in inbound {
-        Metrics::inc(&shard.metrics.messages_received_total);
-        let Some(codec) = shard.session_codec(key) else {
+        Metrics::inc(&svc.ctx.metrics.messages_received_total);
+        let Some(codec) = svc.hub.codec(key) else {
             return;
         };
-        if codec == Codec::Raw {
-            // Push-only connections: client messages are counted, not interpreted.
-            continue;
-        }
-        match message {
-            Inbound::Text(text) => handle_text(shard, key, &text),
-            Inbound::Binary(_) => reply_error(
-                shard,
-                key,
-                None,
-                ErrorCode::BadJson,
-                "binary frames are not ops; send JSON text (docs/PROTOCOL.md)",
-            ),
+        match codec.get().decode(&message, &limits) {
+            Decoded::Ignored => {}
+            Decoded::Op(request) => handle(svc, key, request),
+            Decoded::Refused(error) => reply_error(svc, key, error),
         }
     }
 }
 
 /// Sends an error reply and counts a strike; too many strikes close the client with 1008.
-pub fn reply_error(
-    shard: &Rc<Shard>,
-    key: ConnKey,
-    reference: Option<&Ref>,
-    code: ErrorCode,
-    message: &str,
-) {
-    let strikes = shard.with_session(key, |s| {
+pub fn reply_error(svc: &Services, key: ConnKey, error: OpError) {
+    let Some((codec, strikes)) = svc.hub.with_session(key, |s| {
         s.strikes = s.strikes.saturating_add(1);
-        s.strikes
-    });
-    shard.send_to_conn(key, native::encode_reply_err(reference, code, message));
-    if strikes.is_some_and(|n| n > CLIENT_STRIKES_MAX) {
-        shard.close_conn(key, close_code::POLICY, "too many protocol errors");
+        (s.codec, s.strikes)
+    }) else {
+        return;
+    };
+    if let Some(frame) = codec.get().reply_err(&error) {
+        svc.hub.send(key, frame);
+    }
+    if strikes > CLIENT_STRIKES_MAX {
+        svc.hub
+            .close(key, close_code::POLICY, "too many protocol errors");
     }
 }
 
+/// Sends a success reply, if the connection's codec sends one.
 pub fn reply_ok(
-    shard: &Rc<Shard>,
+    svc: &Services,
     key: ConnKey,
     reference: Option<&Ref>,
     result: Option<&serde_json::Value>,
 ) {
-    if reference.is_some() || result.is_some() {
-        shard.send_to_conn(key, native::encode_reply_ok(reference, result));
+    let Some(codec) = svc.hub.codec(key) else {
+        return;
+    };
+    if let Some(frame) = codec.get().reply_ok(reference, result) {
+        svc.hub.send(key, frame);
     }
 }
 
-fn handle_text(shard: &Rc<Shard>, key: ConnKey, text: &str) {
-    let limits = native::Limits {
-        name_bytes_max: shard.config.name_bytes_max,
-        data_bytes_max: shard.config.message_bytes_max,
-    };
-    let request = match native::decode_op(text, &limits) {
-        Ok(request) => request,
-        Err(e) => {
-            reply_error(shard, key, e.reference.as_ref(), e.code, &e.message);
-            return;
-        }
-    };
+fn refuse(svc: &Services, key: ConnKey, reference: Option<Ref>, (code, message): Refusal) {
+    reply_error(
+        svc,
+        key,
+        OpError {
+            reference,
+            code,
+            message,
+        },
+    );
+}
+
+/// Acts on one client op: the same for every codec.
+pub fn handle(svc: &Rc<Services>, key: ConnKey, request: Request) {
     let reference = request.reference;
     match request.op {
-        Op::Join { room, since } => match shard.join_room(key, &room) {
+        ClientOp::Join { room, since } => match svc.join_room(key, &room) {
             Ok(()) => {
                 if let Some(since) = since {
                     // Joined and held back in one step: the replay then the live stream,
                     // with no gap and no duplicate between them.
-                    shard.start_recovery(key, vec![(Target::Room(room.to_string()), since)], false);
+                    svc.start_recovery(key, vec![(Target::Room(room.clone()), since)], false);
                 }
                 // In cluster mode the reply waits until this shard's subscription to the
                 // room is confirmed by Redis, so "ok" means the next message arrives.
-                shard.reply_when_subscribed(key, reference, &format!("room:{room}"));
+                svc.reply_when_subscribed(key, reference, format!("room:{room}"));
             }
-            Err((code, message)) => reply_error(shard, key, reference.as_ref(), code, &message),
+            Err(refusal) => refuse(svc, key, reference, refusal),
         },
-        Op::Recover { channel, since } => {
-            let Some(target) = Target::parse(&channel) else {
-                reply_error(
-                    shard,
-                    key,
-                    reference.as_ref(),
-                    ErrorCode::BadField,
-                    "bad channel",
-                );
-                return;
-            };
-            if let Err((code, message)) = shard.may_recover(key, &target) {
-                reply_error(shard, key, reference.as_ref(), code, &message);
+        ClientOp::Recover { target, since } => {
+            if let Err(refusal) = svc.may_recover(key, &target) {
+                refuse(svc, key, reference, refusal);
                 return;
             }
-            shard.start_recovery(key, vec![(target, since)], false);
-            reply_ok(shard, key, reference.as_ref(), None);
+            svc.start_recovery(key, vec![(target, since)], false);
+            reply_ok(svc, key, reference.as_ref(), None);
         }
-        Op::Leave { room } => match shard.leave_room(key, &room) {
-            Ok(()) => reply_ok(shard, key, reference.as_ref(), None),
-            Err((code, message)) => reply_error(shard, key, reference.as_ref(), code, &message),
+        ClientOp::Leave { room } => match svc.leave_room(key, &room) {
+            Ok(()) => reply_ok(svc, key, reference.as_ref(), None),
+            Err(refusal) => refuse(svc, key, reference, refusal),
         },
-        Op::Ack { channel, seq } => {
-            let Some(target) = Target::parse(&channel) else {
-                let message = format!("channel {channel:?} is not all, user:<id> or room:<name>");
-                reply_error(
-                    shard,
-                    key,
-                    reference.as_ref(),
-                    ErrorCode::BadField,
-                    &message,
-                );
-                return;
-            };
-            if shard.ack(key, &target, seq) {
-                reply_ok(shard, key, reference.as_ref(), None);
+        ClientOp::Ack { target, seq } => {
+            if svc.ack(key, &target, seq) {
+                reply_ok(svc, key, reference.as_ref(), None);
             } else {
-                let message = format!("no recent message {seq} on {channel} to acknowledge");
-                reply_error(
-                    shard,
-                    key,
-                    reference.as_ref(),
-                    ErrorCode::NotFound,
-                    &message,
-                );
+                let message = format!("no recent message {seq} on {target} to acknowledge");
+                refuse(svc, key, reference, (ErrorCode::NotFound, message));
             }
         }
-        Op::Publish { target, data } => {
-            let target = match target {
-                native::Target::Room(room) => Target::Room(room.to_string()),
-                native::Target::User(user) => Target::User(user.to_string()),
-            };
-            if let Err((code, message)) = shard.may_publish(key, &target) {
-                reply_error(shard, key, reference.as_ref(), code, &message);
+        ClientOp::Publish { target, data } => {
+            if let Err(refusal) = svc.may_publish(key, &target) {
+                refuse(svc, key, reference, refusal);
                 return;
             }
-            let payload = Bytes::copy_from_slice(data.get().as_bytes());
-            shard.spawn_client_publish(key, reference, target, payload);
+            svc.client_publish(key, reference, target, data);
         }
     }
 }
@@ -306,9 +418,43 @@ mod tests {
         assert!(Codec::parse(Some("xml"))
             .unwrap_err()
             .contains("protocol=xml"));
-        assert!(check_name("room", "lobby", 8).is_ok());
-        assert!(check_name("room", "", 8).is_err());
-        assert!(check_name("room", "much too long", 8).is_err());
-        assert!(check_name("room", "a\nb", 8).is_err());
+        assert!(check_name("lobby", 8).is_ok());
+        assert_eq!(check_name("", 8), Err(NameError::Empty));
+        assert_eq!(
+            check_name("much too long", 8),
+            Err(NameError::TooLong { bytes: 13, max: 8 })
+        );
+        assert_eq!(check_name("a\nb", 8), Err(NameError::Control));
+        assert_eq!(NameError::Empty.code(), ErrorCode::BadField);
+        assert_eq!(
+            NameError::TooLong { bytes: 9, max: 8 }.code(),
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn every_codec_has_its_own_cache_slot() {
+        let slots: std::collections::HashSet<usize> = [Codec::Native, Codec::Raw]
+            .iter()
+            .map(|c| c.index())
+            .collect();
+        assert_eq!(slots.len(), Codec::COUNT);
+        assert!(slots.iter().all(|&s| s < Codec::COUNT));
+    }
+
+    #[test]
+    fn raw_frames_are_text_for_utf8_kinds_and_binary_otherwise() {
+        let message = |kind, payload: &'static [u8]| Message {
+            channel: &Target::All,
+            seq: Some(1),
+            id: "n-0-1",
+            from: None,
+            kind,
+            payload,
+        };
+        assert_eq!(Raw.message(&message(PayloadKind::Text, b"hi"))[0], 0x81);
+        assert_eq!(Raw.message(&message(PayloadKind::Json, b"1"))[0], 0x81);
+        assert_eq!(Raw.message(&message(PayloadKind::Binary, &[0xff]))[0], 0x82);
+        assert_eq!(&Raw.message(&message(PayloadKind::Text, b"hi"))[2..], b"hi");
     }
 }

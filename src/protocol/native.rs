@@ -1,15 +1,15 @@
 //! The native client protocol codec: JSON text frames, documented for client authors in
 //! docs/PROTOCOL.md. Sans-IO: `decode_op` turns one client text message into a [`Request`],
-//! the `encode_*` functions and [`message_json`] turn server replies and messages into bytes.
+//! [`Native`] (the `ClientCodec`) maps it onto a protocol-neutral `ClientOp` and encodes
+//! messages, replies and recovery markers.
 //!
 //! Owns the wire format only: which ops exist, their field names, the checks on each field,
 //! the JSON escaping of everything volley writes. It does not own what an op does (joining a
-//! room, authorising a publish, rate limits): the caller decides that and answers with
-//! [`encode_reply_ok`] or [`encode_reply_err`]. It depends on nothing in the crate but the
-//! frame encoder, so a second codec (socket.io v4, DESIGN.md "Coming later") can sit beside it.
+//! room, authorising a publish, rate limits): `protocol::handle` decides that.
 //!
-//! Called by `protocol` (decode what a client sent), `fanout` (one [`message_json`] per publish,
-//! shared by every recipient) and whoever answers an op.
+//! Called through `protocol::Codec::Native` by `protocol` (decode what a client sent),
+//! `hub::frames` (one message frame per delivery, shared by every recipient) and
+//! `services::recovery` (replayed messages and the `recovered` event).
 //!
 //! Decisions (also in docs/PROTOCOL.md):
 //! - Unknown fields are ignored, so a newer client works with an older volley.
@@ -25,10 +25,14 @@ use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub use super::ops::{ErrorCode, OpError, Ref};
+use super::{ClientCodec, ClientOp, Decoded, Inbound, Message, OpLimits, Recovered};
+use crate::envelope::PayloadKind;
+use crate::json;
 use crate::ws::frame::{self, OpCode};
 
 /// Longest string `ref`, in bytes: enough for a UUID with a prefix, small enough that an
@@ -115,18 +119,6 @@ pub enum Op<'a> {
     },
 }
 
-/// A client's correlation id, echoed in the reply to its op. Owned so the caller can keep
-/// it past the read buffer (an op answered later, after a mesh round trip).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Ref {
-    /// An integer in i64 range.
-    Int(i64),
-    /// An integer above i64::MAX (so each number has exactly one form).
-    UInt(u64),
-    /// A string of at most [`REF_BYTES_MAX`] bytes.
-    Str(String),
-}
-
 impl Ref {
     /// Reads a ref from its JSON text; `None` when it is not an integer in i64/u64 range or
     /// a string of at most [`REF_BYTES_MAX`] bytes.
@@ -162,111 +154,12 @@ impl Ref {
     }
 }
 
-impl From<i64> for Ref {
-    fn from(n: i64) -> Ref {
-        Ref::Int(n)
-    }
-}
-
-impl From<u64> for Ref {
-    fn from(n: u64) -> Ref {
-        match i64::try_from(n) {
-            Ok(small) => Ref::Int(small),
-            Err(_) => Ref::UInt(n),
-        }
-    }
-}
-
 /// One decoded client op with its ref.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub reference: Option<Ref>,
     pub op: Op<'a>,
 }
-
-/// The `error.code` of a reply. The first four come from `decode_op`; the others are the
-/// server's answers to a well-formed op.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    /// Not JSON, not an object, a field given twice, or `data` strict parsers refuse.
-    /// The client has a bug: log it, do not retry the same text.
-    BadJson,
-    /// `op` is a string this volley does not know (maybe a newer client): do not retry.
-    UnknownOp,
-    /// A field is missing, of the wrong type, or holds a value the field never allows.
-    BadField,
-    /// A name or `data` is over the server's limit: shrink it.
-    TooLarge,
-    /// The connection may not do this (publish to a room it is not in, another user).
-    Forbidden,
-    /// Too many ops too fast: slow down; repeating it gets the connection closed (1008).
-    RateLimited,
-    /// The room, user or message does not exist (for example leaving a room not joined).
-    NotFound,
-    /// volley's fault: the op may be retried later.
-    Internal,
-}
-
-impl ErrorCode {
-    /// Every code, in wire order of the docs.
-    pub const ALL: [ErrorCode; 8] = [
-        ErrorCode::BadJson,
-        ErrorCode::UnknownOp,
-        ErrorCode::BadField,
-        ErrorCode::TooLarge,
-        ErrorCode::Forbidden,
-        ErrorCode::RateLimited,
-        ErrorCode::NotFound,
-        ErrorCode::Internal,
-    ];
-
-    /// The code as it appears in `error.code`.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::UnknownOp => "unknown_op",
-            ErrorCode::BadField => "bad_field",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Why an op was refused. The caller answers with [`OpError::encode_reply`], counts a strike
-/// against the connection, and keeps it open (the client gets to learn from the reply).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OpError {
-    /// The op's ref when the JSON parsed far enough to read a valid one, so the client can
-    /// match the error to its request.
-    pub reference: Option<Ref>,
-    pub code: ErrorCode,
-    /// For humans: says which field is wrong and why.
-    pub message: String,
-}
-
-impl OpError {
-    /// The error reply frame for this error.
-    pub fn encode_reply(&self) -> Bytes {
-        encode_reply_err(self.reference.as_ref(), self.code, &self.message)
-    }
-}
-
-impl fmt::Display for OpError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.message)
-    }
-}
-
-impl std::error::Error for OpError {}
 
 // ---------------------------------------------------------------------------------------
 // Decoding client ops.
@@ -387,57 +280,6 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, 'de> {
     }
 }
 
-/// Validates JSON the way `serde_json::Value` would (strings unescaped, so a lone UTF-16
-/// surrogate escape is refused) without building anything. serde_json's `RawValue` and
-/// `IgnoredAny` skip strings without unescaping them, so they accept `"\ud800"`.
-struct Strict;
-
-impl<'de> Deserialize<'de> for Strict {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Strict, D::Error> {
-        deserializer.deserialize_any(StrictVisitor)
-    }
-}
-
-struct StrictVisitor;
-
-impl<'de> Visitor<'de> for StrictVisitor {
-    type Value = Strict;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Strict, E> {
-        Ok(Strict)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
-        while seq.next_element::<Strict>()?.is_some() {}
-        Ok(Strict)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
-        while map.next_entry::<Strict, Strict>()?.is_some() {}
-        Ok(Strict)
-    }
-}
-
-/// Whether `text` is one JSON value that every conforming parser accepts.
-fn is_strict_json(text: &str) -> Result<(), serde_json::Error> {
-    serde_json::from_str::<Strict>(text).map(|_| ())
-}
-
 /// A JSON string field, borrowed when it has no escapes.
 fn json_str<'a>(raw: &'a RawValue, field: &str) -> Result<Cow<'a, str>, (ErrorCode, String)> {
     let text = raw.get();
@@ -475,26 +317,8 @@ fn clip(s: &str, bytes_max: usize) -> &str {
 
 /// Checks a room name or user id.
 fn check_name(name: &str, field: &str, limits: &Limits) -> Result<(), (ErrorCode, String)> {
-    if name.is_empty() {
-        return Err((ErrorCode::BadField, format!("`{field}` must not be empty")));
-    }
-    if name.len() > limits.name_bytes_max {
-        return Err((
-            ErrorCode::TooLarge,
-            format!(
-                "`{field}` is {} bytes; the limit is {} bytes",
-                name.len(),
-                limits.name_bytes_max
-            ),
-        ));
-    }
-    if name.chars().any(char::is_control) {
-        return Err((
-            ErrorCode::BadField,
-            format!("`{field}` must not contain control characters"),
-        ));
-    }
-    Ok(())
+    super::check_name(name, limits.name_bytes_max)
+        .map_err(|e| (e.code(), e.message(&format!("`{field}`"))))
 }
 
 /// A required field, or the error that says it is missing.
@@ -562,7 +386,8 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
                     ),
                 ));
             }
-            is_strict_json(data.get()).map_err(|e| (ErrorCode::BadJson, format!("`data`: {e}")))?;
+            json::is_strict(data.get())
+                .map_err(|e| (ErrorCode::BadJson, format!("`data`: {e}")))?;
             Ok(Op::Publish { target, data })
         }
         "ack" => {
@@ -843,7 +668,7 @@ pub fn encode_reply_err(reference: Option<&Ref>, code: ErrorCode, message: &str)
 /// A published body, as a server message carries it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Payload<'a> {
-    /// Valid JSON (strict: see [`classify_payload`]): embedded as is in `data`.
+    /// Valid JSON (strict: `crate::json::is_strict`): embedded as is in `data`.
     Json(&'a str),
     /// UTF-8 text that is not JSON: becomes a JSON string in `data`.
     Text(&'a str),
@@ -851,14 +676,16 @@ pub enum Payload<'a> {
     Binary(&'a [u8]),
 }
 
-/// Classifies a published body: valid JSON -> Json, other UTF-8 -> Text, else Binary.
-/// "Valid" is what `serde_json::Value` accepts: RFC 8259 JSON without lone UTF-16 surrogate
-/// escapes, nested at most 128 deep; a body past that travels as Text, still intact.
-pub fn classify_payload(body: &[u8]) -> Payload<'_> {
-    match std::str::from_utf8(body) {
-        Ok(text) if is_strict_json(text).is_ok() => Payload::Json(text),
-        Ok(text) => Payload::Text(text),
-        Err(_) => Payload::Binary(body),
+impl<'a> Payload<'a> {
+    /// A body as its publisher's classification (`crate::json::classify`) says. Json and
+    /// Text were checked to be UTF-8 when published; bytes that somehow are not travel as
+    /// Binary rather than be altered.
+    pub fn of(kind: PayloadKind, body: &'a [u8]) -> Payload<'a> {
+        match (kind, std::str::from_utf8(body)) {
+            (PayloadKind::Json, Ok(text)) => Payload::Json(text),
+            (PayloadKind::Text, Ok(text)) => Payload::Text(text),
+            _ => Payload::Binary(body),
+        }
     }
 }
 
@@ -874,7 +701,7 @@ pub fn message_json(
     payload: Payload<'_>,
 ) -> Vec<u8> {
     debug_assert!(
-        !matches!(payload, Payload::Json(json) if is_strict_json(json).is_err()),
+        !matches!(payload, Payload::Json(json) if json::is_strict(json).is_err()),
         "Payload::Json must hold valid JSON"
     );
     let payload_bytes = match payload {
@@ -923,15 +750,116 @@ pub fn message_json(
     out
 }
 
-/// [`message_json`] as a complete WebSocket text frame, ready to share between recipients.
-pub fn encode_message(
-    channel: &str,
-    seq: Option<u64>,
-    id: &str,
-    from: Option<&str>,
-    payload: Payload<'_>,
-) -> Bytes {
-    frame::encode(OpCode::Text, &message_json(channel, seq, id, from, payload))
+/// The native codec: JSON text frames (docs/PROTOCOL.md).
+pub struct Native;
+
+impl ClientCodec for Native {
+    fn message(&self, message: &Message<'_>) -> Bytes {
+        let json = message_json(
+            &message.channel.to_string(),
+            message.seq,
+            message.id,
+            message.from,
+            Payload::of(message.kind, message.payload),
+        );
+        frame::encode(OpCode::Text, &json)
+    }
+
+    fn decode(&self, inbound: &Inbound, limits: &OpLimits) -> Decoded {
+        let text = match inbound {
+            Inbound::Text(text) => text,
+            Inbound::Binary(_) => {
+                return Decoded::Refused(OpError {
+                    reference: None,
+                    code: ErrorCode::BadJson,
+                    message: "binary frames are not ops; send JSON text (docs/PROTOCOL.md)".into(),
+                })
+            }
+        };
+        let limits = Limits {
+            name_bytes_max: limits.name_bytes_max,
+            data_bytes_max: limits.data_bytes_max,
+        };
+        let request = match decode_op(text, &limits) {
+            Ok(request) => request,
+            Err(e) => return Decoded::Refused(e),
+        };
+        let reference = request.reference;
+        let refused = |code, message: String| OpError {
+            reference: reference.clone(),
+            code,
+            message,
+        };
+        let op = match request.op {
+            Op::Join { room, since } => ClientOp::Join {
+                room: room.into_owned(),
+                since,
+            },
+            Op::Leave { room } => ClientOp::Leave {
+                room: room.into_owned(),
+            },
+            Op::Publish { target, data } => ClientOp::Publish {
+                target: match target {
+                    Target::Room(room) => crate::envelope::Target::Room(room.into_owned()),
+                    Target::User(user) => crate::envelope::Target::User(user.into_owned()),
+                },
+                data: Bytes::copy_from_slice(data.get().as_bytes()),
+            },
+            Op::Ack { channel, seq } => match crate::envelope::Target::parse(&channel) {
+                Some(target) => ClientOp::Ack { target, seq },
+                None => {
+                    let message =
+                        format!("channel {channel:?} is not all, user:<id> or room:<name>");
+                    return Decoded::Refused(refused(ErrorCode::BadField, message));
+                }
+            },
+            Op::Recover { channel, since } => match crate::envelope::Target::parse(&channel) {
+                Some(target) => ClientOp::Recover { target, since },
+                None => {
+                    return Decoded::Refused(refused(ErrorCode::BadField, "bad channel".into()))
+                }
+            },
+        };
+        Decoded::Op(super::Request { reference, op })
+    }
+
+    fn reply_ok(
+        &self,
+        reference: Option<&Ref>,
+        result: Option<&serde_json::Value>,
+    ) -> Option<Bytes> {
+        // An op sent without a ref and answered without a result needs no reply.
+        (reference.is_some() || result.is_some()).then(|| encode_reply_ok(reference, result))
+    }
+
+    fn reply_err(&self, error: &OpError) -> Option<Bytes> {
+        Some(encode_reply_err(
+            error.reference.as_ref(),
+            error.code,
+            &error.message,
+        ))
+    }
+
+    fn recovered(&self, recovered: &Recovered<'_>) -> Option<Bytes> {
+        let mut event = serde_json::json!({
+            "type": "recovered",
+            "channel": recovered.channel.to_string(),
+            "recovered": recovered.recovered,
+            "replayed": recovered.replayed,
+            "seq": recovered.seq,
+        });
+        if let Some(error) = recovered.error {
+            event["error"] = error.into();
+        }
+        Some(frame::encode(OpCode::Text, event.to_string().as_bytes()))
+    }
+}
+
+impl OpError {
+    /// The native error reply frame for this error.
+    pub fn encode_reply(&self) -> Bytes {
+        encode_reply_err(self.reference.as_ref(), self.code, &self.message)
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -960,7 +888,7 @@ fn fuzz_text(text: &str) {
                         let (Target::Room(name) | Target::User(name)) = target;
                         assert!(check_name(name, "name", &limits).is_ok());
                         assert!(data.get().len() <= limits.data_bytes_max);
-                        assert!(is_strict_json(data.get()).is_ok());
+                        assert!(json::is_strict(data.get()).is_ok());
                     }
                     Op::Ack { channel, .. } | Op::Recover { channel, .. } => {
                         assert!(Channel::parse(channel).is_some())
@@ -994,7 +922,8 @@ pub fn fuzz_one(data: &[u8]) {
         Ok(text) => fuzz_text(text),
         Err(_) => fuzz_text(&String::from_utf8_lossy(data)),
     }
-    let message = message_json("room:a", Some(1), "n-1", None, classify_payload(data));
+    let payload = Payload::of(json::classify(data), data);
+    let message = message_json("room:a", Some(1), "n-1", None, payload);
     let parsed = serde_json::from_slice::<serde_json::Value>(&message);
     assert!(parsed.is_ok(), "every message is valid JSON: {parsed:?}");
 }
@@ -1011,6 +940,10 @@ mod tests {
 
     fn decode(text: &str) -> Result<Request<'_>, OpError> {
         decode_op(text, &LIMITS)
+    }
+
+    fn classify_payload(body: &[u8]) -> Payload<'_> {
+        Payload::of(json::classify(body), body)
     }
 
     fn err(text: &str) -> OpError {
@@ -1498,7 +1431,14 @@ mod tests {
         );
         assert!(parsed.get("data").is_none());
 
-        let frame = encode_message("all", Some(1), "i", None, Payload::Text("t"));
+        let frame = Native.message(&Message {
+            channel: &crate::envelope::Target::All,
+            seq: Some(1),
+            id: "i",
+            from: None,
+            kind: PayloadKind::Text,
+            payload: b"t",
+        });
         assert_eq!(
             frame_payload(&frame),
             message_json("all", Some(1), "i", None, Payload::Text("t"))

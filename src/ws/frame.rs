@@ -109,6 +109,8 @@ pub mod close_code {
     pub const TOO_BIG: u16 = 1009;
     /// 1011: we hit an unexpected condition (our bug or resource exhaustion).
     pub const INTERNAL: u16 = 1011;
+    /// 1013 (IANA registry, "Try Again Later"): the server is overloaded; reconnect later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
 /// Whether `code` may appear in a close frame on the wire.

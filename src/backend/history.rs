@@ -1,9 +1,9 @@
 //! Standalone stores of the channel-owning shard: bounded per-channel history (for
 //! recovery) and bounded per-user offline inboxes (at-least-once until acked). No I/O.
 //!
-//! `fanout` appends as it numbers a message, so history and live delivery agree on order;
-//! `routing` answers history and inbox requests. In cluster mode the same data lives in
-//! Redis instead (see `fanout::PUBLISH_SCRIPT`).
+//! `backend::local` appends as it numbers a message, so history and live delivery agree on
+//! order, and answers history and inbox requests from it. In cluster mode the same data
+//! lives in Redis instead (see `broker::keys::PUBLISH_SCRIPT`).
 
 use std::collections::{HashMap, VecDeque};
 

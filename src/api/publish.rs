@@ -1,0 +1,211 @@
+//! `POST /api/broadcast`, `/api/users/{id}/messages`, `/api/rooms/{room}/messages` and
+//! `POST /api/batch`: publish through the backend and say what happened (200 published,
+//! 503 broker unavailable, 502 broker refused). Called by `api::route`.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::{error, json_response};
+use crate::backend::{Error, Published};
+use crate::config::BATCH_TARGETS_MAX;
+use crate::envelope::{PayloadKind, Target};
+use crate::http::Head;
+use crate::json;
+use crate::mesh::Publish;
+use crate::metrics::Metrics;
+use crate::protocol::check_name;
+use crate::services::Services;
+
+/// `?wait=ack` without `timeout_ms`.
+const WAIT_ACK_DEFAULT_MS: u64 = 5_000;
+/// Longest `?wait=ack&timeout_ms=`: an HTTP request should not hang for minutes.
+const WAIT_ACK_MAX_MS: u64 = 60_000;
+/// How often `?wait=ack` looks at the receipt.
+const WAIT_ACK_POLL: Duration = Duration::from_millis(20);
+
+pub(crate) fn publish_error(svc: &Services, e: Error, keep_alive: bool) -> Vec<u8> {
+    Metrics::inc(&svc.ctx.metrics.redis_publish_errors_total);
+    let broker = svc.backend.redis.as_ref().map_or("(none)", |r| r.display());
+    let (status, message) = match e {
+        Error::Unavailable(why) => (
+            503,
+            format!(
+                "broker {broker} is unavailable ({why}); nothing was published. Retry later, or use ?scope=local to deliver to this process only"
+            ),
+        ),
+        Error::Reply(words) => (502, format!("broker {broker} refused the publish: {words}")),
+    };
+    error(svc, status, &message, keep_alive)
+}
+
+fn published_json(published: &Published) -> serde_json::Value {
+    let mut answer =
+        json!({ "id": published.id, "seq": published.seq, "recipients": published.recipients });
+    if let Some(nodes) = published.nodes {
+        answer["nodes"] = nodes.into();
+    }
+    answer
+}
+
+/// `POST /api/broadcast`, `/api/users/{id}/messages`, `/api/rooms/{room}/messages`, with
+/// `?scope=local|cluster` and, for users, `?wait=ack&timeout_ms=N`.
+pub async fn publish_to(
+    svc: &Rc<Services>,
+    head: &Head,
+    target: Target,
+    body: &[u8],
+    keep_alive: bool,
+) -> Vec<u8> {
+    let local = match head.query_param("scope") {
+        None | Some("cluster") => false,
+        Some("local") => true,
+        Some(other) => {
+            let message =
+                format!("scope={other}: use scope=local (this process only) or scope=cluster");
+            return error(svc, 400, &message, keep_alive);
+        }
+    };
+    let wait_ack = match (head.query_param("wait"), &target) {
+        (None, _) => None,
+        (Some("ack"), Target::User(_)) => {
+            let timeout_ms = match head.query_param("timeout_ms").map(str::parse::<u64>) {
+                None => WAIT_ACK_DEFAULT_MS,
+                Some(Ok(ms)) if (1..=WAIT_ACK_MAX_MS).contains(&ms) => ms,
+                Some(_) => {
+                    let message = format!("timeout_ms: must be 1..={WAIT_ACK_MAX_MS}");
+                    return error(svc, 400, &message, keep_alive);
+                }
+            };
+            Some(Duration::from_millis(timeout_ms))
+        }
+        (Some("ack"), _) => {
+            let message = "wait=ack is for user messages; for rooms and broadcasts use GET /api/messages/{id}";
+            return error(svc, 400, message, keep_alive);
+        }
+        (Some(other), _) => {
+            return error(
+                svc,
+                400,
+                &format!("wait={other}: only wait=ack exists"),
+                keep_alive,
+            )
+        }
+    };
+    let publish = Publish {
+        target,
+        id: svc.ctx.next_message_id(),
+        from: None,
+        kind: json::classify(body),
+        payload: Bytes::copy_from_slice(body),
+    };
+    let outcome = if local {
+        svc.backend.publish_local(publish).await
+    } else {
+        svc.backend.publish(publish).await
+    };
+    let published = match outcome {
+        Ok(published) => published,
+        Err(e) => return publish_error(svc, e, keep_alive),
+    };
+    let mut answer = published_json(&published);
+    if let Some(timeout) = wait_ack {
+        let deadline = Instant::now() + timeout;
+        let (mut delivered, mut acked) = svc.backend.receipt_total(&published.id, &svc.hub).await;
+        while (delivered == 0 || acked < delivered) && Instant::now() < deadline {
+            glommio::timer::sleep(WAIT_ACK_POLL).await;
+            (delivered, acked) = svc.backend.receipt_total(&published.id, &svc.hub).await;
+        }
+        answer["delivered"] = delivered.into();
+        answer["acked"] = acked.into();
+        answer["timed_out"] = (delivered == 0 || acked < delivered).into();
+    }
+    json_response(200, answer, keep_alive)
+}
+
+/// `POST /api/batch`: `{"messages":[{"user":"1","data":...},{"room":"r","data":...},
+/// {"broadcast":true,"data":...}]}`, published concurrently; one result per message.
+pub async fn batch(svc: &Rc<Services>, body: &[u8], keep_alive: bool) -> Vec<u8> {
+    #[derive(serde::Deserialize)]
+    struct Item<'a> {
+        user: Option<String>,
+        room: Option<String>,
+        #[serde(default)]
+        broadcast: bool,
+        #[serde(borrow)]
+        data: Option<&'a serde_json::value::RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Batch<'a> {
+        #[serde(borrow)]
+        messages: Vec<Item<'a>>,
+    }
+    let batch: Batch<'_> = match serde_json::from_slice(body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            let message = format!("body must be {{\"messages\":[{{\"user\"|\"room\"|\"broadcast\": ..., \"data\": ...}}]}}: {e}");
+            return error(svc, 400, &message, keep_alive);
+        }
+    };
+    if batch.messages.len() > BATCH_TARGETS_MAX {
+        let message = format!(
+            "{} messages; at most {BATCH_TARGETS_MAX} per batch",
+            batch.messages.len()
+        );
+        return error(svc, 413, &message, keep_alive);
+    }
+    let mut publishes = Vec::with_capacity(batch.messages.len());
+    for (i, item) in batch.messages.iter().enumerate() {
+        let target = match (&item.user, &item.room, item.broadcast) {
+            (Some(user), None, false) => Target::User(user.clone()),
+            (None, Some(room), false) => Target::Room(room.clone()),
+            (None, None, true) => Target::All,
+            _ => {
+                let message =
+                    format!("messages[{i}]: give exactly one of user, room, broadcast:true");
+                return error(svc, 400, &message, keep_alive);
+            }
+        };
+        if let Target::User(name) | Target::Room(name) = &target {
+            if let Err(e) = check_name(name, svc.ctx.config.name_bytes_max) {
+                let message = format!("messages[{i}]: {}", e.message("target name"));
+                return error(svc, 400, &message, keep_alive);
+            }
+        }
+        let Some(data) = item.data else {
+            return error(svc, 400, &format!("messages[{i}]: no data"), keep_alive);
+        };
+        // The one JSON check (`json::is_strict`): RawValue alone would pass "\ud800", which
+        // strict client parsers refuse.
+        if let Err(e) = json::is_strict(data.get()) {
+            let message = format!("messages[{i}].data is not JSON every client can parse: {e}");
+            return error(svc, 400, &message, keep_alive);
+        }
+        publishes.push(Publish {
+            target,
+            id: svc.ctx.next_message_id(),
+            from: None,
+            kind: PayloadKind::Json,
+            payload: Bytes::copy_from_slice(data.get().as_bytes()),
+        });
+    }
+    let outcomes = svc.backend.publish_many(publishes).await;
+    let mut results = Vec::with_capacity(outcomes.len());
+    let mut recipients = 0u64;
+    for outcome in outcomes {
+        match outcome {
+            Ok(published) => {
+                recipients += published.recipients as u64;
+                results.push(published_json(&published));
+            }
+            Err(e) => results.push(json!({ "error": e.to_string() })),
+        }
+    }
+    json_response(
+        200,
+        json!({ "results": results, "recipients": recipients }),
+        keep_alive,
+    )
+}

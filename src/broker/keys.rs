@@ -1,0 +1,173 @@
+//! Every Redis name volley uses, and every Lua script it runs: the one place to read the
+//! cluster's data layout. Each name says what it holds and how long it lives.
+//!
+//! Owns names and scripts only; it sends nothing. Called by `backend::redis` (publish,
+//! history, inbox, receipts, presence, membership) and `broker::client` (the heartbeat);
+//! `front` and `api` never build a Redis name themselves.
+
+/// The names under one `--redis-prefix`; every name is `{prefix}:...`.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str) -> Keys {
+        Keys {
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Pub/sub channel `{prefix}:{channel}` of a volley channel (`all`, `user:<id>`,
+    /// `room:<name>`): envelopes (docs/ENVELOPE.md). A channel, not a key: nothing is stored.
+    pub fn channel(&self, channel: &str) -> String {
+        format!("{}:{channel}", self.prefix)
+    }
+
+    /// The volley channel a pub/sub channel name carries, or None when it is not ours.
+    pub fn channel_of<'a>(&self, redis_channel: &'a str) -> Option<&'a str> {
+        redis_channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(':')
+    }
+
+    /// String `{prefix}:seq:{channel}`: the channel's last seq (INCR by the publish script).
+    /// No TTL: numbering must never restart while clients hold seqs of the channel.
+    pub fn seq(&self, channel: &str) -> String {
+        format!("{}:seq:{channel}", self.prefix)
+    }
+
+    /// Stream `{prefix}:history:{channel}`: one entry `<seq>-0` per message, field `e` = the
+    /// envelope; capped at `--history-size` (MAXLEN), EXPIRE `--history-ttl-s` after the last
+    /// publish.
+    pub fn history(&self, channel: &str) -> String {
+        format!("{}:history:{channel}", self.prefix)
+    }
+
+    /// Hash `{prefix}:inbox:{user}`: seq -> envelope of user messages nobody received;
+    /// at most `--inbox-size` entries, EXPIRE `--inbox-ttl-s` after the last one stored.
+    pub fn inbox(&self, user: &str) -> String {
+        format!("{}:inbox:{user}", self.prefix)
+    }
+
+    /// Hash `{prefix}:inbox-deliveries:{user}`: seq -> delivery attempts of an inbox entry
+    /// (given up past `--inbox-deliveries-max`); same TTL as the inbox.
+    pub fn inbox_deliveries(&self, user: &str) -> String {
+        format!("{}:inbox-deliveries:{user}", self.prefix)
+    }
+
+    /// Hash `{prefix}:receipt:{id}`: fields `delivered` and `acked` of one message, summed
+    /// over every process; EXPIRE `RECEIPT_RETENTION_S`.
+    pub fn receipt(&self, id: &str) -> String {
+        format!("{}:receipt:{id}", self.prefix)
+    }
+
+    /// Hash `{prefix}:presence:{channel}`: for `user:<id>`, node -> connections; for
+    /// `room:<name>`, `node|member` -> connections. No TTL: entries of a node whose heartbeat
+    /// expired are removed when a presence read finds them.
+    pub fn presence(&self, channel: &str) -> String {
+        format!("{}:presence:{channel}", self.prefix)
+    }
+
+    /// String `{prefix}:node:{node}`: a node's heartbeat, EXPIRE `--presence-ttl-s`.
+    pub fn node(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    /// Set `{prefix}:nodes`: every node that has beaten at least once. No TTL: a member
+    /// whose heartbeat key is gone is a dead node.
+    pub fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+}
+
+/// Numbers, stores and publishes in one step: INCR the channel's counter, write the number
+/// into the envelope's fixed 8-byte `seq` slot, append it to the channel's history stream
+/// (entry id `<seq>-0`, trimmed to the history size), PUBLISH, and, when nobody received it
+/// on a user channel, keep it in the user's inbox. Redis runs scripts atomically, so
+/// sequence order is history order is publish order everywhere.
+///
+/// KEYS: seq, channel, history, inbox, inbox deliveries.
+/// ARGV: envelope, seq offset, history size, history ttl, inbox size, inbox ttl.
+/// Returns {seq, receivers}.
+pub const PUBLISH_SCRIPT: &str = r#"
+local seq = redis.call('INCR', KEYS[1])
+local at = tonumber(ARGV[2])
+local hi = math.floor(seq / 4294967296)
+local lo = seq % 4294967296
+local envelope = string.sub(ARGV[1], 1, at) .. struct.pack('>I4I4', hi, lo) .. string.sub(ARGV[1], at + 9)
+local history_size = tonumber(ARGV[3])
+if history_size > 0 then
+  redis.call('XADD', KEYS[3], 'MAXLEN', history_size, string.format('%d-0', seq), 'e', envelope)
+  redis.call('EXPIRE', KEYS[3], ARGV[4])
+end
+local receivers = redis.call('PUBLISH', KEYS[2], envelope)
+local inbox_size = tonumber(ARGV[5])
+if receivers == 0 and inbox_size > 0 then
+  redis.call('HSET', KEYS[4], seq, envelope)
+  if redis.call('HLEN', KEYS[4]) > inbox_size then
+    local kept = redis.call('HKEYS', KEYS[4])
+    table.sort(kept, function(a, b) return tonumber(a) < tonumber(b) end)
+    for i = 1, #kept - inbox_size do
+      redis.call('HDEL', KEYS[4], kept[i])
+      redis.call('HDEL', KEYS[5], kept[i])
+    end
+  end
+  redis.call('EXPIRE', KEYS[4], ARGV[6])
+  redis.call('EXPIRE', KEYS[5], ARGV[6])
+end
+return {seq, receivers}
+"#;
+
+/// Reads the channel's current seq and its history after a seq, atomically.
+///
+/// KEYS: seq, history. ARGV: first entry id (`<since+1>-0`), count.
+/// Returns {current, entries}.
+pub const HISTORY_SCRIPT: &str = r#"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
+return {current, entries}
+"#;
+
+/// Takes a user's inbox for one more delivery attempt; gives up messages delivered
+/// `ARGV[1]` times already.
+///
+/// KEYS: inbox, inbox deliveries. ARGV: attempts max. Returns {given_up, envelopes}.
+pub const INBOX_TAKE_SCRIPT: &str = r#"
+local all = redis.call('HGETALL', KEYS[1])
+local out = {}
+local given_up = 0
+for i = 1, #all, 2 do
+  local n = redis.call('HINCRBY', KEYS[2], all[i], 1)
+  if n > tonumber(ARGV[1]) then
+    redis.call('HDEL', KEYS[1], all[i])
+    redis.call('HDEL', KEYS[2], all[i])
+    given_up = given_up + 1
+  else
+    table.insert(out, all[i + 1])
+  end
+end
+return {given_up, out}
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_prefixed_and_channels_round_trip() {
+        let keys = Keys::new("volley");
+        assert_eq!(keys.channel("room:lobby"), "volley:room:lobby");
+        assert_eq!(keys.channel_of("volley:room:lobby"), Some("room:lobby"));
+        assert_eq!(keys.channel_of("other:room:lobby"), None);
+        assert_eq!(keys.channel_of("volleyx:all"), None);
+        assert_eq!(keys.seq("all"), "volley:seq:all");
+        assert_eq!(keys.history("user:ann"), "volley:history:user:ann");
+        assert_eq!(keys.inbox("ann"), "volley:inbox:ann");
+        assert_eq!(keys.inbox_deliveries("ann"), "volley:inbox-deliveries:ann");
+        assert_eq!(keys.receipt("n-0-1"), "volley:receipt:n-0-1");
+        assert_eq!(keys.presence("room:a"), "volley:presence:room:a");
+        assert_eq!(keys.node("abc"), "volley:node:abc");
+        assert_eq!(keys.nodes(), "volley:nodes");
+    }
+}

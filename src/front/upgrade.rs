@@ -1,0 +1,227 @@
+//! The WebSocket upgrade on `/ws`: the RFC 6455 checks (`ws::handshake`), who is
+//! connecting (a verified token, or `?user=` in open mode), what it speaks (`?protocol=`),
+//! what it resumes (`?resume=`), and a slot under `--max-connections`; then the 101.
+//!
+//! Called by `front::serve_http`; the accepted socket goes back to the shard as
+//! [`Upgraded`].
+
+use std::rc::Rc;
+
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use serde_json::json;
+
+use crate::auth;
+use crate::config::ClientAuth;
+use crate::envelope::Target;
+use crate::http::{self, Head, Method};
+use crate::metrics::Metrics;
+use crate::protocol::{check_name, Codec, Session};
+use crate::services::Services;
+use crate::ws::handshake;
+
+/// Longest `?resume=` token: room names are short, and rooms per connection are bounded.
+const RESUME_TOKEN_BYTES_MAX: usize = 16 * 1024;
+
+/// An accepted upgrade, 101 written: the socket, the bytes the client sent behind its
+/// request, who it is and what it resumes.
+pub struct Upgraded {
+    pub stream: TcpStream,
+    pub early: Vec<u8>,
+    pub session: Session,
+    pub resume: Vec<(Target, u64)>,
+}
+
+/// `GET /ws`: check the upgrade, reserve a connection slot, answer 101, hand the socket
+/// over. None when it was refused (the answer is written).
+pub async fn upgrade(
+    svc: &Rc<Services>,
+    mut stream: TcpStream,
+    mut buf: Vec<u8>,
+    head: &Head,
+) -> Option<Upgraded> {
+    let refuse = |status: u16, message: &str, extra: &[(&str, &str)]| {
+        Metrics::inc(&svc.ctx.metrics.http_errors_total);
+        let body = json!({ "error": message }).to_string();
+        http::response(status, "application/json", body.as_bytes(), false, extra)
+    };
+    if head.method != Method::Get {
+        let mut response = refuse(
+            405,
+            "/ws accepts only GET (a WebSocket upgrade)",
+            &[("Allow", "GET")],
+        );
+        // RFC 9110 §9.3.2: no content in an answer to HEAD, whatever its status.
+        if head.method == Method::Head {
+            http::strip_body(&mut response);
+        }
+        let _ = stream.write_all(&response).await;
+        return None;
+    }
+    let accept = match handshake::check(head) {
+        Ok(accept) => accept,
+        Err(reject) => {
+            let extra: &[(&str, &str)] = if reject.status() == 426 {
+                &[("Sec-WebSocket-Version", "13")]
+            } else {
+                &[]
+            };
+            let response = refuse(reject.status(), reject.reason(), extra);
+            let _ = stream.write_all(&response).await;
+            return None;
+        }
+    };
+    if !svc.ctx.is_accepting() {
+        let _ = stream
+            .write_all(&refuse(
+                503,
+                "server shutting down",
+                &[("Retry-After", "1")],
+            ))
+            .await;
+        return None;
+    }
+    let (session, resume) = match identify(svc, head) {
+        Ok(identified) => identified,
+        Err((status, message)) => {
+            let extra: &[(&str, &str)] = if status == 401 {
+                &[("WWW-Authenticate", "Bearer")]
+            } else {
+                &[]
+            };
+            let _ = stream.write_all(&refuse(status, &message, extra)).await;
+            return None;
+        }
+    };
+    if !svc.ctx.shared.try_reserve_connection() {
+        Metrics::inc(&svc.ctx.metrics.rejected_full_total);
+        let message = format!(
+            "server full: {} connections (--max-connections); try another server or later",
+            svc.ctx.config.max_connections
+        );
+        let _ = stream
+            .write_all(&refuse(503, &message, &[("Retry-After", "5")]))
+            .await;
+        return None;
+    }
+    if stream
+        .write_all(&handshake::response_101(&accept))
+        .await
+        .is_err()
+    {
+        svc.ctx.shared.release_connection();
+        return None;
+    }
+    let early = buf.split_off(head.head_len);
+    drop(buf);
+    Some(Upgraded {
+        stream,
+        early,
+        session,
+        resume,
+    })
+}
+
+/// A resume token: base64url (no padding) of a JSON object mapping channels to the last seq
+/// the client saw, e.g. `{"user:ann":17,"room:lobby":5,"all":3}` (docs/PROTOCOL.md). Rooms
+/// in it are joined again (subject to the token's permissions); a user channel must be the
+/// client's own.
+pub fn parse_resume(
+    token: &str,
+    user: Option<&str>,
+    rooms_max: usize,
+) -> Result<Vec<(Target, u64)>, String> {
+    use base64::Engine;
+    if token.len() > RESUME_TOKEN_BYTES_MAX {
+        return Err(format!(
+            "{} bytes; at most {RESUME_TOKEN_BYTES_MAX}",
+            token.len()
+        ));
+    }
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token.trim_end_matches('='))
+        .map_err(|_| "not base64url".to_string())?;
+    let map: std::collections::BTreeMap<String, u64> = serde_json::from_slice(&json)
+        .map_err(|_| "not a JSON object of channel -> seq, e.g. {\"user:ann\":17}".to_string())?;
+    if map.len() > rooms_max + 2 {
+        return Err(format!("{} channels; at most {}", map.len(), rooms_max + 2));
+    }
+    map.into_iter()
+        .map(|(channel, seq)| {
+            let target = Target::parse(&channel)
+                .ok_or_else(|| format!("{channel:?} is not all, user:<id> or room:<name>"))?;
+            if let Target::User(id) = &target {
+                if Some(id.as_str()) != user {
+                    return Err(format!(
+                        "{channel:?}: you can resume only your own user channel"
+                    ));
+                }
+            }
+            Ok((target, seq))
+        })
+        .collect()
+}
+
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A `Bearer` credential from the Authorization header.
+pub fn bearer(head: &Head) -> Option<&str> {
+    auth::bearer_token(head.header("authorization")?).ok()
+}
+
+/// Who is connecting and with which codec: a verified token when a JWT key is set (401
+/// with the reason otherwise), or `?user=` in open mode.
+/// Channels to recover at connect, each with the last seq the client saw.
+type Resume = Vec<(Target, u64)>;
+
+fn identify(svc: &Services, head: &Head) -> Result<(Session, Resume), (u16, String)> {
+    let codec = Codec::parse(head.query_param("protocol")).map_err(|e| (400, e))?;
+    let (user, claims) = match &svc.ctx.config.client_auth {
+        ClientAuth::Jwt(verifier) => {
+            let token = head
+                .query_param("token")
+                .or_else(|| bearer(head))
+                .ok_or_else(|| {
+                    (
+                        401,
+                        "missing token: send ?token=<JWT> or Authorization: Bearer <JWT>"
+                            .to_string(),
+                    )
+                })?;
+            let claims = verifier
+                .verify(token, unix_now_s())
+                .map_err(|e| (401, format!("invalid token: {e}")))?;
+            (Some(Rc::from(claims.sub.as_str())), Some(Rc::new(claims)))
+        }
+        ClientAuth::Open => {
+            let user = match head.query_param("user") {
+                None => None,
+                Some(raw) => {
+                    let user = http::percent_decode(raw)
+                        .ok_or_else(|| (400, "user: bad percent-encoding".to_string()))?;
+                    check_name(&user, svc.ctx.config.name_bytes_max)
+                        .map_err(|e| (400, e.message("user")))?;
+                    Some(Rc::from(user.as_ref()))
+                }
+            };
+            (user, None)
+        }
+    };
+    let resume = match head.query_param("resume") {
+        None => Vec::new(),
+        Some(token) => parse_resume(
+            token,
+            user.as_deref(),
+            svc.ctx.config.rooms_per_connection_max,
+        )
+        .map_err(|e| (400, format!("resume: {e}")))?,
+    };
+    Ok((
+        Session::new(codec, user, claims, svc.ctx.config.client_publish_burst),
+        resume,
+    ))
+}

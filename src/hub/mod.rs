@@ -1,0 +1,424 @@
+//! The data plane of one shard: connections by key, delivery of a message into their
+//! queues (each codec's frame encoded once), the user/room index, the recovery seam that
+//! holds live messages back during a replay, and the receipts of what was delivered.
+//!
+//! No Redis, no wire format beyond "this codec encodes this message" (`frames`), and no
+//! I/O of its own: a connection's socket is read and written only inside `Conn::poll`,
+//! which the shard's per-connection task calls through [`Hub::poll`]. Nothing here spawns
+//! or sleeps. Built by `shard`; used by `services`, `backend::local` (local delivery),
+//! `protocol` and `front` (inserting an upgraded connection).
+
+pub mod frames;
+pub mod index;
+pub mod receipts;
+pub mod recovery;
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use glommio::net::TcpStream;
+use slab::Slab;
+
+use crate::config::WRITE_SCRATCH_BYTES;
+use crate::config::{READ_SCRATCH_BYTES, RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S};
+use crate::conn::{Conn, ConnKey, ConnLimits, ConnState, PollEnv};
+use crate::ctx::Ctx;
+use crate::envelope::Target;
+use crate::mesh::{Delivery, Presence};
+use crate::metrics::Metrics;
+use crate::protocol::{Codec, Inbound, Session};
+use crate::ws::frame::{self, close_code, OpCode};
+use frames::Frames;
+use index::{Change, Index};
+use receipts::{Receipt, Receipts};
+use recovery::Admit;
+
+/// Most connections a shard reserves slab room for at start (address space, not RSS).
+const SLAB_RESERVE_MAX: usize = 1 << 20;
+
+pub struct Hub {
+    ctx: Rc<Ctx>,
+    conns: RefCell<Slab<Conn>>,
+    next_generation: Cell<u32>,
+    /// Every socket read on this shard lands here first; connections own no read buffer.
+    read_buf: RefCell<Box<[u8]>>,
+    /// Queued frames of one connection are joined here into one send.
+    write_buf: RefCell<Box<[u8]>>,
+    limits: ConnLimits,
+    /// One empty Ping, encoded once and shared by every connection at every ping round.
+    ping_frame: Bytes,
+    /// Who is connected as which user and in which rooms, on this shard.
+    index: RefCell<Index>,
+    receipts: RefCell<Receipts>,
+}
+
+/// What a removed connection leaves behind, for the services to update interest,
+/// presence and room events.
+pub struct Removed {
+    pub session: Session,
+    /// Rooms it was in, with whether it was the last local member.
+    pub rooms: Vec<(Rc<str>, Change)>,
+    /// Whether it was its user's last local connection.
+    pub user_change: Change,
+}
+
+impl Hub {
+    pub fn new(ctx: Rc<Ctx>) -> Hub {
+        let config = &ctx.config;
+        let slab_reserve = config
+            .max_connections
+            .div_ceil(config.shards)
+            .min(SLAB_RESERVE_MAX);
+        let limits = ConnLimits {
+            outbound_frames_max: config.outbound_frames_max,
+            outbound_bytes_max: config.outbound_bytes_max,
+            decode: frame::Limits {
+                message_bytes_max: config.message_bytes_max,
+            },
+            close_timeout_s: config.close_timeout.as_secs().max(1) as u32,
+        };
+        Hub {
+            // Reserved for this shard's share of --max-connections up front: the pages are
+            // only touched (and resident) as connections arrive, and the slab never moves,
+            // so there is no doubling copy, and no freed old array left behind in RSS.
+            conns: RefCell::new(Slab::with_capacity(slab_reserve)),
+            next_generation: Cell::new(0),
+            read_buf: RefCell::new(vec![0; READ_SCRATCH_BYTES].into_boxed_slice()),
+            write_buf: RefCell::new(vec![0; WRITE_SCRATCH_BYTES].into_boxed_slice()),
+            limits,
+            ping_frame: frame::encode(OpCode::Ping, &[]),
+            index: RefCell::new(Index::default()),
+            receipts: RefCell::new(Receipts::new(RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S)),
+            ctx,
+        }
+    }
+
+    /// The shard-wide read buffer: borrow it only inside one poll, never across an await.
+    pub fn scratch(&self) -> &RefCell<Box<[u8]>> {
+        &self.read_buf
+    }
+
+    /// Open and closing connections on this shard.
+    pub fn len(&self) -> usize {
+        self.conns.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Takes an upgraded socket in. `early` holds bytes the client sent right behind its
+    /// upgrade request; they are decoded now and their messages returned for dispatch. The
+    /// user (if any) is indexed; returns whether this was the user's first local connection.
+    pub fn insert(
+        &self,
+        stream: TcpStream,
+        early: &mut [u8],
+        session: Session,
+    ) -> (ConnKey, Vec<Inbound>, Change) {
+        let now_s = self.ctx.now_s();
+        let generation = self.next_generation.get();
+        self.next_generation.set(generation.wrapping_add(1));
+        let user = session.user.clone();
+        let mut conn = Conn::new(stream, generation, now_s, session);
+        let mut inbound = Vec::new();
+        if !early.is_empty() {
+            conn.on_input(early, &self.limits, &self.ctx.metrics, now_s, &mut inbound);
+        }
+        let index = self.conns.borrow_mut().insert(conn);
+        let key = ConnKey {
+            index: index as u32,
+            generation,
+        };
+        let change = match &user {
+            Some(user) => self.index.borrow_mut().add_user(user, key).1,
+            None => Change::None,
+        };
+        Metrics::inc(&self.ctx.metrics.connections);
+        Metrics::inc(&self.ctx.metrics.upgrades_total);
+        (key, inbound, change)
+    }
+
+    /// Takes a finished connection out of the slab and the index. None for a stale key.
+    pub fn remove(&self, key: ConnKey) -> Option<Removed> {
+        let mut conns = self.conns.borrow_mut();
+        let matches = conns
+            .get(key.index as usize)
+            .is_some_and(|c| c.generation() == key.generation);
+        if !matches {
+            return None;
+        }
+        // Dropping the Conn closes the socket.
+        let conn = conns.remove(key.index as usize);
+        drop(conns);
+        let mut index = self.index.borrow_mut();
+        let user_change = match &conn.session.user {
+            Some(user) => index.remove_user(user, key),
+            None => Change::None,
+        };
+        let rooms = index.leave_all(key);
+        drop(index);
+        let open = self.ctx.metrics.connections.get();
+        debug_assert!(open > 0);
+        self.ctx.metrics.connections.set(open - 1);
+        Metrics::inc(&self.ctx.metrics.disconnects_total);
+        Some(Removed {
+            session: conn.into_session(),
+            rooms,
+            user_change,
+        })
+    }
+
+    /// Polls one connection's socket (read, write, close handshake). Client data messages
+    /// read in this poll land in `inbound`, to be handled with no borrow held.
+    pub fn poll(&self, key: ConnKey, cx: &mut Context<'_>, inbound: &mut Vec<Inbound>) -> Poll<()> {
+        let mut conns = self.conns.borrow_mut();
+        let Some(conn) = conns.get_mut(key.index as usize) else {
+            return Poll::Ready(());
+        };
+        if conn.generation() != key.generation {
+            return Poll::Ready(());
+        }
+        let mut read_buf = self.read_buf.borrow_mut();
+        let mut write_buf = self.write_buf.borrow_mut();
+        let mut env = PollEnv {
+            read_buf: &mut read_buf,
+            write_buf: &mut write_buf,
+            limits: &self.limits,
+            metrics: &self.ctx.metrics,
+            now_s: self.ctx.now_s(),
+            inbound,
+        };
+        conn.poll(cx, &mut env)
+    }
+
+    /// Runs `f` on a live connection's session.
+    pub fn with_session<R>(&self, key: ConnKey, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        let mut conns = self.conns.borrow_mut();
+        let conn = conns.get_mut(key.index as usize)?;
+        if conn.generation() != key.generation {
+            return None;
+        }
+        Some(f(&mut conn.session))
+    }
+
+    pub fn codec(&self, key: ConnKey) -> Option<Codec> {
+        self.with_session(key, |s| s.codec)
+    }
+
+    /// Queues a frame (a reply, a replayed message) to one connection, under the same
+    /// limits as any message.
+    pub fn send(&self, key: ConnKey, frame: Bytes) {
+        let now_s = self.ctx.now_s();
+        let mut conns = self.conns.borrow_mut();
+        if let Some(conn) = conns.get_mut(key.index as usize) {
+            if conn.generation() == key.generation {
+                conn.push(frame, &self.limits, &self.ctx.metrics, now_s);
+            }
+        }
+    }
+
+    /// Starts closing one connection with a close code.
+    pub fn close(&self, key: ConnKey, code: u16, reason: &str) {
+        let now_s = self.ctx.now_s();
+        let mut conns = self.conns.borrow_mut();
+        if let Some(conn) = conns.get_mut(key.index as usize) {
+            if conn.generation() == key.generation {
+                conn.close(code, reason, &self.limits, now_s);
+            }
+        }
+    }
+
+    /// Frames queued to an open connection; None once it is gone or closing.
+    pub fn queued_frames(&self, key: ConnKey) -> Option<usize> {
+        self.conns
+            .borrow()
+            .get(key.index as usize)
+            .filter(|c| c.generation() == key.generation && c.is_open())
+            .map(|c| c.queued_frames())
+    }
+
+    /// Queues a delivery to the local recipients of its target, each connection getting the
+    /// frame of its codec (encoded once per delivery), and records its receipt; returns how
+    /// many connections it was queued to.
+    pub fn deliver(&self, delivery: &Delivery) -> u32 {
+        let metrics = &self.ctx.metrics;
+        Metrics::inc(&metrics.broadcasts_total);
+        let now_s = self.ctx.now_s();
+        let mut frames = Frames::new(delivery);
+        let mut queued = 0;
+        let mut conns = self.conns.borrow_mut();
+        let mut channel: Option<String> = None;
+        let limits = &self.limits;
+        let mut push = |conn: &mut Conn| {
+            let frame = frames.for_codec(conn.session.codec);
+            if let Some(recovering) = conn.session.recovering.as_mut() {
+                let channel = channel.get_or_insert_with(|| delivery.publish.target.to_string());
+                match recovering.admit(channel, delivery.seq, &frame) {
+                    Admit::Pass => {}
+                    Admit::Held => {
+                        queued += 1;
+                        return;
+                    }
+                    Admit::Duplicate => return,
+                    Admit::Overflow => {
+                        Metrics::inc(&metrics.slow_consumer_closes_total);
+                        conn.close(
+                            close_code::POLICY,
+                            "slow consumer: too much held during recovery",
+                            limits,
+                            now_s,
+                        );
+                        return;
+                    }
+                }
+            }
+            if conn.push(frame, limits, metrics, now_s) {
+                queued += 1;
+            }
+        };
+        let index = self.index.borrow();
+        let keys = match &delivery.publish.target {
+            Target::All => {
+                for (_, conn) in conns.iter_mut() {
+                    push(conn);
+                }
+                &[][..]
+            }
+            Target::User(user) => index.user_conns(user),
+            Target::Room(room) => index.room_conns(room),
+        };
+        for key in keys {
+            if let Some(conn) = conns.get_mut(key.index as usize) {
+                if conn.generation() == key.generation {
+                    push(conn);
+                }
+            }
+        }
+        drop(index);
+        drop(conns);
+        // Receipts only where something was delivered: a shard with no recipient keeps no
+        // entry (the table is bounded, and empty entries would evict real ones).
+        if let (Some(seq), true) = (delivery.seq, queued > 0) {
+            let channel = channel.unwrap_or_else(|| delivery.publish.target.to_string());
+            self.receipts
+                .borrow_mut()
+                .record(&delivery.publish.id, &channel, seq, queued, now_s);
+        }
+        queued
+    }
+
+    /// Puts a connection in a room; `Change::None` when it already was.
+    pub fn join(&self, room: &str, key: ConnKey) -> Change {
+        self.index.borrow_mut().join(room, key)
+    }
+
+    /// Takes a connection out of a room; `Change::None` when it was not in.
+    pub fn leave(&self, room: &str, key: ConnKey) -> Change {
+        self.index.borrow_mut().leave(room, key)
+    }
+
+    pub fn room_count_of(&self, key: ConnKey) -> usize {
+        self.index.borrow().rooms_of(key).len()
+    }
+
+    pub fn is_in_room(&self, key: ConnKey, room: &str) -> bool {
+        self.index
+            .borrow()
+            .rooms_of(key)
+            .iter()
+            .any(|r| &**r == room)
+    }
+
+    /// The local connections of a user.
+    pub fn user_conns(&self, user: &str) -> Vec<ConnKey> {
+        self.index.borrow().user_conns(user).to_vec()
+    }
+
+    /// A user's connections or a room's members on this shard.
+    pub fn lookup(&self, target: &Target) -> Presence {
+        let index = self.index.borrow();
+        match target {
+            Target::User(user) => Presence {
+                connections: index.user_conns(user).len() as u32,
+                users: Vec::new(),
+            },
+            Target::Room(room) => {
+                let keys = index.room_conns(room);
+                let conns = self.conns.borrow();
+                let mut users: Vec<String> = keys
+                    .iter()
+                    .filter_map(|k| conns.get(k.index as usize))
+                    .filter_map(|c| c.session.user.as_deref().map(str::to_string))
+                    .collect();
+                users.sort_unstable();
+                users.dedup();
+                Presence {
+                    connections: keys.len() as u32,
+                    users,
+                }
+            }
+            Target::All => Presence {
+                connections: self.len() as u32,
+                users: Vec::new(),
+            },
+        }
+    }
+
+    /// Counts a client's ack of (channel, seq); the acked message's id, or None when no
+    /// recent message here matches.
+    pub fn ack(&self, channel: &str, seq: u64) -> Option<String> {
+        self.receipts
+            .borrow_mut()
+            .ack(channel, seq)
+            .map(str::to_string)
+    }
+
+    /// (delivered, acked) of a message on this shard.
+    pub fn receipt(&self, id: &str) -> Receipt {
+        self.receipts.borrow().get(id).unwrap_or_default()
+    }
+
+    /// One pass over the slab: pings every open connection when `ping_due`, closes idle
+    /// ones, cuts off closing ones past their deadline and ends finished recoveries. One
+    /// pass replaces a timer per connection.
+    pub fn sweep(&self, now_s: u32, ping_due: bool) {
+        let idle_s = self.ctx.config.idle_timeout_s;
+        let metrics = &self.ctx.metrics;
+        for (_, conn) in self.conns.borrow_mut().iter_mut() {
+            if let Some(recovering) = conn.session.recovering.as_mut() {
+                if recovering.expire(now_s) {
+                    conn.session.recovering = None;
+                }
+            }
+            match conn.state() {
+                ConnState::Open if now_s.saturating_sub(conn.last_rx_s()) >= idle_s => {
+                    Metrics::inc(&metrics.idle_closes_total);
+                    conn.close(close_code::GOING_AWAY, "idle timeout", &self.limits, now_s);
+                }
+                ConnState::Open if ping_due => {
+                    conn.push(self.ping_frame.clone(), &self.limits, metrics, now_s);
+                }
+                ConnState::Open => {}
+                ConnState::Dead => {}
+                _ if now_s >= conn.deadline_s() => conn.kill(),
+                _ => {}
+            }
+        }
+    }
+
+    /// Expires old receipts only (the sweep's every-second part).
+    pub fn expire_receipts(&self, now_s: u32) {
+        self.receipts.borrow_mut().expire(now_s);
+    }
+
+    /// Queues a close frame to every open connection.
+    pub fn close_all(&self, code: u16, reason: &str) {
+        let now_s = self.ctx.now_s();
+        for (_, conn) in self.conns.borrow_mut().iter_mut() {
+            conn.close(code, reason, &self.limits, now_s);
+        }
+    }
+}

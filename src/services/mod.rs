@@ -1,0 +1,528 @@
+//! What a shard does for users and rooms, above the data plane and the backend: a
+//! connection arriving and leaving (subscriptions, presence, room events), joins and
+//! leaves under the token's permissions, publish and recover checks, acks, server-side
+//! membership, what arrives from Redis subscriptions and from other shards.
+//!
+//! Protocol-neutral: answers are values (`Refusal`, `Published`) or frames a codec made;
+//! nothing here knows a wire format. Holds no state of its own beyond handles to the
+//! shard's context, hub and backend, so it can be built around a test hub. Called by
+//! `protocol` (client ops), `api` (HTTP), and `shard` (connects, disconnects, the mesh
+//! and broker loops). Every task it starts goes through `ctx.tasks`.
+
+pub mod recovery;
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::backend::Backend;
+use crate::broker::client::Incoming;
+use crate::conn::ConnKey;
+use crate::ctx::Ctx;
+use crate::envelope::{self, PayloadKind, Target, FLAG_CONTROL};
+use crate::hub::{Hub, Removed};
+use crate::log;
+use crate::mesh::{Delivery, Presence, Publish, ShardMsg, ShardReport};
+use crate::metrics::Metrics;
+use crate::protocol::{self, check_name, ErrorCode, Ref};
+
+/// An op refused: the code and the words the client gets.
+pub type Refusal = (ErrorCode, String);
+
+/// At most one log line per this many seconds for undecodable Redis messages.
+const ENVELOPE_ERROR_LOG_INTERVAL_S: u32 = 10;
+
+pub struct Services {
+    pub ctx: Rc<Ctx>,
+    pub hub: Rc<Hub>,
+    pub backend: Rc<Backend>,
+    envelope_error_logged_s: Cell<Option<u32>>,
+}
+
+impl Services {
+    pub fn new(ctx: Rc<Ctx>, hub: Rc<Hub>, backend: Rc<Backend>) -> Services {
+        Services {
+            ctx,
+            hub,
+            backend,
+            envelope_error_logged_s: Cell::new(None),
+        }
+    }
+
+    /// A connection was inserted into the hub: subscribe to what it receives and count
+    /// its user as present.
+    pub fn connected(&self, key: ConnKey) {
+        self.backend.interest("all", true);
+        let user = self.hub.with_session(key, |s| s.user.clone()).flatten();
+        if let Some(user) = user {
+            let channel = format!("user:{user}");
+            self.backend.interest(&channel, true);
+            self.backend
+                .presence_change(&channel, self.ctx.node_id(), 1);
+        }
+    }
+
+    /// A connection left the hub: unsubscribe, update presence, tell its rooms.
+    pub fn disconnected(self: &Rc<Self>, removed: Removed) {
+        self.backend.interest("all", false);
+        let user = removed.session.user.as_deref();
+        if let Some(user) = user {
+            let channel = format!("user:{user}");
+            self.backend.interest(&channel, false);
+            self.backend
+                .presence_change(&channel, self.ctx.node_id(), -1);
+        }
+        let member = user.unwrap_or("");
+        for (room, _) in removed.rooms {
+            let channel = format!("room:{room}");
+            self.backend.interest(&channel, false);
+            self.backend.presence_change(&channel, member, -1);
+            self.room_event(&room, member, "leave");
+        }
+        self.ctx.shared.release_connection();
+    }
+
+    /// The member name presence counts a connection under: its user, or "" if anonymous.
+    fn member_name(&self, key: ConnKey) -> String {
+        self.hub
+            .with_session(key, |s| s.user.as_deref().unwrap_or("").to_string())
+            .unwrap_or_default()
+    }
+
+    /// Puts one connection in a room, or says why not.
+    pub fn join_room(self: &Rc<Self>, key: ConnKey, room: &str) -> Result<(), Refusal> {
+        check_name(room, self.ctx.config.name_bytes_max)
+            .map_err(|e| (ErrorCode::BadField, e.message("room name")))?;
+        let allowed = self
+            .hub
+            .with_session(key, |s| s.claims.as_ref().is_none_or(|c| c.may_join(room)))
+            .unwrap_or(false);
+        if !allowed {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("your token does not allow joining room {room:?}"),
+            ));
+        }
+        let max = self.ctx.config.rooms_per_connection_max;
+        if self.hub.room_count_of(key) >= max {
+            return Err((
+                ErrorCode::TooLarge,
+                format!("already in {max} rooms (--rooms-per-connection-max); leave one first"),
+            ));
+        }
+        self.join_unchecked(key, room);
+        Ok(())
+    }
+
+    fn join_unchecked(self: &Rc<Self>, key: ConnKey, room: &str) -> bool {
+        if self.hub.join(room, key) == crate::hub::index::Change::None {
+            return false;
+        }
+        let channel = format!("room:{room}");
+        self.backend.interest(&channel, true);
+        let member = self.member_name(key);
+        self.backend.presence_change(&channel, &member, 1);
+        self.room_event(room, &member, "join");
+        true
+    }
+
+    pub fn leave_room(self: &Rc<Self>, key: ConnKey, room: &str) -> Result<(), Refusal> {
+        if self.hub.leave(room, key) == crate::hub::index::Change::None {
+            return Err((ErrorCode::NotFound, format!("not in room {room:?}")));
+        }
+        let channel = format!("room:{room}");
+        self.backend.interest(&channel, false);
+        let member = self.member_name(key);
+        self.backend.presence_change(&channel, &member, -1);
+        self.room_event(room, &member, "leave");
+        Ok(())
+    }
+
+    /// With `--room-events`, tells a room's members that someone joined or left: a message
+    /// on the room's channel, `{"presence":"join"|"leave","user":<id or null>}`, sequenced
+    /// like any other so it takes its place in history and recovery.
+    pub fn room_event(self: &Rc<Self>, room: &str, member: &str, event: &str) {
+        if !self.ctx.config.room_events {
+            return;
+        }
+        let user = (!member.is_empty()).then_some(member);
+        let publish = Publish {
+            target: Target::Room(room.to_string()),
+            id: self.ctx.next_message_id(),
+            from: user.map(|u| format!("user:{u}")),
+            kind: PayloadKind::Json,
+            payload: Bytes::from(json!({ "presence": event, "user": user }).to_string()),
+        };
+        let backend = self.backend.clone();
+        // Best effort: a lost presence event costs nobody a message.
+        let spawned = self.ctx.tasks.spawn(async move {
+            let _ = backend.publish(publish).await;
+        });
+        if spawned.is_err() {
+            Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+        }
+    }
+
+    /// Every local connection of `user` joins (or leaves) `room`; returns how many changed.
+    pub fn membership(self: &Rc<Self>, room: &str, user: &str, join: bool) -> u32 {
+        let mut changed = 0;
+        for key in self.hub.user_conns(user) {
+            let did = if join {
+                self.join_unchecked(key, room)
+            } else {
+                self.leave_room(key, room).is_ok()
+            };
+            changed += did as u32;
+        }
+        changed
+    }
+
+    /// A control message from Redis for a user's connections (cluster-wide membership).
+    fn apply_control(self: &Rc<Self>, target: &Target, payload: &[u8]) -> u32 {
+        let Target::User(user) = target else {
+            return 0;
+        };
+        let Ok(control) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            Metrics::inc(&self.ctx.metrics.redis_envelope_errors_total);
+            return 0;
+        };
+        let (Some(op), Some(room)) = (control["op"].as_str(), control["room"].as_str()) else {
+            Metrics::inc(&self.ctx.metrics.redis_envelope_errors_total);
+            return 0;
+        };
+        match op {
+            "join" => self.membership(room, user, true),
+            "leave" => self.membership(room, user, false),
+            _ => {
+                Metrics::inc(&self.ctx.metrics.redis_envelope_errors_total);
+                0
+            }
+        }
+    }
+
+    /// Checks that a connection may publish to `target` now (permissions, names, rate).
+    pub fn may_publish(&self, key: ConnKey, target: &Target) -> Result<(), Refusal> {
+        let (kind, name) = match target {
+            Target::Room(room) => ("room", room.as_str()),
+            Target::User(user) => ("user", user.as_str()),
+            Target::All => {
+                return Err((
+                    ErrorCode::Forbidden,
+                    "clients cannot broadcast to everyone".into(),
+                ))
+            }
+        };
+        check_name(name, self.ctx.config.name_bytes_max)
+            .map_err(|e| (ErrorCode::BadField, e.message(&format!("{kind} name"))))?;
+        let now_ms = self.ctx.now_ms();
+        let (rate, burst) = (
+            self.ctx.config.client_publish_rate,
+            self.ctx.config.client_publish_burst,
+        );
+        let verdict = self.hub.with_session(key, |s| {
+            if !s.claims.as_ref().is_none_or(|c| c.may_publish(kind, name)) {
+                return Err((
+                    ErrorCode::Forbidden,
+                    format!("your token does not allow publishing to {kind}:{name}"),
+                ));
+            }
+            if !s.publish_bucket.take(now_ms, rate, burst) {
+                return Err((
+                    ErrorCode::RateLimited,
+                    format!("more than {rate} publishes per second (burst {burst}); slow down"),
+                ));
+            }
+            Ok(())
+        });
+        verdict.unwrap_or_else(|| Err((ErrorCode::Internal, "connection is gone".into())))
+    }
+
+    /// Starts a client's publish; the reply goes back to the client when it is done.
+    pub fn client_publish(
+        self: &Rc<Self>,
+        key: ConnKey,
+        reference: Option<Ref>,
+        target: Target,
+        payload: Bytes,
+    ) {
+        let from = self.hub.with_session(key, |s| s.from()).flatten();
+        let publish = Publish {
+            target,
+            id: self.ctx.next_message_id(),
+            from,
+            kind: PayloadKind::Json,
+            payload,
+        };
+        let svc = self.clone();
+        let task = async move {
+            match svc.backend.publish(publish).await {
+                Ok(published) => {
+                    let result = json!({ "id": published.id, "seq": published.seq, "recipients": published.recipients });
+                    protocol::reply_ok(&svc, key, reference.as_ref(), Some(&result));
+                }
+                Err(e) => {
+                    let error = protocol::OpError {
+                        reference,
+                        code: ErrorCode::Internal,
+                        message: e.to_string(),
+                    };
+                    protocol::reply_error(&svc, key, error);
+                }
+            }
+        };
+        if self.ctx.tasks.spawn(task).is_err() {
+            Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+        }
+    }
+
+    /// Replies ok to a join, at once standalone, or once the Redis subscription to
+    /// `channel` is confirmed in cluster mode (or after the broker's wait runs out, still
+    /// ok: the membership holds and messages flow as soon as Redis confirms).
+    pub fn reply_when_subscribed(
+        self: &Rc<Self>,
+        key: ConnKey,
+        reference: Option<Ref>,
+        channel: String,
+    ) {
+        if self.backend.is_subscribed(&channel) {
+            protocol::reply_ok(self, key, reference.as_ref(), None);
+            return;
+        }
+        let svc = self.clone();
+        let task = async move {
+            svc.backend.wait_subscribed(&[channel]).await;
+            protocol::reply_ok(&svc, key, reference.as_ref(), None);
+        };
+        if self.ctx.tasks.spawn(task).is_err() {
+            Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+        }
+    }
+
+    /// Counts a client's ack of (channel, seq); false when no recent message matches.
+    /// In cluster mode the count also goes to the message's receipt in Redis.
+    pub fn ack(&self, key: ConnKey, target: &Target, seq: u64) -> bool {
+        // An ack on the client's own user channel also clears that message from its
+        // offline inbox (it may have come from there, with no receipt on this shard).
+        let own_inbox = match target {
+            Target::User(user) => self
+                .hub
+                .with_session(key, |s| s.user.as_deref() == Some(user.as_str()))
+                .unwrap_or(false),
+            _ => false,
+        };
+        if let (true, Target::User(user)) = (own_inbox, target) {
+            self.backend.inbox_ack(user, seq);
+        }
+        let Some(id) = self.hub.ack(&target.to_string(), seq) else {
+            return own_inbox;
+        };
+        self.backend.receipt_change(&id, "acked", 1);
+        true
+    }
+
+    /// A connection may recover `all`, its own user channel, and rooms it is in.
+    pub fn may_recover(&self, key: ConnKey, target: &Target) -> Result<(), Refusal> {
+        let allowed = match target {
+            Target::All => true,
+            Target::User(user) => self
+                .hub
+                .with_session(key, |s| s.user.as_deref() == Some(user.as_str()))
+                .unwrap_or(false),
+            Target::Room(room) => self.hub.is_in_room(key, room),
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err((
+                ErrorCode::Forbidden,
+                format!(
+                    "{target}: recover works on all, your own user channel, and rooms you are in"
+                ),
+            ))
+        }
+    }
+
+    /// Queues a delivery to the local recipients and counts it in the message's receipt.
+    pub fn deliver(&self, delivery: &Delivery) -> u32 {
+        let queued = self.hub.deliver(delivery);
+        if delivery.seq.is_some() && queued > 0 {
+            self.backend
+                .receipt_change(&delivery.publish.id, "delivered", queued);
+        }
+        queued
+    }
+
+    /// A message arrived on this shard's Redis subscription: decode it, then deliver it to
+    /// the local recipients of its target (frames encoded once for this shard).
+    pub fn on_broker_message(self: &Rc<Self>, incoming: Incoming) {
+        Metrics::inc(&self.ctx.metrics.redis_messages_total);
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
+        let Incoming { channel, payload } = incoming;
+        let target = std::str::from_utf8(&channel)
+            .ok()
+            .and_then(|c| redis.keys.channel_of(c))
+            .and_then(Target::parse);
+        let decoded = envelope::decode(&payload)
+            .map_err(|e| e.to_string())
+            .and_then(|envelope| {
+                if Some(&envelope.target) == target.as_ref() {
+                    Ok(envelope)
+                } else {
+                    Err(format!(
+                        "target {} does not match the channel {}",
+                        envelope.target,
+                        String::from_utf8_lossy(&channel)
+                    ))
+                }
+            });
+        let envelope = match decoded {
+            Ok(envelope) => envelope,
+            Err(e) => {
+                Metrics::inc(&self.ctx.metrics.redis_envelope_errors_total);
+                let now_s = self.ctx.now_s();
+                let last = self.envelope_error_logged_s.get();
+                if last.is_none_or(|last| now_s >= last + ENVELOPE_ERROR_LOG_INTERVAL_S) {
+                    self.envelope_error_logged_s.set(Some(now_s));
+                    log!(
+                        Some(self.ctx.id),
+                        "dropped a message on {}: {e} (see docs/ENVELOPE.md)",
+                        String::from_utf8_lossy(&channel)
+                    );
+                }
+                return;
+            }
+        };
+        let recipients = if envelope.flags & FLAG_CONTROL != 0 {
+            self.apply_control(&envelope.target, &envelope.payload)
+        } else {
+            let delivery = Delivery {
+                seq: envelope.seq,
+                publish: Publish {
+                    target: envelope.target,
+                    id: envelope.id.clone(),
+                    from: envelope.from,
+                    kind: envelope.kind,
+                    payload: envelope.payload,
+                },
+            };
+            self.deliver(&delivery)
+        };
+        if envelope.origin == self.ctx.node_id() {
+            redis.record_own_delivery(envelope.id, recipients);
+        }
+    }
+
+    /// What another shard asked of this one.
+    pub fn on_mesh(self: &Rc<Self>, msg: ShardMsg) {
+        match msg {
+            ShardMsg::Sequence { publishes, reply } => {
+                let backend = self.backend.clone();
+                let task = async move {
+                    let numbered = backend.local.sequence_and_deliver(publishes).await;
+                    let _ = reply.send(numbered);
+                };
+                // Refused: the reply is dropped, and the publisher answers 503.
+                if self.ctx.tasks.spawn(task).is_err() {
+                    Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+                }
+            }
+            ShardMsg::Deliver { deliveries, done } => {
+                let _ = done.send(deliveries.iter().map(|d| self.deliver(d)).collect());
+            }
+            ShardMsg::Stats { reply } => {
+                let _ = reply.send(self.report());
+            }
+            ShardMsg::AwaitDelivery { id, channel, reply } => match &self.backend.redis {
+                Some(redis) => redis.await_delivery(id, &channel, reply),
+                None => {
+                    let _ = reply.send(0);
+                }
+            },
+            ShardMsg::Lookup { target, reply } => {
+                let _ = reply.send(self.hub.lookup(&target));
+            }
+            ShardMsg::Membership {
+                room,
+                user,
+                join,
+                reply,
+            } => {
+                let _ = reply.send(self.membership(&room, &user, join));
+            }
+            ShardMsg::History {
+                channel,
+                since,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(self.backend.local.history_since(&channel, since, limit));
+            }
+            ShardMsg::InboxTake { user, reply } => {
+                let _ = reply.send(self.backend.local.inbox_take_owned(&user));
+            }
+            ShardMsg::InboxAck { user, seq } => self.backend.local.inbox_ack_owned(&user, seq),
+            ShardMsg::Receipt { id, reply } => {
+                let receipt = self.hub.receipt(&id);
+                let _ = reply.send((receipt.delivered, receipt.acked));
+            }
+        }
+    }
+
+    /// This shard's counters and health.
+    pub fn report(&self) -> ShardReport {
+        ShardReport {
+            snapshot: self.ctx.metrics.snapshot(),
+            redis_problem: self.backend.problem(),
+        }
+    }
+
+    /// Every shard's report, indexed by shard id. A shard that is gone reports zeros.
+    pub async fn gather_reports(&self) -> Vec<ShardReport> {
+        let local = self.report();
+        self.ctx
+            .peers
+            .gather(|reply| ShardMsg::Stats { reply }, async { local }, None)
+            .await
+    }
+
+    /// A user's connections or a room's members on every shard of this process.
+    pub async fn gather_lookup(&self, target: &Target) -> Vec<Presence> {
+        let local = self.hub.lookup(target);
+        self.ctx
+            .peers
+            .gather(
+                |reply| ShardMsg::Lookup {
+                    target: target.clone(),
+                    reply,
+                },
+                async { local },
+                None,
+            )
+            .await
+    }
+
+    /// Standalone: every connection of `user` in this process joins or leaves `room`;
+    /// returns how many connections changed.
+    pub async fn gather_membership(self: &Rc<Self>, room: &str, user: &str, join: bool) -> u32 {
+        let local = self.membership(room, user, join);
+        let counts = self
+            .ctx
+            .peers
+            .gather(
+                |reply| ShardMsg::Membership {
+                    room: room.to_string(),
+                    user: user.to_string(),
+                    join,
+                    reply,
+                },
+                async { local },
+                None,
+            )
+            .await;
+        counts.iter().sum()
+    }
+}

@@ -1,0 +1,174 @@
+//! Nothing lost: replaying a channel's history to a recovering connection (no gap, no
+//! duplicate at the seam with live delivery, which `hub::recovery` holds back), then
+//! handing an offline user's inbox to a new connection. Protocol-neutral: replayed
+//! messages and the end-of-recovery marker are encoded by the connection's codec.
+//!
+//! Called by `protocol` (join with `since`, `recover`) and `shard` (resume at connect);
+//! each recovery is one tracked task (`ctx.tasks`), with no borrow held across an await.
+
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::Services;
+use crate::conn::ConnKey;
+use crate::envelope::Target;
+use crate::hub::frames::stored_frame;
+use crate::hub::recovery::Recovering;
+use crate::mesh::Replay;
+use crate::metrics::Metrics;
+use crate::protocol::Recovered;
+use crate::ws::frame::close_code;
+
+/// How often a replay waiting for queue room looks again.
+const REPLAY_POLL: Duration = Duration::from_millis(2);
+/// How long a replay waits for a client that reads nothing before closing it.
+const REPLAY_STALL: Duration = Duration::from_secs(10);
+/// Seconds a recovered channel keeps dropping late duplicates of replayed messages.
+const RECOVERY_GRACE_S: u32 = 5;
+
+impl Services {
+    /// Waits until a connection's outbound queue is at most half full. False when the
+    /// connection is gone, or made no room for `REPLAY_STALL` (it is then closed as a slow
+    /// consumer: it is not reading its replay).
+    async fn wait_for_queue_room(&self, key: ConnKey) -> bool {
+        let half = (self.ctx.config.outbound_frames_max / 2).max(1);
+        let stalled_at = Instant::now();
+        loop {
+            match self.hub.queued_frames(key) {
+                None => return false,
+                Some(queued) if queued < half => return true,
+                Some(_) if stalled_at.elapsed() >= REPLAY_STALL => {
+                    Metrics::inc(&self.ctx.metrics.slow_consumer_closes_total);
+                    self.hub.close(
+                        key,
+                        close_code::POLICY,
+                        "slow consumer: not reading its replay",
+                    );
+                    return false;
+                }
+                Some(_) => glommio::timer::sleep(REPLAY_POLL).await,
+            }
+        }
+    }
+
+    /// Replays what a connection missed on `channels` (each after its seq), holding back
+    /// live messages of those channels until the replay is queued; then, for a user's
+    /// connection, delivers the offline inbox. The codec's recovery marker ends each channel.
+    pub fn start_recovery(
+        self: &Rc<Self>,
+        key: ConnKey,
+        channels: Vec<(Target, u64)>,
+        take_inbox: bool,
+    ) {
+        let names: Vec<String> = channels.iter().map(|(t, _)| t.to_string()).collect();
+        let user = self
+            .hub
+            .with_session(key, |s| {
+                let recovering = s.recovering.get_or_insert_with(Box::<Recovering>::default);
+                for name in &names {
+                    recovering.begin(name);
+                }
+                s.user.as_deref().map(str::to_string)
+            })
+            .flatten();
+        let svc = self.clone();
+        let task = async move { svc.recover(key, names, channels, take_inbox, user).await };
+        if self.ctx.tasks.spawn(task).is_err() {
+            // Held-back live messages would wait for a replay that never comes: better to
+            // tell the client to come back than to leave it stalled.
+            Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+            self.hub.close(
+                key,
+                close_code::TRY_AGAIN_LATER,
+                "server busy: reconnect and resume later",
+            );
+        }
+    }
+
+    async fn recover(
+        self: Rc<Self>,
+        key: ConnKey,
+        names: Vec<String>,
+        channels: Vec<(Target, u64)>,
+        take_inbox: bool,
+        user: Option<String>,
+    ) {
+        // Cluster mode: read history and inbox only once this shard's subscriptions to
+        // those channels are confirmed. A message published before that went to the
+        // history (and, for a user nobody held, the inbox) and is read below; one published
+        // after arrives live. Reading earlier could miss a message published in between,
+        // which would be neither replayed nor delivered.
+        let mut wanted = names;
+        if let (true, Some(user)) = (take_inbox, &user) {
+            wanted.push(format!("user:{user}"));
+        }
+        self.backend.wait_subscribed(&wanted).await;
+        let mut user_floor = 0;
+        for (target, since) in channels {
+            let channel = target.to_string();
+            let limit = self.ctx.config.history_size.max(1);
+            let (replay, error) = match self.backend.history(&target, since, limit).await {
+                Ok(replay) => (replay, None),
+                Err(e) => (Replay::default(), Some(e.to_string())),
+            };
+            let Some(codec) = self.hub.codec(key) else {
+                return;
+            };
+            let mut replayed_to = since;
+            let mut replayed = 0u64;
+            for message in &replay.messages {
+                // Flow control: a replay longer than the outbound queue is fed as the
+                // client reads, not queued at once (which would close it as slow).
+                if !self.wait_for_queue_room(key).await {
+                    return;
+                }
+                self.hub.send(key, stored_frame(&target, message, codec));
+                replayed_to = replayed_to.max(message.seq);
+                replayed += 1;
+            }
+            let until_s = self.ctx.now_s() + RECOVERY_GRACE_S;
+            let released = self
+                .hub
+                .with_session(key, |s| match s.recovering.as_mut() {
+                    Some(r) => r.finish(&channel, replayed_to, until_s),
+                    None => Vec::new(),
+                })
+                .unwrap_or_default();
+            for frame in released {
+                self.hub.send(key, frame);
+            }
+            if matches!(target, Target::User(_)) {
+                user_floor = replayed_to;
+            }
+            Metrics::add(&self.ctx.metrics.replayed_total, replayed);
+            let marker = codec.get().recovered(&Recovered {
+                channel: &target,
+                recovered: error.is_none() && replay.complete,
+                replayed: replay.messages.len(),
+                seq: replay.current.max(replayed_to),
+                error: error.as_deref(),
+            });
+            if let Some(frame) = marker {
+                self.hub.send(key, frame);
+            }
+        }
+        if let (true, Some(user)) = (take_inbox, user) {
+            let Ok(messages) = self.backend.inbox_take(&user).await else {
+                return;
+            };
+            let Some(codec) = self.hub.codec(key) else {
+                return;
+            };
+            let target = Target::User(user);
+            let mut delivered = 0;
+            for message in messages.iter().filter(|m| m.seq > user_floor) {
+                if !self.wait_for_queue_room(key).await {
+                    return;
+                }
+                self.hub.send(key, stored_frame(&target, message, codec));
+                delivered += 1;
+            }
+            Metrics::add(&self.ctx.metrics.inbox_delivered_total, delivered);
+        }
+    }
+}
