@@ -17,20 +17,28 @@ use tungstenite::Connector;
 use super::redis::free_port;
 use super::{Client, WAIT};
 
-/// Fails the test, loudly, when a tool the proxy tests need is not installed: these tests
-/// must not pass by doing nothing.
-pub fn require(tool: &str) {
-    let found = Command::new(tool)
-        .arg("-v")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        found,
-        "`{tool}` is not installed: run tools/test.sh, which installs haproxy, nginx, openssl \
-         and redis-server from Debian when they are missing (or apt-get install {tool})"
-    );
+/// The path of a tool the proxy tests need; fails the test, loudly, when it is not
+/// installed: these tests must not pass by doing nothing. Debian puts haproxy and nginx in
+/// /usr/sbin, which a non-login PATH may lack.
+pub fn require(tool: &str) -> PathBuf {
+    let runs = |path: &Path| {
+        Command::new(path)
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    };
+    [PathBuf::from(tool), Path::new("/usr/sbin").join(tool)]
+        .into_iter()
+        .find(|path| runs(path))
+        .unwrap_or_else(|| {
+            panic!(
+                "`{tool}` is not installed: run tools/test.sh, which installs haproxy, nginx, \
+                 openssl and redis-server from Debian when they are missing (or apt-get install \
+                 {tool})"
+            )
+        })
 }
 
 /// A directory for one test's files, removed at the end.
@@ -65,13 +73,13 @@ pub struct Tls {
 
 impl Tls {
     pub fn make(dir: &Path) -> Tls {
-        require("openssl");
+        let openssl = require("openssl");
         let (cert, key, pem) = (
             dir.join("cert.pem"),
             dir.join("key.pem"),
             dir.join("haproxy.pem"),
         );
-        let output = Command::new("openssl")
+        let output = Command::new(openssl)
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
             .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
             .args(["-subj", "/CN=localhost"])
@@ -158,7 +166,7 @@ impl Proxy {
     /// Starts the deploy/ recipe of `kind` in front of `backends` and waits until it serves
     /// `/healthz` over https.
     pub fn start(kind: Kind, backends: [SocketAddr; 2], dir: &Path, tls: &Tls) -> Proxy {
-        require(kind.binary());
+        let binary = require(kind.binary());
         let tls_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = dir.join(format!("{}.log", kind.binary()));
@@ -171,7 +179,7 @@ impl Proxy {
             });
         let mut command = match kind {
             Kind::Haproxy => {
-                let mut command = Command::new("haproxy");
+                let mut command = Command::new(&binary);
                 // -db: foreground, no daemon. -n: this box's hard fd limit is far below the
                 // ~262k fds the recipe's maxconn 131072 needs, and haproxy (strict-limits)
                 // refuses to start without them; -n lowers only maxconn, the file stays as is.
@@ -209,7 +217,7 @@ impl Proxy {
                 );
                 let conf = dir.join("nginx.conf");
                 std::fs::write(&conf, text).unwrap();
-                let mut command = Command::new("nginx");
+                let mut command = Command::new(&binary);
                 // -p: relative paths resolve here, not under the system prefix; -e: the log
                 // for errors before the config is read; master in the foreground.
                 command
