@@ -29,12 +29,13 @@ const CLIENTS: usize = 8;
 const DURING_DRAIN: u64 = 20;
 
 /// Redis, two volley processes on two loopback ports, and the proxy in front of them.
+/// Tests bind the fields in this order, so they drop in the reverse one: the proxy stops
+/// first, and the directory with its logs goes last.
 struct Stack {
-    // Drop order: the proxy first, then the volleys, then Redis.
-    proxy: Proxy,
-    volleys: [Server; 2],
-    redis: Redis,
     _dir: TempDir,
+    redis: Redis,
+    volleys: [Server; 2],
+    proxy: Proxy,
 }
 
 fn stack(kind: Kind) -> Stack {
@@ -47,10 +48,10 @@ fn stack(kind: Kind) -> Stack {
     let volleys = [node(), node()];
     let proxy = Proxy::start(kind, [volleys[0].addr, volleys[1].addr], &dir.0, &tls);
     Stack {
-        proxy,
-        volleys,
-        redis,
         _dir: dir,
+        redis,
+        volleys,
+        proxy,
     }
 }
 
@@ -86,10 +87,10 @@ fn broadcast_through(proxy: &Proxy, body: &str) -> Value {
 
 fn broadcast_reaches_everyone_once_then_a_drain_loses_nothing(kind: Kind) {
     let Stack {
-        proxy,
-        volleys: [mut a, b],
-        redis,
         _dir,
+        redis,
+        volleys: [mut a, b],
+        proxy,
     } = stack(kind);
 
     // Plain http:// only redirects to https://.
@@ -275,10 +276,10 @@ fn broadcast_reaches_everyone_once_then_a_drain_loses_nothing(kind: Kind) {
 /// proxy's `X-Volley-Backend` header and confirmed by the volleys' own request counters.
 fn socketio_requests_stick(kind: Kind) {
     let Stack {
-        proxy,
-        volleys,
-        redis: _redis,
         _dir,
+        redis: _redis,
+        volleys,
+        proxy,
     } = stack(kind);
     let poll = |source: Ipv4Addr, sid: Option<&str>, cookie: Option<&str>| {
         let path = match sid {
