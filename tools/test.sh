@@ -6,6 +6,10 @@
 #   - python3 `websockets` package: the third-party WebSocket client in tests/third_party_client.rs
 #   - redis-server (Debian package): the cluster tests in tests/redis.rs start their own
 #   - python3 `redis` and `msgpack` packages: tools/publish_redis.py, run by tests/redis.rs
+#   - haproxy, nginx and openssl (Debian packages): tests/proxies.rs runs the deploy/ recipes
+#     as foreground children with a certificate made by openssl; the packages' own services
+#     are neither configured nor started by the tests
+#   - libssl-dev and pkg-config: the native-tls dev-dependency those tests' wss client links
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +29,18 @@ pip_install() {
 if ! command -v redis-server >/dev/null 2>&1; then
     echo "tools/test.sh: installing redis-server (cluster tests)" >&2
     apt_install redis-server
+fi
+
+# Debian puts haproxy and nginx in /usr/sbin, which a non-login PATH may lack.
+for tool in haproxy nginx openssl; do
+    if ! command -v "$tool" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$tool" ]; then
+        echo "tools/test.sh: installing $tool (tests/proxies.rs)" >&2
+        apt_install "$tool"
+    fi
+done
+if ! pkg-config --exists openssl 2>/dev/null; then
+    echo "tools/test.sh: installing libssl-dev and pkg-config (native-tls, tests/proxies.rs)" >&2
+    apt_install libssl-dev pkg-config
 fi
 
 if ! command -v python3 >/dev/null 2>&1; then
