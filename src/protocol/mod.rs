@@ -9,6 +9,7 @@
 //! may touch the index, other connections and spawn publishes.
 
 pub mod native;
+pub mod socketio;
 
 use std::rc::Rc;
 
