@@ -937,3 +937,100 @@ fn live_fuzz_after_upgrade() {
     assert!(carries(&got, "still here"), "neighbour got {got:?}");
     assert!(process_alive(server.pid()));
 }
+
+/// The socket.io codecs (src/protocol/socketio/): seeds are the fixtures the real npm
+/// packages wrote (tools/socketio-fixtures), outcomes split into decoded and refused.
+fn socketio_seeds(prefixes: &[&str]) -> Vec<Vec<u8>> {
+    let text = include_str!("../tools/socketio-fixtures/fixtures.json");
+    let fixtures: Vec<serde_json::Value> = serde_json::from_str(text).unwrap();
+    fixtures
+        .iter()
+        .filter(|f| {
+            prefixes
+                .iter()
+                .any(|p| f["name"].as_str().unwrap().starts_with(p))
+        })
+        .map(|f| match f["hex"].as_str() {
+            Some(hex) => (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect(),
+            None => f["text"].as_str().unwrap().as_bytes().to_vec(),
+        })
+        .collect()
+}
+
+#[test]
+fn fuzz_socketio_codecs() {
+    use volley::protocol::socketio::{adapter, engineio, packet};
+    fn classify_eio(data: &[u8]) -> String {
+        let limits = engineio::PayloadLimits {
+            body_bytes_max: 4096,
+            packets_max: 16,
+        };
+        let ok = engineio::decode_payload(data, &limits).is_ok();
+        (if ok { "decoded" } else { "refused" }).into()
+    }
+    fn classify_sio(data: &[u8]) -> String {
+        let limits = packet::Limits {
+            attachments_max: 4,
+            nsp_bytes_max: 64,
+        };
+        let ok = std::str::from_utf8(data).is_ok_and(|t| packet::decode(t, &limits).is_ok());
+        (if ok { "decoded" } else { "refused" }).into()
+    }
+    fn classify_adapter(data: &[u8]) -> String {
+        let limits = adapter::Limits {
+            rooms_max: 4,
+            name_bytes_max: 32,
+            depth_max: 8,
+            values_max: 64,
+        };
+        let ok = adapter::decode_broadcast(data, &limits).is_ok()
+            || adapter::decode_request(data, &limits).is_ok();
+        (if ok { "decoded" } else { "refused" }).into()
+    }
+    let runs = [
+        (
+            "socketio::engineio",
+            engineio::fuzz_one as fn(&[u8]),
+            classify_eio as fn(&[u8]) -> String,
+            &["eio_"][..],
+            &[&b"\x1e"[..], b"b", b"=="][..],
+        ),
+        (
+            "socketio::packet",
+            packet::fuzz_one,
+            classify_sio,
+            &["sio_"],
+            &[
+                &b"-"[..],
+                b"/",
+                b",",
+                b"[",
+                b"{\"_placeholder\":true,\"num\":1}",
+            ],
+        ),
+        (
+            "socketio::adapter",
+            adapter::fuzz_one,
+            classify_adapter,
+            &["emitter_", "adapter_", "volley_"],
+            &[&b"\x91"[..], b"\xdc\xff\xff", b"\xc4\x05", b"{"],
+        ),
+    ];
+    for (i, (name, fuzz, classify, prefixes, dictionary)) in runs.into_iter().enumerate() {
+        let run = fuzz_parser(
+            name,
+            fuzz,
+            classify,
+            0x5851_F42D_4C95_7F2D ^ i as u64,
+            &socketio_seeds(prefixes),
+            dictionary,
+            10_000,
+            30_000,
+        );
+        assert!(run.total() >= 40_000);
+        run.assert_reached(&["decoded", "refused"]);
+    }
+}

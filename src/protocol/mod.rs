@@ -12,6 +12,7 @@
 
 pub mod native;
 pub mod ops;
+pub mod socketio;
 
 use std::rc::Rc;
 
