@@ -4,11 +4,12 @@
 //! Owns: the token format, the algorithm policy, the claim rules (`sub`, `exp`, `nbf`,
 //! `rooms`, `publish`), room/user pattern matching, and constant-time API-key comparison.
 //! Does not own: where a token comes from (the `Authorization` header or a query
-//! parameter: `http` and `ws::handshake` pick it out, [`bearer_token`] helps), the clock
+//! parameter: `front::upgrade` and `api` pick it out, [`bearer`] helps), the clock
 //! (callers pass `now_unix_s`), reading keys from disk (`config` does, then builds a
 //! [`Verifier`] once at start), or the 401 response itself (callers send [`AuthError`]'s
 //! `Display` as the body).
-//! Called by: the `GET /ws` upgrade (`ws::handshake`) and `api` routes that need a user.
+//! Called by: the `GET /ws` upgrade (`front::upgrade`: tokens), `api` (API keys) and
+//! `config` (building the verifier).
 //!
 //! Sans-IO: bytes and a time in, a value out; no clock, no I/O. The one static is the
 //! verifier [`fuzz_one`] builds once, so the fuzz loop does not re-parse a PEM per input.
@@ -202,6 +203,11 @@ pub fn bearer_token(authorization: &str) -> Result<&str, AuthError> {
         return Err(AuthError::Missing);
     }
     Ok(token)
+}
+
+/// The `Bearer` credential of a request's Authorization header, if it has one.
+pub fn bearer(head: &crate::http::Head) -> Option<&str> {
+    bearer_token(head.header("authorization")?).ok()
 }
 
 /// Checks tokens against the keys it was built with. Build once at start (from `config`)

@@ -386,7 +386,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn err(msg: String) -> Result<Config, ConfigError> {
+fn err<T>(msg: String) -> Result<T, ConfigError> {
     Err(ConfigError(msg))
 }
 
@@ -424,8 +424,58 @@ pub fn parse_cpu_list(list: &str) -> Result<Vec<usize>, String> {
 }
 
 impl ServeArgs {
-    /// Checks every flag. `cpus_online` is the number of CPUs this process may run on.
+    /// Checks every flag, area by area. `cpus_online` is the number of CPUs this process
+    /// may run on.
     pub fn validate(&self, cpus_online: usize) -> Result<Config, ConfigError> {
+        let (listen, cpus, shards) = self.check_placement(cpus_online)?;
+        self.check_limits()?;
+        self.check_heartbeat()?;
+        let redis = self.check_cluster()?;
+        let client_auth = self.check_auth()?;
+        self.check_clients()?;
+        self.check_stores()?;
+        Ok(Config {
+            history_size: self.history_size,
+            history_ttl_s: self.history_ttl_s,
+            inbox_size: self.inbox_size,
+            inbox_ttl_s: self.inbox_ttl_s,
+            inbox_deliveries_max: self.inbox_deliveries_max,
+            presence_ttl_s: self.presence_ttl_s,
+            room_events: self.room_events,
+            http_sessions_max: self.http_sessions_max,
+            client_auth,
+            api_key: self.api_key.clone().map(Secret),
+            rooms_per_connection_max: self.rooms_per_connection_max,
+            name_bytes_max: self.name_bytes_max,
+            client_publish_rate: self.client_publish_rate,
+            client_publish_burst: self.client_publish_burst,
+            redis,
+            listen,
+            shards,
+            cpus,
+            backlog: self.backlog,
+            max_connections: self.max_connections,
+            http_head_bytes_max: self.http_head_bytes_max,
+            http_headers_max: HTTP_HEADERS_MAX_DEFAULT,
+            http_head_timeout: Duration::from_millis(self.http_head_timeout_ms),
+            http_body_timeout: Duration::from_millis(HTTP_BODY_TIMEOUT_MS_DEFAULT),
+            body_bytes_max: self.body_bytes_max,
+            batch_bytes_max: self.batch_bytes_max.max(self.body_bytes_max),
+            message_bytes_max: self.message_bytes_max,
+            outbound_frames_max: self.outbound_frames_max,
+            outbound_bytes_max: self.outbound_bytes_max,
+            ping_interval_s: self.ping_interval_s as u32,
+            idle_timeout_s: self.idle_timeout_s as u32,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            close_timeout: Duration::from_millis(CLOSE_TIMEOUT_MS),
+        })
+    }
+
+    /// Where to listen and on which CPUs: (address, CPU list, shards).
+    fn check_placement(
+        &self,
+        cpus_online: usize,
+    ) -> Result<(SocketAddr, Option<Vec<usize>>, usize), ConfigError> {
         let listen: SocketAddr = match self.listen.parse() {
             Ok(addr) => addr,
             Err(_) => {
@@ -467,6 +517,11 @@ impl ServeArgs {
             (None, Some(cpus)) => cpus.len(),
             (None, None) => cpus_online.max(1),
         };
+        Ok((listen, cpus, shards))
+    }
+
+    /// Connection, request and queue limits.
+    fn check_limits(&self) -> Result<(), ConfigError> {
         if self.backlog == 0 || self.backlog > 1 << 20 {
             return err(format!("--backlog {}: must be 1..=1048576", self.backlog));
         }
@@ -521,6 +576,11 @@ impl ServeArgs {
                 self.outbound_bytes_max, self.body_bytes_max
             ));
         }
+        Ok(())
+    }
+
+    /// Pings, idle timeouts and the shutdown grace.
+    fn check_heartbeat(&self) -> Result<(), ConfigError> {
         if !(1..=3600).contains(&self.ping_interval_s) {
             return err(format!(
                 "--ping-interval-s {}: must be 1..=3600",
@@ -539,7 +599,12 @@ impl ServeArgs {
                 self.shutdown_grace_ms
             ));
         }
-        let redis = match &self.redis {
+        Ok(())
+    }
+
+    /// `--redis` and `--redis-prefix`: None standalone.
+    fn check_cluster(&self) -> Result<Option<RedisConfig>, ConfigError> {
+        Ok(match &self.redis {
             None => None,
             Some(url) => {
                 let shown = url.rsplit_once('@').map_or(url.as_str(), |(_, rest)| rest);
@@ -580,7 +645,11 @@ impl ServeArgs {
                     prefix: prefix.to_string(),
                 })
             }
-        };
+        })
+    }
+
+    /// Who clients and publishers are: JWT keys (or open mode) and the API key.
+    fn check_auth(&self) -> Result<ClientAuth, ConfigError> {
         let client_auth = match (&self.jwt_secret, &self.jwt_rs256_key) {
             (Some(_), Some(_)) => {
                 return err("--jwt-secret and --jwt-rs256-key: give one of them".into());
@@ -621,6 +690,11 @@ impl ServeArgs {
                 ));
             }
         }
+        Ok(client_auth)
+    }
+
+    /// What one client may do: rooms, names, publish rate.
+    fn check_clients(&self) -> Result<(), ConfigError> {
         if !(1..=10_000).contains(&self.rooms_per_connection_max) {
             return err(format!(
                 "--rooms-per-connection-max {}: must be 1..=10000",
@@ -639,6 +713,11 @@ impl ServeArgs {
                 self.client_publish_rate, self.client_publish_burst
             ));
         }
+        Ok(())
+    }
+
+    /// History, inboxes, presence and HTTP sessions.
+    fn check_stores(&self) -> Result<(), ConfigError> {
         if self.history_size > 100_000 {
             return err(format!(
                 "--history-size {}: at most 100000 per channel",
@@ -669,41 +748,7 @@ impl ServeArgs {
         if self.http_sessions_max == 0 {
             return err("--http-sessions-max 0: must be at least 1".into());
         }
-        Ok(Config {
-            history_size: self.history_size,
-            history_ttl_s: self.history_ttl_s,
-            inbox_size: self.inbox_size,
-            inbox_ttl_s: self.inbox_ttl_s,
-            inbox_deliveries_max: self.inbox_deliveries_max,
-            presence_ttl_s: self.presence_ttl_s,
-            room_events: self.room_events,
-            http_sessions_max: self.http_sessions_max,
-            client_auth,
-            api_key: self.api_key.clone().map(Secret),
-            rooms_per_connection_max: self.rooms_per_connection_max,
-            name_bytes_max: self.name_bytes_max,
-            client_publish_rate: self.client_publish_rate,
-            client_publish_burst: self.client_publish_burst,
-            redis,
-            listen,
-            shards,
-            cpus,
-            backlog: self.backlog,
-            max_connections: self.max_connections,
-            http_head_bytes_max: self.http_head_bytes_max,
-            http_headers_max: HTTP_HEADERS_MAX_DEFAULT,
-            http_head_timeout: Duration::from_millis(self.http_head_timeout_ms),
-            http_body_timeout: Duration::from_millis(HTTP_BODY_TIMEOUT_MS_DEFAULT),
-            body_bytes_max: self.body_bytes_max,
-            batch_bytes_max: self.batch_bytes_max.max(self.body_bytes_max),
-            message_bytes_max: self.message_bytes_max,
-            outbound_frames_max: self.outbound_frames_max,
-            outbound_bytes_max: self.outbound_bytes_max,
-            ping_interval_s: self.ping_interval_s as u32,
-            idle_timeout_s: self.idle_timeout_s as u32,
-            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
-            close_timeout: Duration::from_millis(CLOSE_TIMEOUT_MS),
-        })
+        Ok(())
     }
 }
 

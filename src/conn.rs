@@ -2,13 +2,13 @@
 //! frame decoder, and the poll function that reads and writes it.
 //!
 //! A `Conn` lives in its shard's slab and knows nothing of users, rooms or other
-//! connections. `fanout` pushes shared `Bytes` into `Conn::push`; the shard's per-connection
+//! connections. `hub` pushes shared `Bytes` into `Conn::push`; the shard's per-connection
 //! task calls `Conn::poll`, which reads through the shard's scratch buffer (no connection owns
 //! a read buffer) and joins queued frames into one send through the shard's write buffer.
-//! `shard` owns the slab, the task and the clock; `conn` never spawns or sleeps.
+//! `hub` owns the slab, `shard` the task and `ctx` the clock; `conn` never spawns or sleeps.
 //!
 //! Per-connection memory while idle (the 1 KiB budget of DESIGN.md), summed:
-//!   size_of::<Conn>() in the slab (asserted below)                      ~ 176 B
+//!   size_of::<Conn<Session>>() in the slab (asserted in `hub`)             248 B
 //! + the task: glommio header + `shard::conn_task` future (asserted)     ~ 100 B
 //! + glommio's armed read `Source` (Rc<RefCell<InnerSource>>)            ~ 200 B
 //! + waker clone held in `Conn::waker` (a refcount, no allocation)           0 B
@@ -29,7 +29,6 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::metrics::Metrics;
-use crate::protocol::{Inbound, Session};
 use crate::ws::frame::{self, close_code, Decoder, Event, OpCode};
 
 /// Reads per poll before the task yields, so one flooding client cannot starve a shard.
@@ -41,6 +40,13 @@ const READS_PER_POLL: usize = 4;
 pub struct ConnKey {
     pub index: u32,
     pub generation: u32,
+}
+
+/// A client data message handed up by `Conn::poll`, owned so it outlives the read buffer.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(Box<str>),
+    Binary(usize),
 }
 
 /// Where a connection is in its life. Only `Open` connections receive published messages.
@@ -173,8 +179,9 @@ impl Outbox {
     }
 }
 
-/// One upgraded WebSocket connection.
-pub struct Conn {
+/// One upgraded WebSocket connection. `S` is whatever its owner keeps beside the socket
+/// (the hub keeps the client's session there, for locality); `conn` never looks at it.
+pub struct Conn<S> {
     stream: TcpStream,
     generation: u32,
     state: ConnState,
@@ -186,15 +193,16 @@ pub struct Conn {
     outbox: Outbox,
     /// The task's waker, so `push` can wake a writer that is parked on a read.
     waker: Option<Waker>,
-    /// Who the client is and what it speaks; opaque here, read by `protocol` and `fanout`.
-    pub session: Session,
+    /// Who the client is and what it speaks: opaque here, read by the hub and services.
+    pub session: S,
 }
 
-// The slab holds one per connection: keep it small (see the budget at the top).
-const _: () = assert!(std::mem::size_of::<Conn>() <= 256);
+// The slab holds one per connection: keep it small (see the budget at the top; the hub
+// asserts the size with its session inside).
+const _: () = assert!(std::mem::size_of::<Conn<()>>() <= 208);
 
-impl Conn {
-    pub fn new(stream: TcpStream, generation: u32, now_s: u32, session: Session) -> Conn {
+impl<S> Conn<S> {
+    pub fn new(stream: TcpStream, generation: u32, now_s: u32, session: S) -> Conn<S> {
         Conn {
             stream,
             generation,
@@ -209,7 +217,7 @@ impl Conn {
     }
 
     /// The session of a connection that is gone (its socket closes as it drops).
-    pub fn into_session(self) -> Session {
+    pub fn into_session(self) -> S {
         self.session
     }
 
@@ -231,6 +239,12 @@ impl Conn {
 
     pub fn deadline_s(&self) -> u32 {
         self.deadline_s
+    }
+
+    /// The queued frames, oldest first (for tests).
+    #[cfg(test)]
+    pub fn queued(&self) -> Vec<Bytes> {
+        self.outbox.frames.iter().cloned().collect()
     }
 
     pub fn queued_frames(&self) -> usize {

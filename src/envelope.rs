@@ -4,7 +4,8 @@
 //! The format is documented for other languages in docs/ENVELOPE.md: a MessagePack map with
 //! string keys, so a backend in any language can publish straight into Redis. Keys may come
 //! in any order; unknown keys are skipped so newer publishers do not break older volleys.
-//! Called by `broker` (decode what arrives on a subscription) and `api` (encode a publish).
+//! Called by `backend::redis` (encode a publish, decode history and inbox entries) and
+//! `services` (decode what arrives on a subscription).
 
 use std::fmt;
 

@@ -4,9 +4,10 @@
 //! This module owns the parsing limits (head bytes, header count, body bytes)
 //! and the framing rules that decide where a request body ends, so that a
 //! request is either understood exactly or refused with a status code. It does
-//! no I/O, holds no clock and knows nothing of routes: `shard` reads bytes and
-//! calls [`parse_head`], `api` routes on the [`Head`] and writes [`response`] /
-//! [`json_error`], and `ws::handshake` checks the upgrade headers.
+//! no I/O, holds no clock and knows nothing of routes: `front` reads bytes and
+//! calls [`parse_head`] and the chunked decoder, `api` routes on the [`Head`] and
+//! builds [`response`] / [`json_error`], and `ws::handshake` checks the upgrade
+//! headers.
 
 use std::borrow::Cow;
 use std::fmt;

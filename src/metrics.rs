@@ -1,8 +1,8 @@
 //! Per-shard counters (`Cell<u64>`, no atomics on the hot path), a `Snapshot` that can be
 //! sent across shards and merged, and its JSON and Prometheus text renderings.
 //!
-//! Owned by `shard`; incremented by `conn`, `fanout` and `api`; read by `api` for
-//! `/api/stats` and `/metrics`.
+//! Owned by each shard's `Ctx`; incremented by `conn`, `hub`, `backend`, `services`, `front`
+//! and `api`; read by `api` for `/api/stats` and `/metrics`.
 
 use std::cell::Cell;
 use std::fmt::Write;
@@ -61,6 +61,9 @@ counters! {
     http_errors_total: "counter",
     /// Broadcasts received by this shard (from its API or from another shard).
     broadcasts_total: "counter",
+    /// Message frames encoded for deliveries: one per codec in use per delivery per shard
+    /// (encode once), however many recipients share it.
+    frames_encoded_total: "counter",
     /// WebSocket frames written to clients.
     frames_sent_total: "counter",
     /// Bytes written to WebSocket clients.

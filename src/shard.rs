@@ -32,8 +32,7 @@ use crate::front::{self, Upgraded};
 use crate::hub::Hub;
 use crate::mesh::{Mesh, Peers, ShardMsg, Shared};
 use crate::metrics::Metrics;
-use crate::protocol;
-use crate::services::Services;
+use crate::services::{ops, Services};
 use crate::ws::frame::close_code;
 use crate::{listener, log};
 
@@ -87,7 +86,7 @@ impl Future for ConnTask {
                 // Client messages are handled with no borrow held: an op may touch the
                 // index, other connections, or start a publish.
                 if !inbound.is_empty() {
-                    protocol::dispatch(&this.shard.svc, this.key, inbound);
+                    ops::dispatch(&this.shard.svc, this.key, inbound);
                 }
                 Poll::Pending
             }
@@ -134,12 +133,12 @@ impl Shard {
             if let crate::envelope::Target::Room(room) = &target {
                 // Rooms in a resume token are joined again, under today's permissions.
                 if let Err((code, message)) = self.svc.join_room(key, room) {
-                    let error = protocol::OpError {
+                    let error = crate::protocol::OpError {
                         reference: None,
                         code,
                         message: format!("resume {target}: {message}"),
                     };
-                    protocol::reply_error(&self.svc, key, error);
+                    ops::reply_error(&self.svc, key, error);
                     continue;
                 }
             }
@@ -149,7 +148,7 @@ impl Shard {
             self.svc.start_recovery(key, channels, take_inbox);
         }
         if !inbound.is_empty() {
-            protocol::dispatch(&self.svc, key, inbound);
+            ops::dispatch(&self.svc, key, inbound);
         }
     }
 

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Usage: tools/test.sh [extra cargo test args]
+# Usage: tools/test.sh [--install-only] [extra cargo test args]
+#
+#   --install-only   install what is missing and stop (.ci/run does this before clippy,
+#                    since the dev-dependencies need libssl-dev to compile)
 #
 # The project's test command (README.md, .ci/run). Installs what the tests need when it is
 # missing on this machine, then runs every test of the workspace:
@@ -12,6 +15,12 @@
 #   - libssl-dev and pkg-config: the native-tls dev-dependency those tests' wss client links
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+install_only=""
+if [ "${1:-}" = "--install-only" ]; then
+    install_only=1
+    shift
+fi
 
 apt_updated=""
 apt_install() {
@@ -53,5 +62,9 @@ for module in websockets redis msgpack; do
         pip_install "$module"
     fi
 done
+
+if [ -n "$install_only" ]; then
+    exit 0
+fi
 
 cargo test --workspace "$@"

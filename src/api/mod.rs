@@ -14,9 +14,8 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use crate::auth::constant_time_eq;
+use crate::auth::{bearer, constant_time_eq};
 use crate::envelope::Target;
-use crate::front::upgrade::bearer;
 use crate::http::{self, Head};
 use crate::metrics::{self, Metrics};
 use crate::protocol::check_name;

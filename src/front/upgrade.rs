@@ -15,8 +15,9 @@ use crate::auth;
 use crate::config::ClientAuth;
 use crate::envelope::Target;
 use crate::http::{self, Head, Method};
+use crate::hub::Session;
 use crate::metrics::Metrics;
-use crate::protocol::{check_name, Codec, Session};
+use crate::protocol::{check_name, Codec};
 use crate::services::Services;
 use crate::ws::handshake;
 
@@ -168,11 +169,6 @@ fn unix_now_s() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A `Bearer` credential from the Authorization header.
-pub fn bearer(head: &Head) -> Option<&str> {
-    auth::bearer_token(head.header("authorization")?).ok()
-}
-
 /// Who is connecting and with which codec: a verified token when a JWT key is set (401
 /// with the reason otherwise), or `?user=` in open mode.
 /// Channels to recover at connect, each with the last seq the client saw.
@@ -184,7 +180,7 @@ fn identify(svc: &Services, head: &Head) -> Result<(Session, Resume), (u16, Stri
         ClientAuth::Jwt(verifier) => {
             let token = head
                 .query_param("token")
-                .or_else(|| bearer(head))
+                .or_else(|| auth::bearer(head))
                 .ok_or_else(|| {
                     (
                         401,

@@ -1,8 +1,8 @@
 //! Per-shard routing indexes: user -> connections and room -> connections, and for each
 //! connection the rooms it is in (so a disconnect leaves every room in one pass).
 //!
-//! No I/O and no knowledge of sockets: `fanout` asks who should get a message, `shard`
-//! keeps the index in step with connects, joins, leaves and disconnects. Names are
+//! No I/O and no knowledge of sockets: `Hub::deliver` asks who should get a message; the
+//! hub keeps the index in step with connects, joins, leaves and disconnects. Names are
 //! `Rc<str>` shared between the maps, so a name is stored once per shard however many
 //! connections use it.
 

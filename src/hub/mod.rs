@@ -12,6 +12,9 @@ pub mod frames;
 pub mod index;
 pub mod receipts;
 pub mod recovery;
+pub mod session;
+#[cfg(test)]
+mod tests;
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -23,24 +26,29 @@ use slab::Slab;
 
 use crate::config::WRITE_SCRATCH_BYTES;
 use crate::config::{READ_SCRATCH_BYTES, RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S};
+use crate::conn::Inbound;
 use crate::conn::{Conn, ConnKey, ConnLimits, ConnState, PollEnv};
 use crate::ctx::Ctx;
 use crate::envelope::Target;
 use crate::mesh::{Delivery, Presence};
 use crate::metrics::Metrics;
-use crate::protocol::{Codec, Inbound, Session};
+use crate::protocol::Codec;
 use crate::ws::frame::{self, close_code, OpCode};
 use frames::Frames;
 use index::{Change, Index};
 use receipts::{Receipt, Receipts};
 use recovery::Admit;
+pub use session::Session;
+
+// The slab holds one per connection: keep it small (the budget is summed in conn.rs).
+const _: () = assert!(std::mem::size_of::<Conn<Session>>() <= 256);
 
 /// Most connections a shard reserves slab room for at start (address space, not RSS).
 const SLAB_RESERVE_MAX: usize = 1 << 20;
 
 pub struct Hub {
     ctx: Rc<Ctx>,
-    conns: RefCell<Slab<Conn>>,
+    conns: RefCell<Slab<Conn<Session>>>,
     next_generation: Cell<u32>,
     /// Every socket read on this shard lands here first; connections own no read buffer.
     read_buf: RefCell<Box<[u8]>>,
@@ -252,7 +260,7 @@ impl Hub {
         let mut conns = self.conns.borrow_mut();
         let mut channel: Option<String> = None;
         let limits = &self.limits;
-        let mut push = |conn: &mut Conn| {
+        let mut push = |conn: &mut Conn<Session>| {
             let frame = frames.for_codec(conn.session.codec);
             if let Some(recovering) = conn.session.recovering.as_mut() {
                 let channel = channel.get_or_insert_with(|| delivery.publish.target.to_string());
@@ -299,6 +307,7 @@ impl Hub {
         }
         drop(index);
         drop(conns);
+        Metrics::add(&metrics.frames_encoded_total, frames.encoded() as u64);
         // Receipts only where something was delivered: a shard with no recipient keeps no
         // entry (the table is bounded, and empty entries would evict real ones).
         if let (Some(seq), true) = (delivery.seq, queued > 0) {
@@ -412,6 +421,17 @@ impl Hub {
     /// Expires old receipts only (the sweep's every-second part).
     pub fn expire_receipts(&self, now_s: u32) {
         self.receipts.borrow_mut().expire(now_s);
+    }
+
+    /// The frames queued to a connection, oldest first (tests look at what was delivered).
+    #[cfg(test)]
+    pub fn queued(&self, key: ConnKey) -> Vec<Bytes> {
+        self.conns
+            .borrow()
+            .get(key.index as usize)
+            .filter(|c| c.generation() == key.generation)
+            .map(|c| c.queued())
+            .unwrap_or_default()
     }
 
     /// Queues a close frame to every open connection.

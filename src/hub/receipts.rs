@@ -1,8 +1,9 @@
 //! Per-shard delivery receipts: for each recent sequenced message, how many local
 //! connections it was queued to and how many acknowledged it. No I/O.
 //!
-//! `fanout` records deliveries, `protocol` records acks by (channel, seq), `api` sums the
-//! shards' figures for `GET /api/messages/{id}` and `?wait=ack`. Bounded in count and age.
+//! `Hub::deliver` records deliveries, `Hub::ack` records acks by (channel, seq) for
+//! `services`, and `backend` sums the shards' figures for `GET /api/messages/{id}` and
+//! `?wait=ack`. Bounded in count and age.
 
 use std::collections::{HashMap, VecDeque};
 

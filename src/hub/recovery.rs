@@ -4,8 +4,8 @@
 //! is queued, held messages newer than the replay follow, and for a short grace period any
 //! live message the replay already covered is dropped (it may still be in flight from
 //! another shard or from Redis). So the client sees every message once, in order.
-//! Owned by a connection's `Session`; `shard` consults it for every delivery to a
-//! recovering connection, `routing` drives the replay.
+//! Owned by a connection's `Session`; `Hub::deliver` consults it for every delivery to a
+//! recovering connection, `services::recovery` drives the replay.
 
 use bytes::Bytes;
 

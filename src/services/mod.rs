@@ -9,6 +9,7 @@
 //! `protocol` (client ops), `api` (HTTP), and `shard` (connects, disconnects, the mesh
 //! and broker loops). Every task it starts goes through `ctx.tasks`.
 
+pub mod ops;
 pub mod recovery;
 
 use std::cell::Cell;
@@ -26,7 +27,7 @@ use crate::hub::{Hub, Removed};
 use crate::log;
 use crate::mesh::{Delivery, Presence, Publish, ShardMsg, ShardReport};
 use crate::metrics::Metrics;
-use crate::protocol::{self, check_name, ErrorCode, Ref};
+use crate::protocol::{check_name, ErrorCode, OpError, Ref};
 
 /// An op refused: the code and the words the client gets.
 pub type Refusal = (ErrorCode, String);
@@ -260,15 +261,15 @@ impl Services {
             match svc.backend.publish(publish).await {
                 Ok(published) => {
                     let result = json!({ "id": published.id, "seq": published.seq, "recipients": published.recipients });
-                    protocol::reply_ok(&svc, key, reference.as_ref(), Some(&result));
+                    ops::reply_ok(&svc, key, reference.as_ref(), Some(&result));
                 }
                 Err(e) => {
-                    let error = protocol::OpError {
+                    let error = OpError {
                         reference,
                         code: ErrorCode::Internal,
                         message: e.to_string(),
                     };
-                    protocol::reply_error(&svc, key, error);
+                    ops::reply_error(&svc, key, error);
                 }
             }
         };
@@ -287,13 +288,13 @@ impl Services {
         channel: String,
     ) {
         if self.backend.is_subscribed(&channel) {
-            protocol::reply_ok(self, key, reference.as_ref(), None);
+            ops::reply_ok(self, key, reference.as_ref(), None);
             return;
         }
         let svc = self.clone();
         let task = async move {
             svc.backend.wait_subscribed(&[channel]).await;
-            protocol::reply_ok(&svc, key, reference.as_ref(), None);
+            ops::reply_ok(&svc, key, reference.as_ref(), None);
         };
         if self.ctx.tasks.spawn(task).is_err() {
             Metrics::inc(&self.ctx.metrics.tasks_refused_total);

@@ -6,8 +6,9 @@
 //! clock and knows nothing of connections, users or rooms.
 //!
 //! Callers:
-//! - `fanout` calls [`encode`] once per published message and clones the
-//!   resulting `Bytes` into every recipient's queue.
+//! - the client codecs (`protocol`) call [`encode`] once per delivery per codec
+//!   (`hub::frames`), and the hub clones the resulting `Bytes` into every
+//!   recipient's queue.
 //! - `conn` keeps one [`Decoder`] per connection and calls [`Decoder::feed`]
 //!   with every read; on `Err` it sends [`encode_close`] with
 //!   [`Error::close_code`] and drops the connection.

@@ -3,9 +3,9 @@
 //!
 //! This module owns only the RFC's rules for the upgrade headers. It does not
 //! parse HTTP (that is `crate::http`), route paths, authenticate users or do
-//! any I/O. `shard` calls [`check`] on the parsed head of a `GET /ws`; on `Ok`
-//! it writes [`response_101`] and hands the socket to `conn`, on `Err` it
-//! writes [`Reject::response`] and closes.
+//! any I/O. `front::upgrade` calls [`check`] on the parsed head of a `GET /ws`;
+//! on `Ok` it writes [`response_101`] and hands the socket to the shard, on `Err`
+//! it answers with the reject's status and reason and closes.
 
 use std::fmt;
 

@@ -1,0 +1,99 @@
+//! Who a connection is and what it may do: its codec, user, token claims, protocol
+//! strikes, publish rate and recovery state. Lives beside the socket in the hub's slab.
+//!
+//! Built by `front::upgrade`; read and changed by `hub` and `services`. No I/O.
+
+use std::rc::Rc;
+
+use crate::auth::Claims;
+use crate::protocol::Codec;
+
+/// A token bucket in thousandths of a token, refilled from a millisecond clock.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenBucket {
+    tokens_milli: u32,
+    last_ms: u32,
+}
+
+impl TokenBucket {
+    pub fn full(burst: u32) -> TokenBucket {
+        TokenBucket {
+            tokens_milli: burst.saturating_mul(1000),
+            last_ms: 0,
+        }
+    }
+
+    /// Takes one token at `now_ms` if there is one.
+    pub fn take(&mut self, now_ms: u32, rate_per_s: u32, burst: u32) -> bool {
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        self.last_ms = now_ms;
+        let refill = (elapsed as u64 * rate_per_s as u64).min(u32::MAX as u64) as u32;
+        self.tokens_milli = self
+            .tokens_milli
+            .saturating_add(refill)
+            .min(burst.saturating_mul(1000));
+        if self.tokens_milli >= 1000 {
+            self.tokens_milli -= 1000;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Who a connection is and what it may do; lives in the connection's slab entry.
+#[derive(Debug)]
+pub struct Session {
+    pub codec: Codec,
+    /// The user id (from the token's `sub`, or `?user=` in open mode); None = anonymous.
+    pub user: Option<Rc<str>>,
+    /// The token's permissions; None in open mode, where everything is allowed.
+    pub claims: Option<Rc<Claims>>,
+    /// Protocol errors so far; past `CLIENT_STRIKES_MAX` the client is closed with 1008.
+    pub strikes: u8,
+    pub publish_bucket: TokenBucket,
+    /// Channels being recovered (replay under way, or a short grace after it); None for
+    /// almost every connection, so it costs one pointer.
+    pub recovering: Option<Box<super::recovery::Recovering>>,
+}
+
+impl Session {
+    pub fn new(
+        codec: Codec,
+        user: Option<Rc<str>>,
+        claims: Option<Rc<Claims>>,
+        burst: u32,
+    ) -> Session {
+        Session {
+            codec,
+            user,
+            claims,
+            strikes: 0,
+            publish_bucket: TokenBucket::full(burst),
+            recovering: None,
+        }
+    }
+
+    /// The `from` of messages this connection publishes: `user:<id>`, or None if anonymous.
+    pub fn from(&self) -> Option<String> {
+        self.user.as_ref().map(|u| format!("user:{u}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_the_burst_then_the_rate() {
+        let mut bucket = TokenBucket::full(3);
+        assert!((0..3).all(|_| bucket.take(0, 2, 3)));
+        assert!(!bucket.take(0, 2, 3));
+        assert!(bucket.take(500, 2, 3), "2/s refills one token in 500 ms");
+        assert!(!bucket.take(500, 2, 3));
+        assert!(bucket.take(10_000, 2, 3));
+        assert!(bucket.take(10_000, 2, 3));
+        assert!(bucket.take(10_000, 2, 3));
+        assert!(!bucket.take(10_000, 2, 3), "never more than the burst");
+    }
+}
