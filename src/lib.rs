@@ -52,6 +52,7 @@ pub mod routing;
 pub mod server;
 pub mod shard;
 pub mod ws {
+    pub mod deflate;
     pub mod frame;
     pub mod handshake;
 }
