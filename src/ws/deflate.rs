@@ -1699,6 +1699,191 @@ mod tests {
         assert_eq!(Error::Deflate.close_code(), 1011);
     }
 
+    /// Reads one client frame: the first header byte and the unmasked payload.
+    fn read_client_frame(sock: &mut std::net::TcpStream) -> (u8, Vec<u8>) {
+        use std::io::Read as _;
+        let mut head = [0u8; 2];
+        sock.read_exact(&mut head).unwrap();
+        assert_ne!(head[1] & 0x80, 0, "client frames are masked");
+        let len = match head[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                sock.read_exact(&mut b).unwrap();
+                usize::from(u16::from_be_bytes(b))
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                sock.read_exact(&mut b).unwrap();
+                usize::try_from(u64::from_be_bytes(b)).unwrap()
+            }
+            n => usize::from(n),
+        };
+        let mut mask = [0u8; 4];
+        sock.read_exact(&mut mask).unwrap();
+        let mut payload = vec![0u8; len];
+        sock.read_exact(&mut payload).unwrap();
+        for (i, b) in payload.iter_mut().enumerate() {
+            *b ^= mask[i % 4];
+        }
+        (head[0], payload)
+    }
+
+    /// A real client: python `websockets` (17.4 here) negotiates with our
+    /// answer, decodes our compressed frames and echoes each message, which
+    /// it compresses itself; our `Inflater` must give the message back.
+    #[test]
+    #[ignore = "needs python3 with `websockets` (pip install websockets); \
+                run: cargo test --lib ws::deflate -- --ignored"]
+    fn python_websockets_client_accepts_our_frames() {
+        use std::io::{Read as _, Write as _};
+        use std::net::TcpListener;
+        use std::process::{Command, Stdio};
+        use std::time::{Duration, Instant};
+
+        let messages: Vec<(OpCode, Vec<u8>)> = vec![
+            (OpCode::Text, json(300)),
+            (OpCode::Text, json(4096)),
+            (OpCode::Text, Vec::new()),
+            (
+                OpCode::Binary,
+                (0..2000u32).map(|i| (i % 251) as u8).collect(),
+            ),
+            (OpCode::Text, json(100_000)),
+            (OpCode::Text, b"plain".to_vec()),
+        ];
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let url = format!(
+            "ws://127.0.0.1:{}/ws",
+            listener.local_addr().unwrap().port()
+        );
+        let script = "import sys\n\
+            from websockets.sync.client import connect\n\
+            with connect(sys.argv[1], compression='deflate', open_timeout=10, close_timeout=5) as ws:\n\
+            \x20   print('EXT', ws.protocol.extensions, flush=True)\n\
+            \x20   for _ in range(int(sys.argv[2])):\n\
+            \x20       ws.send(ws.recv(timeout=10))\n";
+        let mut child = Command::new("python3")
+            .args(["-c", script, &url, &messages.len().to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut sock = loop {
+            match listener.accept() {
+                Ok((sock, _)) => break sock,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let out = child.wait_with_output().unwrap();
+                    panic!(
+                        "no connection: {e}; {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        };
+        sock.set_nonblocking(false).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+
+        // The handshake, wired as the module head says.
+        let mut request = Vec::new();
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut buf = [0u8; 1024];
+            let n = sock.read(&mut buf).unwrap();
+            assert!(n > 0, "EOF in the request head");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let limits = crate::http::Limits {
+            head_bytes_max: 8192,
+            headers_max: 32,
+            body_bytes_max: 0,
+        };
+        let head = crate::http::parse_head(&request, &limits).unwrap().unwrap();
+        let offers: Vec<&str> = head.headers_named("sec-websocket-extensions").collect();
+        assert_eq!(offers, ["permessage-deflate; client_max_window_bits"]);
+        let accept = crate::ws::handshake::check(&head).unwrap();
+        let agreement = negotiate(offers, &Policy::default()).unwrap();
+        let mut response = crate::ws::handshake::response_101(&accept);
+        response.truncate(response.len() - 2);
+        response.extend_from_slice(
+            format!(
+                "Sec-WebSocket-Extensions: {}\r\n\r\n",
+                agreement.response_value()
+            )
+            .as_bytes(),
+        );
+        sock.write_all(&response).unwrap();
+
+        let mut compressor = Compressor::new(Level::FAST);
+        let mut inflater = Inflater::new(&agreement);
+        let mut out = Vec::new();
+        let mut compressed_echoes = 0;
+        for (opcode, payload) in &messages {
+            let wire = if payload.as_slice() == b"plain" {
+                frame::encode(*opcode, payload)
+            } else {
+                // The empty message is sent compressed even though it grows
+                // (one 0x00 byte), to check the client takes §7.2.3.6's form.
+                compressor
+                    .encode_frame(*opcode, payload)
+                    .unwrap()
+                    .unwrap_or_else(|| {
+                        encode_compressed(*opcode, &compressor.compress(payload).unwrap())
+                    })
+            };
+            assert_eq!(wire[0] & 0x40 != 0, payload.as_slice() != b"plain");
+            sock.write_all(&wire).unwrap();
+            // The echo, possibly fragmented, possibly compressed.
+            loop {
+                let (b0, data) = read_client_frame(&mut sock);
+                let op = match b0 & 0x0f {
+                    0 => OpCode::Continuation,
+                    1 => OpCode::Text,
+                    2 => OpCode::Binary,
+                    other => panic!("client sent opcode {other:#x}: {data:?}"),
+                };
+                let fin = b0 & 0x80 != 0;
+                match inflater.frame(op, b0 & 0x40 != 0, fin, &data, 1 << 20, &mut out) {
+                    Ok(Step::Message) => {
+                        assert_eq!(&out, payload);
+                        compressed_echoes += 1;
+                        break;
+                    }
+                    Ok(Step::Plain) if fin && op != OpCode::Continuation => {
+                        assert_eq!(&data, payload);
+                        break;
+                    }
+                    other => assert!(matches!(other, Ok(Step::Partial)), "{other:?}"),
+                }
+            }
+            assert!(!inflater.is_allocated(), "client_no_context_takeover");
+        }
+        // The client closes after the last echo; answer its close.
+        let (b0, _) = read_client_frame(&mut sock);
+        assert_eq!(b0 & 0x0f, 8, "close");
+        sock.write_all(&frame::encode_close(1000, "")).unwrap();
+        // RFC 6455 §7.1.1: the server closes the TCP connection first.
+        drop(sock);
+        assert!(
+            compressed_echoes >= messages.len() - 1,
+            "{compressed_echoes}"
+        );
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("PerMessageDeflate"), "{stdout}");
+        println!("{stdout}");
+    }
+
     /// xorshift64*: a tiny seeded PRNG so the fuzz test is reproducible.
     struct Rng(u64);
 
