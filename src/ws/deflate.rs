@@ -795,6 +795,9 @@ pub struct Inflater {
     in_message: bool,
     /// That message is text, so its inflated bytes must be UTF-8.
     text: bool,
+    /// That message's DEFLATE stream already ended with a final block
+    /// (RFC 7692 §7.2.3.4), so its remaining fragments must be empty.
+    ended: bool,
 }
 
 const _: () = assert!(std::mem::size_of::<Inflater>() <= 16);
@@ -817,6 +820,7 @@ impl Inflater {
             context_takeover: agreement.client_context_takeover,
             in_message: false,
             text: false,
+            ended: false,
         }
     }
 
@@ -905,19 +909,25 @@ impl Inflater {
                 }
                 self.in_message = true;
                 self.text = opcode == OpCode::Text;
+                self.ended = false;
                 out.clear();
             }
         }
         let state = self
             .state
             .get_or_insert_with(|| Box::new(Decompress::new(false)));
-        let mut ended = inflate(state, payload, inflated_bytes_max, out)?;
-        if !fin {
-            if ended {
-                // RFC 7692 §7.2.3.4 allows a final block, but nothing may
-                // follow it in the same message.
+        let mut ended = self.ended;
+        if ended {
+            // RFC 7692 §7.2.3.4 allows a final block, but no data may follow
+            // it in the same message (empty fragments may).
+            if !payload.is_empty() {
                 return Err(Error::Corrupt);
             }
+        } else {
+            ended = inflate(state, payload, inflated_bytes_max, out)?;
+        }
+        if !fin {
+            self.ended = ended;
             return Ok(Step::Partial);
         }
         // RFC 7692 §7.2.2: append 00 00 ff ff, then inflate. A message that
@@ -926,6 +936,7 @@ impl Inflater {
             ended = inflate(state, &TAIL, inflated_bytes_max, out)?;
         }
         self.in_message = false;
+        self.ended = false;
         if !self.context_takeover {
             self.state = None;
         } else if ended {
@@ -945,6 +956,7 @@ impl Inflater {
     fn abort(&mut self) {
         self.state = None;
         self.in_message = false;
+        self.ended = false;
     }
 }
 
@@ -1503,13 +1515,29 @@ mod tests {
             inflater.frame(OpCode::Binary, false, true, b"x", max, &mut out),
             Err(Error::ExpectedContinuation)
         );
-        // A final block followed by more fragments.
+        // A final block may be followed by empty fragments only.
         let mut inflater = Inflater::default();
         let bfinal = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00];
-        assert_eq!(
-            inflater.frame(OpCode::Text, true, false, &bfinal, max, &mut out),
-            Err(Error::Corrupt)
-        );
+        for last in [&b""[..], b"\x00"] {
+            assert_eq!(
+                inflater.frame(OpCode::Text, true, false, &bfinal, max, &mut out),
+                Ok(Step::Partial)
+            );
+            assert_eq!(
+                inflater.frame(OpCode::Continuation, false, false, b"", max, &mut out),
+                Ok(Step::Partial)
+            );
+            let expected = if last.is_empty() {
+                Ok(Step::Message)
+            } else {
+                Err(Error::Corrupt)
+            };
+            assert_eq!(
+                inflater.frame(OpCode::Continuation, false, true, last, max, &mut out),
+                expected
+            );
+        }
+        assert_eq!(out, b"Hello");
         // Trailing garbage after a final block.
         let mut garbage = bfinal.to_vec();
         garbage.push(0x42);
