@@ -20,7 +20,8 @@ fn event(i: u32) -> String {
             r#"{{"type":"message","room":"sports/football/match-{}","seq":{},"#,
             r#""ts":{},"from":"feed-{}","data":{{"minute":{},"event":"{}","#,
             r#""player":"{}","team":"{}","score":[{},{}],"#,
-            r#""text":"{} for {} in minute {}, the crowd is on its feet"}}}}"#
+            r#""text":"{} for {} in minute {}, the crowd is on its feet","#,
+            r#""venue":"Stamford Bridge, London"}}}}"#
         ),
         4000 + i % 13,
         1_842_291 + i,
@@ -82,6 +83,17 @@ fn compress(c: &mut Criterion) {
             );
         }
     }
+    group.finish();
+
+    // The fixed cost of a message: resetting the compressor (miniz_oxide rebuilds its
+    // LZ buffer and clears its dictionary and hash chains, about 230 KiB of writes) and the
+    // sync flush, with nothing to compress.
+    let mut group = c.benchmark_group("deflate_fixed_cost");
+    group.throughput(Throughput::Elements(1));
+    let mut compressor = Compressor::new(Level::FAST);
+    group.bench_function("empty/level1", |b| {
+        b.iter(|| compressor.encode_frame(OpCode::Text, black_box(b"")))
+    });
     group.finish();
 }
 
