@@ -54,6 +54,7 @@ pub mod server;
 pub mod services;
 pub mod shard;
 pub mod ws {
+    pub mod deflate;
     pub mod frame;
     pub mod handshake;
 }
