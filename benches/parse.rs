@@ -22,6 +22,7 @@ fn sample_envelope(payload_bytes: usize) -> Vec<u8> {
         kind: PayloadKind::Json,
         payload: Bytes::from(format!("{{\"pad\":\"{}\"}}", "x".repeat(payload_bytes))),
         seq: Some(17),
+        epoch: None,
         from: Some("user:ann".into()),
     })
     .0

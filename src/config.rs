@@ -72,6 +72,9 @@ pub const CLIENT_STRIKES_MAX: u8 = 20;
 pub const BATCH_TARGETS_MAX: usize = 10_000;
 /// How long `GET /api/messages/{id}` can report on a message (and acks are counted).
 pub const RECEIPT_RETENTION_S: u32 = 300;
+/// How long a publish with an `Idempotency-Key` is remembered in Redis: a publisher that got
+/// a 504 and retries within this window publishes at most once.
+pub const IDEMPOTENCY_TTL_S: u32 = 600;
 /// Messages whose receipts each shard keeps (oldest dropped first).
 pub const RECEIPTS_PER_SHARD_MAX: usize = 100_000;
 /// Messages kept per channel for recovery: a client away for a short while (a train tunnel,

@@ -33,6 +33,8 @@ pub struct Ctx {
     /// False once shutdown began: upgrades in flight are refused instead of joining a
     /// shard that is closing everyone, and HTTP keep-alive ends.
     accepting: Cell<bool>,
+    /// xorshift state for epoch candidates (seeded from the kernel's random source).
+    rng: Cell<u64>,
 }
 
 impl Ctx {
@@ -48,6 +50,7 @@ impl Ctx {
             now_s: Cell::new(0),
             next_message: Cell::new(0),
             accepting: Cell::new(true),
+            rng: Cell::new(crate::mesh::new_epoch() | 1),
         }
     }
 
@@ -83,6 +86,16 @@ impl Ctx {
         let n = self.next_message.get();
         self.next_message.set(n + 1);
         format!("{}-{}-{}", self.shared.node_id, self.id, n)
+    }
+
+    /// A fresh epoch candidate in 1..2^53 (a channel whose counter Redis creates gets it).
+    pub fn new_epoch(&self) -> u64 {
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng.set(x);
+        (x & ((1 << 53) - 1)).max(1)
     }
 
     pub fn is_accepting(&self) -> bool {

@@ -92,6 +92,9 @@ pub struct Envelope {
     pub payload: Bytes,
     /// Sequence number in the target's channel, set by the publish script in Redis.
     pub seq: Option<u64>,
+    /// The epoch of the channel's numbering (a new one whenever its counter is created,
+    /// e.g. after Redis lost its data), set by the publish script beside `seq`.
+    pub epoch: Option<u64>,
     /// `user:<id>` of a publishing client, if any.
     pub from: Option<String>,
 }
@@ -132,12 +135,17 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// Bytes from the start of the `seq` value to the start of the `epoch` value: the 8 bytes
+/// of `seq`, the fixstr `epoch` (1 + 5 bytes) and the uint64 marker.
+pub const EPOCH_AFTER_SEQ: usize = 8 + 1 + 5 + 1;
+
 /// Encodes an envelope as a MessagePack map (keys in a fixed order). Returns the bytes and
 /// the offset of the 8 big-endian bytes of `seq`, which the publish script in Redis
-/// overwrites with the channel's next sequence number (0 until then).
+/// overwrites with the channel's next sequence number (0 until then); the 8 bytes of
+/// `epoch` follow at `EPOCH_AFTER_SEQ` from there, patched the same way.
 pub fn encode(envelope: &Envelope) -> (Vec<u8>, usize) {
-    let mut out = Vec::with_capacity(96 + envelope.payload.len());
-    let entries = 7 + envelope.from.is_some() as u32;
+    let mut out = Vec::with_capacity(112 + envelope.payload.len());
+    let entries = 8 + envelope.from.is_some() as u32;
     let mut flags = envelope.flags & !FLAG_JSON;
     if envelope.kind == PayloadKind::Json {
         flags |= FLAG_JSON;
@@ -162,6 +170,9 @@ pub fn encode(envelope: &Envelope) -> (Vec<u8>, usize) {
     // Always the fixed-width uint64 form, so the script can patch it in place.
     let _ = rmp::encode::write_u64(&mut out, envelope.seq.unwrap_or(0));
     let seq_at = out.len() - 8;
+    let _ = rmp::encode::write_str(&mut out, "epoch");
+    let _ = rmp::encode::write_u64(&mut out, envelope.epoch.unwrap_or(0));
+    debug_assert_eq!(out.len() - 8, seq_at + EPOCH_AFTER_SEQ);
     let _ = rmp::encode::write_str(&mut out, "payload");
     match envelope.kind {
         PayloadKind::Text | PayloadKind::Json => {
@@ -352,6 +363,7 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
     let mut flags = 0;
     let mut payload = None;
     let mut seq = None;
+    let mut epoch = None;
     let mut from = None;
     for _ in 0..entries {
         let key = r.str("key", 64)?;
@@ -367,6 +379,7 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
             "flags" => flags = r.uint("flags")?,
             // 0 means "not sequenced" (a volley envelope published without the script).
             "seq" => seq = Some(r.uint("seq")?).filter(|&s| s > 0),
+            "epoch" => epoch = Some(r.uint("epoch")?).filter(|&e| e > 0),
             "from" => from = Some(r.str("from", NAME_BYTES_MAX)?.to_string()),
             "payload" => {
                 let marker = r.marker()?;
@@ -405,6 +418,7 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
         kind,
         payload,
         seq,
+        epoch,
         from,
     })
 }
@@ -432,6 +446,7 @@ mod tests {
             kind,
             payload: Bytes::copy_from_slice(payload),
             seq: None,
+            epoch: None,
             from: None,
         }
     }

@@ -36,8 +36,11 @@ pub struct Publish {
 #[derive(Debug)]
 pub struct Delivery {
     pub publish: Publish,
-    /// The channel sequence number; None for messages from foreign publishers.
+    /// The channel sequence number; None for messages from foreign publishers and for
+    /// `?scope=local` publishes in cluster mode (they are not part of the numbered stream).
     pub seq: Option<u64>,
+    /// The epoch of the channel's numbering `seq` belongs to.
+    pub epoch: Option<u64>,
 }
 
 /// One stored message of a channel's history or a user's inbox.
@@ -60,6 +63,8 @@ pub struct Replay {
     /// False when messages after the requested seq are no longer all kept (the gap is older
     /// than the history): the application should refetch.
     pub complete: bool,
+    /// The epoch of the channel's numbering (None when it has never been numbered).
+    pub epoch: Option<u64>,
 }
 
 /// Who a user or room is, as one shard sees it.
@@ -77,6 +82,8 @@ pub enum ShardMsg {
     /// them everywhere, in order. Answers (seq, recipients in the process) per message.
     Sequence {
         publishes: Vec<Publish>,
+        /// False for `?scope=local` publishes in cluster mode: delivered in order, unnumbered.
+        numbered: bool,
         reply: oneshot::Sender<Vec<(u64, u32)>>,
     },
     /// Queue deliveries to the local recipients of their targets, in order; answer how many
@@ -275,6 +282,10 @@ pub struct Shared {
     shutdown: Arc<AtomicBool>,
     /// This process's name in the cluster: the `origin` of every envelope it publishes.
     pub node_id: String,
+    /// Standalone: the epoch of every channel's numbering in this process (counters start
+    /// at process start, so a restart is a new epoch). Below 2^53, so JavaScript clients
+    /// and Redis' Lua read it exactly.
+    pub epoch: u64,
 }
 
 impl Shared {
@@ -284,6 +295,7 @@ impl Shared {
             max_connections,
             shutdown: Arc::new(AtomicBool::new(false)),
             node_id: new_node_id(),
+            epoch: new_epoch(),
         }
     }
 
@@ -318,6 +330,21 @@ impl Shared {
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Relaxed);
     }
+}
+
+/// A new random epoch in 1..2^53.
+pub fn new_epoch() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    let mut n = u64::from_ne_bytes(bytes);
+    if got != bytes.len() as isize {
+        n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            ^ std::process::id() as u64;
+    }
+    (n & ((1 << 53) - 1)).max(1)
 }
 
 /// A random 64-bit node id in hex, from the kernel's random source (getrandom(2)), so two

@@ -101,6 +101,13 @@ counters! {
     /// Short tasks (publishes, replays, room events) refused because the shard ran
     /// `SHARD_TASKS_MAX` of them already.
     tasks_refused_total: "counter",
+    /// Cluster mode: messages delivered from history after a subscriber reconnect (what the
+    /// channel got while the link was down).
+    gap_replayed_total: "counter",
+    /// Cluster mode: catch-ups after a reconnect that could not read the history.
+    gap_replay_errors_total: "counter",
+    /// Cluster mode: presence counters written again after Redis may have lost them.
+    presence_resyncs_total: "counter",
 }
 
 impl Snapshot {

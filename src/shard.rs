@@ -162,7 +162,7 @@ impl Shard {
     /// What this shard's Redis subscriptions deliver, in arrival order.
     async fn serve_broker(self: Rc<Self>, rx: LocalReceiver<Incoming>) {
         while let Some(incoming) = rx.recv().await {
-            self.svc.on_broker_message(incoming);
+            self.svc.on_broker(incoming);
         }
     }
 
@@ -244,6 +244,7 @@ impl Shard {
             }
             next_full_s = now_s + full_every_s;
             self.backend.expire(now_s);
+            self.svc.tick();
             self.hub.sweep(now_s, ping_due);
         }
     }

@@ -416,6 +416,7 @@ fn envelope_seeds() -> Vec<Vec<u8>> {
         kind: PayloadKind::Text,
         payload: bytes::Bytes::from_static(b"hello"),
         seq: None,
+        epoch: None,
         from: None,
     };
     let mut seeds = vec![encode(&base).0];

@@ -5,7 +5,7 @@ use std::rc::Rc;
 
 use serde_json::json;
 
-use super::publish::publish_error;
+use super::publish::read_error;
 use super::{error, json_response};
 use crate::envelope::{PayloadKind, Target};
 use crate::http::Head;
@@ -38,7 +38,7 @@ pub async fn history(svc: &Rc<Services>, head: &Head, channel: &str, keep_alive:
     };
     let replay = match svc.backend.history(&target, since, limit).await {
         Ok(replay) => replay,
-        Err(e) => return publish_error(svc, e, keep_alive),
+        Err(e) => return read_error(svc, "history read", e, keep_alive),
     };
     let messages: Vec<serde_json::Value> = replay
         .messages

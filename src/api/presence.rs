@@ -9,7 +9,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::json_response;
-use super::publish::publish_error;
+use super::publish::read_error;
 use crate::envelope::Target;
 use crate::services::Services;
 
@@ -53,7 +53,7 @@ pub async fn presence(svc: &Rc<Services>, target: Target, keep_alive: bool) -> V
     let (connections, names) = if let Some(redis) = &svc.backend.redis {
         match redis.presence(&target).await {
             Ok(found) => found,
-            Err(e) => return publish_error(svc, e, keep_alive),
+            Err(e) => return read_error(svc, "presence read", e, keep_alive),
         }
     } else {
         let mut connections = 0i64;
@@ -104,7 +104,7 @@ pub async fn membership(
     let payload = Bytes::from(json!({ "op": op, "room": room }).to_string());
     let (nodes, id) = match redis.publish_control(user, payload).await {
         Ok(published) => published,
-        Err(e) => return publish_error(svc, e, keep_alive),
+        Err(e) => return read_error(svc, "membership change", e, keep_alive),
     };
     let changed = if nodes > 0 {
         redis

@@ -12,7 +12,7 @@ use super::{error, json_response};
 use crate::backend::{Error, Published};
 use crate::config::BATCH_TARGETS_MAX;
 use crate::envelope::{PayloadKind, Target};
-use crate::http::Head;
+use crate::http::{self, Head};
 use crate::json;
 use crate::mesh::Publish;
 use crate::metrics::Metrics;
@@ -26,19 +26,77 @@ const WAIT_ACK_MAX_MS: u64 = 60_000;
 /// How often `?wait=ack` looks at the receipt.
 const WAIT_ACK_POLL: Duration = Duration::from_millis(20);
 
-pub(crate) fn publish_error(svc: &Services, e: Error, keep_alive: bool) -> Vec<u8> {
+/// Longest `Idempotency-Key`: ids travel in every envelope and receipt key.
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
+
+/// The answer to a publish the broker did not take, saying what happened: 503 nothing was
+/// published, 502 Redis refused it, 504 it was written and no answer came (it may have
+/// gone out: retry with the same `Idempotency-Key`, or look the id up).
+fn publish_error(svc: &Services, id: &str, e: Error, keep_alive: bool) -> Vec<u8> {
     Metrics::inc(&svc.ctx.metrics.redis_publish_errors_total);
     let broker = svc.backend.redis.as_ref().map_or("(none)", |r| r.display());
     let (status, message) = match e {
         Error::Unavailable(why) => (
             503,
             format!(
-                "broker {broker} is unavailable ({why}); nothing was published. Retry later, or use ?scope=local to deliver to this process only"
+                "broker {broker} is unavailable ({why}); nothing was published. Retry later (with the same Idempotency-Key), or use ?scope=local to deliver to this process only, unnumbered"
             ),
         ),
-        Error::Reply(words) => (502, format!("broker {broker} refused the publish: {words}")),
+        Error::Reply(words) => (502, format!("broker {broker} refused the publish: {words}; nothing was published")),
+        Error::Unknown(why) => (
+            504,
+            format!(
+                "broker {broker} took the publish but did not answer ({why}): it may or may not have been published. Retry with the header Idempotency-Key: {id} to publish it at most once, or see GET /api/messages/{id}"
+            ),
+        ),
+    };
+    Metrics::inc(&svc.ctx.metrics.http_errors_total);
+    let body = json!({ "error": message, "id": id }).to_string();
+    let retry: &[(&str, &str)] = if status == 503 {
+        &[("Retry-After", "1")]
+    } else {
+        &[]
+    };
+    http::response(
+        status,
+        "application/json",
+        body.as_bytes(),
+        keep_alive,
+        retry,
+    )
+}
+
+/// The answer to a read (presence, history) the broker could not serve, naming the read.
+pub(crate) fn read_error(svc: &Services, what: &str, e: Error, keep_alive: bool) -> Vec<u8> {
+    let broker = svc.backend.redis.as_ref().map_or("(none)", |r| r.display());
+    let (status, message) = match e {
+        Error::Unavailable(why) => (
+            503,
+            format!("broker {broker} is unavailable for the {what} ({why}); retry later"),
+        ),
+        Error::Reply(words) => (502, format!("broker {broker} refused the {what}: {words}")),
+        Error::Unknown(why) => (
+            504,
+            format!("broker {broker} did not answer the {what} ({why}); retry later"),
+        ),
     };
     error(svc, status, &message, keep_alive)
+}
+
+/// The message id: the request's `Idempotency-Key` (a retry with the same key publishes
+/// at most once in cluster mode), or a new one.
+fn message_id(svc: &Services, head: &Head) -> Result<String, String> {
+    let Some(key) = head.header("idempotency-key") else {
+        return Ok(svc.ctx.next_message_id());
+    };
+    let key = key.trim();
+    let printable = key.bytes().all(|b| b.is_ascii_graphic());
+    if key.is_empty() || key.len() > IDEMPOTENCY_KEY_BYTES_MAX || !printable {
+        return Err(format!(
+            "Idempotency-Key: must be 1..={IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters without spaces"
+        ));
+    }
+    Ok(key.to_string())
 }
 
 fn published_json(published: &Published) -> serde_json::Value {
@@ -46,6 +104,12 @@ fn published_json(published: &Published) -> serde_json::Value {
         json!({ "id": published.id, "seq": published.seq, "recipients": published.recipients });
     if let Some(nodes) = published.nodes {
         answer["nodes"] = nodes.into();
+    }
+    if let Some(epoch) = published.epoch {
+        answer["epoch"] = epoch.into();
+    }
+    if published.duplicate {
+        answer["duplicate"] = true.into();
     }
     answer
 }
@@ -94,9 +158,13 @@ pub async fn publish_to(
             )
         }
     };
+    let id = match message_id(svc, head) {
+        Ok(id) => id,
+        Err(message) => return error(svc, 400, &message, keep_alive),
+    };
     let publish = Publish {
         target,
-        id: svc.ctx.next_message_id(),
+        id: id.clone(),
         from: None,
         kind: json::classify(body),
         payload: Bytes::copy_from_slice(body),
@@ -108,7 +176,7 @@ pub async fn publish_to(
     };
     let published = match outcome {
         Ok(published) => published,
-        Err(e) => return publish_error(svc, e, keep_alive),
+        Err(e) => return publish_error(svc, &id, e, keep_alive),
     };
     let mut answer = published_json(&published);
     if let Some(timeout) = wait_ack {

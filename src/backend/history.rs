@@ -80,6 +80,7 @@ impl History {
                 .collect(),
             current,
             complete,
+            epoch: None,
         }
     }
 

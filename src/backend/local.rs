@@ -75,15 +75,18 @@ impl Local {
     }
 
     /// Numbers a message on its channel's owning shard and delivers it to every shard.
-    pub async fn publish(&self, publish: Publish) -> Result<Published, Error> {
+    /// `numbered: false` (a `?scope=local` publish in cluster mode, where the channel's
+    /// numbers belong to Redis) delivers it in the same order, unnumbered and unstored.
+    pub async fn publish(&self, publish: Publish, numbered: bool) -> Result<Published, Error> {
         let id = publish.id.clone();
         let owner = self.owner(&publish.target);
-        let numbered = if owner == self.ctx.id {
-            self.sequence_and_deliver(vec![publish]).await
+        let numbered_results = if owner == self.ctx.id {
+            self.sequence_and_deliver(vec![publish], numbered).await
         } else {
             let (reply, answer) = oneshot::channel();
             let msg = ShardMsg::Sequence {
                 publishes: vec![publish],
+                numbered,
                 reply,
             };
             if self.ctx.peers.send_to(owner, msg).await.is_err() {
@@ -91,12 +94,14 @@ impl Local {
             }
             answer.await.map_err(|_| shutting_down())?
         };
-        let (seq, recipients) = numbered.first().copied().unwrap_or_default();
+        let (seq, recipients) = numbered_results.first().copied().unwrap_or_default();
         Ok(Published {
             id,
             seq,
             recipients,
             nodes: None,
+            epoch: numbered.then_some(self.ctx.shared.epoch),
+            duplicate: false,
         })
     }
 
@@ -115,26 +120,35 @@ impl Local {
 
     /// On the owning shard: number the messages and deliver them everywhere, in number
     /// order. A batch travels as one mesh message per peer shard, not one per message.
-    /// Returns (seq, recipients in the process) per message, in input order.
-    pub async fn sequence_and_deliver(&self, publishes: Vec<Publish>) -> Vec<(u64, u32)> {
+    /// Returns (seq, recipients in the process) per message, in input order; seq is 0 for
+    /// unnumbered messages.
+    pub async fn sequence_and_deliver(
+        &self,
+        publishes: Vec<Publish>,
+        numbered: bool,
+    ) -> Vec<(u64, u32)> {
         // Held from numbering until every shard has the deliveries queued, so deliveries
         // enter the (FIFO) mesh channels in sequence order even when a channel is full.
         let permit = self.sequencer.acquire_permit(1).await;
         let now_s = self.ctx.now_s();
         let mut deliveries = Vec::with_capacity(publishes.len());
+        let epoch = numbered.then_some(self.ctx.shared.epoch);
         for publish in publishes {
-            let seq = self.next_seq(&publish.target);
-            // Into the history before anyone can see it live: a recovering client that asks
-            // for history finds every message whose live copy it might have been held back
-            // from.
-            self.history.borrow_mut().push(
-                &publish.target.to_string(),
-                stored(&publish, seq),
-                now_s,
-            );
+            let seq = numbered.then(|| self.next_seq(&publish.target));
+            if let Some(seq) = seq {
+                // Into the history before anyone can see it live: a recovering client that
+                // asks for history finds every message whose live copy it might have been
+                // held back from.
+                self.history.borrow_mut().push(
+                    &publish.target.to_string(),
+                    stored(&publish, seq),
+                    now_s,
+                );
+            }
             deliveries.push(Arc::new(Delivery {
                 publish,
-                seq: Some(seq),
+                seq,
+                epoch,
             }));
         }
         let mut pending = Vec::with_capacity(self.ctx.shard_count().saturating_sub(1));
@@ -162,7 +176,8 @@ impl Local {
         for (delivery, recipients) in deliveries.iter().zip(recipients) {
             let seq = delivery.seq.unwrap_or(0);
             // Nobody anywhere holds this user: keep it for their next connection.
-            if let (Target::User(user), 0) = (&delivery.publish.target, recipients) {
+            if let (Target::User(user), 0, true) = (&delivery.publish.target, recipients, numbered)
+            {
                 if self.ctx.config.inbox_size > 0 {
                     self.inboxes
                         .borrow_mut()
@@ -190,15 +205,15 @@ impl Local {
                 let (slots, publishes): (Vec<usize>, Vec<Publish>) = chunk.into_iter().unzip();
                 let ids: Vec<String> = publishes.iter().map(|p| p.id.clone()).collect();
                 let numbered = if owner == self.ctx.id {
-                    Ok(self.sequence_and_deliver(publishes).await)
+                    Ok(self.sequence_and_deliver(publishes, true).await)
                 } else {
                     let (reply, answer) = oneshot::channel();
-                    match self
-                        .ctx
-                        .peers
-                        .send_to(owner, ShardMsg::Sequence { publishes, reply })
-                        .await
-                    {
+                    let msg = ShardMsg::Sequence {
+                        publishes,
+                        numbered: true,
+                        reply,
+                    };
+                    match self.ctx.peers.send_to(owner, msg).await {
                         Ok(()) => answer.await.map_err(|_| ()),
                         Err(_) => Err(()),
                     }
@@ -212,6 +227,8 @@ impl Local {
                                 seq,
                                 recipients,
                                 nodes: None,
+                                epoch: Some(self.ctx.shared.epoch),
+                                duplicate: false,
                             })
                         }
                         Err(()) => Err(shutting_down()),
@@ -229,9 +246,13 @@ impl Local {
         let current = Target::parse(channel)
             .and_then(|target| self.seqs.borrow().get(&target).copied())
             .unwrap_or(0);
-        self.history
-            .borrow()
-            .since(channel, since, limit, current, self.ctx.now_s())
+        let mut replay =
+            self.history
+                .borrow()
+                .since(channel, since, limit, current, self.ctx.now_s());
+        // Every channel of this process is numbered in the process's epoch.
+        replay.epoch = Some(self.ctx.shared.epoch);
+        replay
     }
 
     /// A channel's history after `since`, from its owning shard.

@@ -35,6 +35,19 @@ pub struct Published {
     /// Cluster mode: subscribers Redis handed the message to (one per shard, in any process,
     /// with a recipient); None standalone.
     pub nodes: Option<i64>,
+    /// The epoch of the channel's numbering `seq` belongs to; None when unnumbered.
+    pub epoch: Option<u64>,
+    /// Cluster mode: this id was published before (an `Idempotency-Key` retry); `seq` is
+    /// the earlier publish's, and nothing was published again.
+    pub duplicate: bool,
+}
+
+/// Where a channel is: the epoch of its numbering and a seq in it (the last one a shard
+/// delivered, or the channel's current one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mark {
+    pub epoch: Option<u64>,
+    pub seq: u64,
 }
 
 /// A history read: (channel, since, limit).
@@ -75,13 +88,15 @@ impl Backend {
     pub async fn publish(&self, publish: Publish) -> Result<Published, Error> {
         match &self.redis {
             Some(redis) => redis.publish(publish).await,
-            None => self.local.publish(publish).await,
+            None => self.local.publish(publish, true).await,
         }
     }
 
-    /// Publishes to this process only, skipping Redis (`?scope=local`).
+    /// Publishes to this process only, skipping Redis (`?scope=local`). In cluster mode the
+    /// channel's numbers belong to Redis, so the message is delivered unnumbered (`seq`
+    /// null) and not stored: it never reuses or shadows a cluster number.
     pub async fn publish_local(&self, publish: Publish) -> Result<Published, Error> {
-        self.local.publish(publish).await
+        self.local.publish(publish, self.redis.is_none()).await
     }
 
     /// Publishes many messages (`POST /api/batch`); results in input order.

@@ -8,7 +8,7 @@
 //! connections it reached. Called through `backend::Backend`, and by `api` for the
 //! cluster-only reads (presence).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
@@ -17,10 +17,10 @@ use bytes::Bytes;
 use futures_channel::oneshot;
 use redis_protocol::resp2::types::BytesFrame;
 
-use super::{Error, Published};
+use super::{Error, Mark, Published};
 use crate::broker::client::{Broker, Heartbeat};
 use crate::broker::keys::{self, Keys};
-use crate::config::{RedisConfig, RECEIPT_RETENTION_S};
+use crate::config::{RedisConfig, IDEMPOTENCY_TTL_S, RECEIPT_RETENTION_S};
 use crate::ctx::Ctx;
 use crate::envelope::{self, Envelope, PayloadKind, Target, FLAG_CONTROL};
 use crate::mesh::{Publish, Replay, ShardMsg, Stored};
@@ -30,6 +30,11 @@ use crate::metrics::Metrics;
 const OWN_DELIVERIES_KEPT: usize = 256;
 /// Seconds a publishing shard waits for a subscribed shard to see its own message.
 const AWAIT_DELIVERY_S: u32 = 2;
+/// Presence changes remembered one by one while Redis cannot be told; past it, every count
+/// is written again on recovery.
+const PRESENCE_DIRTY_MAX: usize = 65_536;
+/// Presence hashes written per script call when counts are written again.
+const PRESENCE_SET_CHUNK: usize = 512;
 /// Longest a cluster publish waits for this process's shards to report their recipients.
 /// Bounded: on an overloaded box a shard may take long to read its subscription, and a
 /// publisher kept waiting may time out and publish again. Past the bound, the shards that
@@ -45,6 +50,12 @@ pub struct Redis {
     own_deliveries: RefCell<VecDeque<(String, u32)>>,
     /// Publishing shards waiting for one of their messages to arrive here.
     awaiting_delivery: RefCell<Vec<(String, oneshot::Sender<u32>, u32)>>,
+    /// (channel, member) whose presence delta could not be sent.
+    presence_dirty: RefCell<std::collections::HashSet<(String, String)>>,
+    /// Set when `presence_dirty` overflowed: write every count again.
+    presence_resync_all: Cell<bool>,
+    /// The broker's resync generation presence was last written for.
+    presence_generation: Cell<u64>,
 }
 
 fn unexpected(script: &str, reply: &BytesFrame) -> Error {
@@ -67,6 +78,9 @@ impl Redis {
             keys,
             own_deliveries: RefCell::new(VecDeque::new()),
             awaiting_delivery: RefCell::new(Vec::new()),
+            presence_dirty: RefCell::new(std::collections::HashSet::new()),
+            presence_resync_all: Cell::new(false),
+            presence_generation: Cell::new(0),
             ctx,
         }
     }
@@ -80,6 +94,11 @@ impl Redis {
     /// included) gets it from its own subscription. Then waits for this process's shards
     /// to report their local recipients.
     pub async fn publish(&self, publish: Publish) -> Result<Published, Error> {
+        // A shard whose subscriptions are not confirmed would not see what it publishes:
+        // say so instead of answering 200 for a message its own clients miss.
+        if let Some(why) = self.broker.publish_blocker() {
+            return Err(Error::Unavailable(why));
+        }
         let config = &self.ctx.config;
         let name = publish.target.to_string();
         let channel = self.keys.channel(&name);
@@ -94,6 +113,17 @@ impl Redis {
             ),
             _ => (history_key.clone(), history_key.clone(), 0),
         };
+        let presence_key = self.keys.presence(&name);
+        let epoch_key = self.keys.epoch(&name);
+        let published_key = self.keys.published(&publish.id);
+        let epoch_candidate = self.ctx.new_epoch().to_string();
+        // Only ids a publisher chose (Idempotency-Key) are remembered: ours are unique.
+        let dedupe_ttl = if publish.id.starts_with(self.ctx.node_id()) {
+            "0".to_string()
+        } else {
+            IDEMPOTENCY_TTL_S.to_string()
+        };
+        let node_prefix = self.keys.node_prefix();
         let history_size = config.history_size.to_string();
         let history_ttl = config.history_ttl_s.to_string();
         let inbox_size = inbox_size.to_string();
@@ -106,6 +136,7 @@ impl Redis {
             kind: publish.kind,
             payload: publish.payload.clone(),
             seq: None,
+            epoch: None,
             from: publish.from.clone(),
         });
         let seq_at = seq_at.to_string();
@@ -114,27 +145,36 @@ impl Redis {
             .command(&[
                 b"EVAL",
                 keys::PUBLISH_SCRIPT.as_bytes(),
-                b"5",
+                b"8",
                 seq_key.as_bytes(),
                 channel.as_bytes(),
                 history_key.as_bytes(),
                 inbox_key.as_bytes(),
                 deliveries_key.as_bytes(),
+                epoch_key.as_bytes(),
+                published_key.as_bytes(),
+                presence_key.as_bytes(),
                 &wire,
                 seq_at.as_bytes(),
                 history_size.as_bytes(),
                 history_ttl.as_bytes(),
                 inbox_size.as_bytes(),
                 inbox_ttl.as_bytes(),
+                epoch_candidate.as_bytes(),
+                dedupe_ttl.as_bytes(),
+                node_prefix.as_bytes(),
             ])
             .await?;
-        let (seq, nodes) = match &reply {
+        let (seq, nodes, epoch) = match &reply {
             BytesFrame::Array(parts) => match parts.as_slice() {
-                [BytesFrame::Integer(seq), BytesFrame::Integer(nodes)] => (*seq as u64, *nodes),
+                [BytesFrame::Integer(seq), BytesFrame::Integer(nodes), BytesFrame::Integer(epoch)] => {
+                    (*seq as u64, *nodes, *epoch as u64)
+                }
                 _ => return Err(unexpected("publish script", &reply)),
             },
             _ => return Err(unexpected("publish script", &reply)),
         };
+        let duplicate = nodes < 0;
         let recipients = if nodes > 0 {
             self.await_local_delivery(&publish.id, &name).await
         } else {
@@ -144,7 +184,9 @@ impl Redis {
             id: publish.id,
             seq,
             recipients,
-            nodes: Some(nodes),
+            nodes: Some(nodes.max(0)),
+            epoch: Some(epoch),
+            duplicate,
         })
     }
 
@@ -188,6 +230,7 @@ impl Redis {
             kind: PayloadKind::Json,
             payload,
             seq: None,
+            epoch: None,
             from: None,
         });
         let channel = self.keys.channel(&format!("user:{user}"));
@@ -272,6 +315,7 @@ impl Redis {
         let channel = target.to_string();
         let seq_key = self.keys.seq(&channel);
         let history_key = self.keys.history(&channel);
+        let epoch_key = self.keys.epoch(&channel);
         let start = format!("{}-0", since.saturating_add(1));
         // One more than asked, to tell a cut replay from a complete one.
         let count = (limit + 1).to_string();
@@ -280,9 +324,10 @@ impl Redis {
             .command(&[
                 b"EVAL",
                 keys::HISTORY_SCRIPT.as_bytes(),
-                b"2",
+                b"3",
                 seq_key.as_bytes(),
                 history_key.as_bytes(),
+                epoch_key.as_bytes(),
                 start.as_bytes(),
                 count.as_bytes(),
             ])
@@ -296,6 +341,12 @@ impl Redis {
             return Err(unexpected("history script", &reply));
         };
         let current = *current as u64;
+        let epoch = match parts.get(2) {
+            Some(BytesFrame::BulkString(e)) => {
+                std::str::from_utf8(e).ok().and_then(|e| e.parse().ok())
+            }
+            _ => None,
+        };
         let mut messages: Vec<Stored> = entries
             .iter()
             .filter_map(|entry| match entry {
@@ -317,6 +368,7 @@ impl Redis {
             messages,
             current,
             complete,
+            epoch,
         })
     }
 
@@ -407,24 +459,89 @@ impl Redis {
         (number(values.first()), number(values.get(1)))
     }
 
-    /// A presence counter moved: field = node for users, `node|member` for rooms. Fire and
-    /// forget: presence is advisory.
+    /// This shard's field in a presence hash: `node#shard` for users, `node#shard|member`
+    /// for rooms. Per node, so a crashed node's entries can be told apart (and dropped) once
+    /// its heartbeat key expires; per shard, so each shard can write its own counts again.
+    fn presence_field(&self, channel: &str, member: &str) -> String {
+        if channel.starts_with("room:") {
+            format!("{}#{}|{member}", self.ctx.node_id(), self.ctx.id)
+        } else {
+            format!("{}#{}", self.ctx.node_id(), self.ctx.id)
+        }
+    }
+
+    /// A presence counter moved. Fire and forget: when it cannot be sent (link down, Redis
+    /// refusing writes), the channel is remembered and its count written again once Redis
+    /// takes writes (`resync_presence`).
     pub fn presence_change(&self, channel: &str, member: &str, delta: i64) {
         let key = self.keys.presence(channel);
-        // Room members are counted per node, so a crashed node's members can be told apart
-        // (and dropped) once its heartbeat key expires.
-        let field = if channel.starts_with("room:") {
-            format!("{}|{member}", self.ctx.node_id())
-        } else {
-            member.to_string()
-        };
+        let field = self.presence_field(channel, member);
         let delta = delta.to_string();
-        self.broker.command_detached(&[
+        let sent = self.broker.command_detached(&[
             b"HINCRBY",
             key.as_bytes(),
             field.as_bytes(),
             delta.as_bytes(),
         ]);
+        if !sent || self.broker.refuses_writes() {
+            let mut dirty = self.presence_dirty.borrow_mut();
+            if dirty.len() < PRESENCE_DIRTY_MAX {
+                dirty.insert((channel.to_string(), member.to_string()));
+            } else {
+                // Too many to track one by one: write everything again.
+                self.presence_resync_all.set(true);
+            }
+        }
+    }
+
+    /// Whether Redis may have lost this shard's presence counters since the last look (the
+    /// command link came back, or writes work again), so they must be written again.
+    pub fn presence_needs_resync(&self) -> bool {
+        let generation = self.broker.resync_generation();
+        generation != self.presence_generation.get()
+            && self.broker.is_up()
+            && !self.broker.refuses_writes()
+    }
+
+    /// Writes this shard's presence counts as they are: every (channel, member, count) it
+    /// holds, plus zeros for what changed while Redis could not be told. Batched, awaited.
+    pub async fn resync_presence(&self, counts: Vec<(String, String, u32)>) -> Result<(), Error> {
+        let generation = self.broker.resync_generation();
+        let all = generation > 1 || self.presence_resync_all.get();
+        let dirty: Vec<(String, String)> = self.presence_dirty.borrow_mut().drain().collect();
+        let mut writes: std::collections::HashMap<(String, String), u32> =
+            std::collections::HashMap::new();
+        for (channel, member) in dirty {
+            writes.insert((channel, member), 0);
+        }
+        for (channel, member, count) in counts {
+            let key = (channel, member);
+            if all || writes.contains_key(&key) {
+                writes.insert(key, count);
+            }
+        }
+        let writes: Vec<((String, String), u32)> = writes.into_iter().collect();
+        for chunk in writes.chunks(PRESENCE_SET_CHUNK) {
+            let mut keys: Vec<String> = Vec::with_capacity(chunk.len());
+            let mut args: Vec<String> = Vec::with_capacity(2 * chunk.len());
+            for ((channel, member), count) in chunk {
+                keys.push(self.keys.presence(channel));
+                args.push(self.presence_field(channel, member));
+                args.push(count.to_string());
+            }
+            let numkeys = keys.len().to_string();
+            let mut command: Vec<&[u8]> = vec![
+                b"EVAL",
+                keys::PRESENCE_SET_SCRIPT.as_bytes(),
+                numkeys.as_bytes(),
+            ];
+            command.extend(keys.iter().map(|k| k.as_bytes()));
+            command.extend(args.iter().map(|a| a.as_bytes()));
+            self.broker.command(&command).await?;
+        }
+        self.presence_resync_all.set(false);
+        self.presence_generation.set(generation);
+        Ok(())
     }
 
     /// Cluster-wide presence of a user (connections, live nodes) or a room (connections,
@@ -450,6 +567,8 @@ impl Redis {
                     Some((node, member)) => (node.to_string(), member.to_string()),
                     None => (field.clone(), String::new()),
                 };
+                // `node#shard`: the node is what its heartbeat is named after.
+                let node = node.split('#').next().unwrap_or_default().to_string();
                 entries.push((field, node, member, count));
             }
         }
@@ -528,6 +647,39 @@ impl Redis {
     /// Refreshes the node heartbeat (shard 0); false when it could not be sent.
     pub fn heartbeat(&self) -> bool {
         self.broker.beat()
+    }
+
+    /// Where channels are now (their seq and epoch), for Redis channel names this shard
+    /// just subscribed to; channels never numbered are at seq 0 with no epoch.
+    pub async fn positions(&self, channels: &[Bytes]) -> Result<Vec<Mark>, Error> {
+        let mut keys: Vec<String> = Vec::with_capacity(2 * channels.len());
+        for channel in channels {
+            let name = std::str::from_utf8(channel)
+                .ok()
+                .and_then(|c| self.keys.channel_of(c))
+                .unwrap_or_default();
+            keys.push(self.keys.seq(name));
+            keys.push(self.keys.epoch(name));
+        }
+        let mut command: Vec<&[u8]> = vec![b"MGET"];
+        command.extend(keys.iter().map(|k| k.as_bytes()));
+        let reply = self.broker.command(&command).await?;
+        let BytesFrame::Array(values) = &reply else {
+            return Err(unexpected("position read", &reply));
+        };
+        let number = |v: Option<&BytesFrame>| match v {
+            Some(BytesFrame::BulkString(b)) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok()),
+            _ => None,
+        };
+        Ok(values
+            .chunks(2)
+            .map(|pair| Mark {
+                seq: number(pair.first()).unwrap_or(0),
+                epoch: number(pair.get(1)),
+            })
+            .collect())
     }
 
     /// Why the links are not up, in words.

@@ -35,12 +35,22 @@ use crate::metrics::Metrics;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between reconnect attempts: Redis coming back is noticed within this.
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// A link with no traffic for this long sends a PING.
-const PING_INTERVAL: Duration = Duration::from_secs(5);
-/// A PING (or a command) unanswered for this long means the link is dead.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Time allowed for TCP connect plus AUTH/SELECT.
+/// The backoff starts over only after a link stayed up this long: a Redis that accepts
+/// TCP and then refuses (a new `requirepass`, a full server) must not be hammered.
+const LINK_STABLE: Duration = Duration::from_secs(5);
+/// A link with no traffic for this long sends a PING. With `REPLY_TIMEOUT`, a stalled
+/// Redis (SIGSTOP, a full network queue) is noticed within ~3 s.
+const PING_INTERVAL: Duration = Duration::from_secs(1);
+/// A PING (or a command) unanswered for this long means the link is stalled: it is
+/// dropped, and what was written on it has an unknown outcome.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for TCP connect plus AUTH/SELECT/PING.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Replies that mean Redis refuses writes: the link is up but the cluster is degraded
+/// until a write goes through again (`/healthz` says so).
+const WRITE_REFUSALS: [&str; 5] = ["OOM", "NOAUTH", "READONLY", "MISCONF", "NOPERM"];
+/// While writes are refused, one probe write per this interval tells when they work again.
+const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a caller waits for Redis to confirm subscriptions it depends on (a join's reply,
 /// a recovery's history read).
 const SUBSCRIBE_WAIT_MAX: Duration = Duration::from_secs(3);
@@ -57,12 +67,24 @@ const COMMAND_QUEUE_MAX: usize = 4096;
 /// subscriber link stops reading until the shard catches up (Redis buffers the rest).
 pub const INCOMING_MAX: usize = 1024;
 
-/// A message from a subscription, on its way to the shard.
+/// What the subscriber link hands to the shard, in the order it happened.
 #[derive(Debug)]
-pub struct Incoming {
-    /// The Redis channel it came on.
-    pub channel: Bytes,
-    pub payload: Bytes,
+pub enum Incoming {
+    /// The subscriber link is connected again: what arrives from now on may follow a gap,
+    /// until `Resubscribed` says every channel is back and the gap can be read from history.
+    Reconnected,
+    /// Redis confirmed these subscriptions (new ones, or again after a reconnect).
+    Subscribed { channels: Vec<Bytes> },
+    /// A message on a subscribed channel.
+    Message {
+        /// The Redis channel it came on.
+        channel: Bytes,
+        payload: Bytes,
+    },
+    /// After a (re)connect, Redis confirmed every channel this shard wanted: from here on
+    /// nothing published is missed, and what was published while the link was down can be
+    /// read from history.
+    Resubscribed,
 }
 
 /// Which of the two links.
@@ -81,8 +103,26 @@ impl Link {
     }
 }
 
+/// Why a link could not deliver a command's reply.
+#[derive(Debug, Clone)]
+struct LinkFailure {
+    /// True when the command was written before the link failed: Redis may have run it.
+    written: bool,
+    reason: String,
+}
+
 /// Where a command's reply goes: the frame, or why the link could not deliver one.
-type ReplySender = oneshot::Sender<Result<BytesFrame, String>>;
+type ReplySender = oneshot::Sender<Result<BytesFrame, LinkFailure>>;
+
+/// Who waits for the next reply on the command link.
+enum Waiter {
+    /// A caller.
+    Caller(ReplySender),
+    /// Our own PING or heartbeat: nobody.
+    Nobody,
+    /// A write probe while Redis refuses writes: a non-error reply ends the refusal.
+    Probe,
+}
 
 /// A command for the command link and where its reply goes.
 struct Request {
@@ -144,8 +184,16 @@ pub struct Broker {
     cmd_state: Cell<LinkState>,
     /// Channels the subscriber link has confirmed, for health and delivery counting.
     confirmed: RefCell<HashSet<Bytes>>,
+    /// Channels subscribed at the last (re)connect and not yet confirmed: until it is empty
+    /// the shard may miss messages, so cluster publishes from it are refused.
+    resubscribing: RefCell<HashSet<Bytes>>,
     /// The last failure, in words, for /healthz and the 503 answers.
     last_error: RefCell<Option<String>>,
+    /// Set while Redis refuses writes (OOM, NOAUTH, READONLY, MISCONF, NOPERM), in its words.
+    write_refusal: RefCell<Option<String>>,
+    /// Times the command link came up, plus times writes worked again after a refusal: a
+    /// change tells the shard to write again what Redis may have lost (presence counters).
+    command_connects: Cell<u64>,
 }
 
 impl Broker {
@@ -164,7 +212,10 @@ impl Broker {
             sub_state: Cell::new(LinkState::Starting),
             cmd_state: Cell::new(LinkState::Starting),
             confirmed: RefCell::new(HashSet::new()),
+            resubscribing: RefCell::new(HashSet::new()),
             last_error: RefCell::new(None),
+            write_refusal: RefCell::new(None),
+            command_connects: Cell::new(0),
         }
     }
 
@@ -173,13 +224,42 @@ impl Broker {
         self.sub_state.get() == LinkState::Up && self.cmd_state.get() == LinkState::Up
     }
 
-    /// Why the broker is not up, in words (None when it is).
+    /// True when the subscriber link is up and has confirmed every channel it resubscribed
+    /// at its last (re)connect: messages published now reach this shard.
+    pub fn is_ready(&self) -> bool {
+        self.sub_state.get() == LinkState::Up && self.resubscribing.borrow().is_empty()
+    }
+
+    /// Why the broker is not fully working, in words (None when it is): a link down or
+    /// stalled, subscriptions not yet confirmed after a reconnect, or writes refused.
     pub fn problem(&self) -> Option<String> {
-        if self.is_up() {
-            return None;
+        if !self.is_up() {
+            let reason = self.last_error.borrow().clone();
+            return Some(
+                reason.unwrap_or_else(|| format!("connecting to {}", self.config.display)),
+            );
         }
-        let reason = self.last_error.borrow().clone();
-        Some(reason.unwrap_or_else(|| format!("connecting to {}", self.config.display)))
+        if let Some(refusal) = self.write_refusal.borrow().as_ref() {
+            return Some(format!("{} refuses writes: {refusal}", self.config.display));
+        }
+        if !self.is_ready() {
+            return Some("resubscribing after a reconnect".into());
+        }
+        None
+    }
+
+    /// Why publishes cannot go out now, if they cannot: a link down, or this shard's
+    /// subscriptions not confirmed since its last reconnect (it would miss what it publishes).
+    pub fn publish_blocker(&self) -> Option<String> {
+        if !self.is_up() {
+            return self.problem();
+        }
+        if !self.is_ready() {
+            return Some(
+                "this shard's subscriptions are not yet confirmed after a reconnect".into(),
+            );
+        }
+        None
     }
 
     /// True when the subscriber link has confirmed a subscription to `channel`.
@@ -276,6 +356,9 @@ impl Broker {
             return true;
         };
         let ttl = heartbeat.ttl_s.to_string();
+        // EXPIRE first: Redis refuses SET when it is out of memory (noeviction) but still
+        // refreshes a TTL, so a live node does not vanish from presence while Redis is full.
+        self.command_detached(&[b"EXPIRE", heartbeat.key.as_bytes(), ttl.as_bytes()]);
         // The heartbeat first, then the registry: a node in the registry without a heartbeat
         // key has died; one not yet in it has not started beating.
         self.command_detached(&[
@@ -304,7 +387,8 @@ impl Broker {
     }
 
     /// Sends one command on the command link and waits for its reply. Fails at once when the
-    /// link is down, so a publish never waits on a dead Redis.
+    /// link is down, so a publish never waits on a dead Redis. A command written to a link
+    /// that then stalled or broke is `Error::Unknown`: Redis may have run it.
     pub async fn command(&self, args: &[&[u8]]) -> Result<BytesFrame, Error> {
         if self.cmd_state.get() != LinkState::Up {
             return Err(Error::Unavailable(self.problem().unwrap_or_default()));
@@ -315,23 +399,76 @@ impl Broker {
         if self.requests.try_send(Request { wire, reply }).is_err() {
             return Err(Error::Unavailable("too many Redis commands queued".into()));
         }
+        // A safety net only: the command link itself fails what it wrote after
+        // REPLY_TIMEOUT. Past this, the command may sit in the queue or on the wire.
         let timeout = async {
-            glommio::timer::sleep(REPLY_TIMEOUT + Duration::from_secs(1)).await;
-            Err(Error::Unavailable(format!(
+            glommio::timer::sleep(REPLY_TIMEOUT * 2).await;
+            Err(Error::Unknown(format!(
                 "no reply from {} within {} s",
                 self.config.display,
-                REPLY_TIMEOUT.as_secs() + 1
+                (REPLY_TIMEOUT * 2).as_secs()
             )))
         };
         let answer = async {
             match answer.await {
-                Ok(Ok(BytesFrame::Error(e))) => Err(Error::Reply(e.to_string())),
+                Ok(Ok(BytesFrame::Error(e))) => {
+                    let words = e.to_string();
+                    if WRITE_REFUSALS.iter().any(|code| words.starts_with(code)) {
+                        self.refuse_writes(&words);
+                    }
+                    Err(Error::Reply(words))
+                }
                 Ok(Ok(frame)) => Ok(frame),
-                Ok(Err(reason)) => Err(Error::Unavailable(reason)),
-                Err(_) => Err(Error::Unavailable("the Redis link was lost".into())),
+                Ok(Err(LinkFailure {
+                    written: true,
+                    reason,
+                })) => Err(Error::Unknown(reason)),
+                Ok(Err(LinkFailure { reason, .. })) => Err(Error::Unavailable(reason)),
+                Err(_) => Err(Error::Unknown("the Redis link was lost".into())),
             }
         };
         answer.or(timeout).await
+    }
+
+    /// Counts the moments Redis may have lost what this shard wrote (the command link came
+    /// up again, or writes work again after a refusal): a change means "write it again".
+    pub fn resync_generation(&self) -> u64 {
+        self.command_connects.get()
+    }
+
+    /// True while Redis refuses writes.
+    pub fn refuses_writes(&self) -> bool {
+        self.write_refusal.borrow().is_some()
+    }
+
+    /// True when some local connection wants the Redis channel `channel`.
+    pub fn wants(&self, channel: &str) -> bool {
+        self.interest.borrow().contains_key(channel)
+    }
+
+    /// Redis refused a write in these words: degraded until a probe write goes through.
+    fn refuse_writes(&self, words: &str) {
+        let mut refusal = self.write_refusal.borrow_mut();
+        if refusal.is_none() {
+            log!(
+                Some(self.shard_id),
+                "redis {} refuses writes: {words}; degraded until a write goes through",
+                self.config.display
+            );
+        }
+        *refusal = Some(words.to_string());
+    }
+
+    /// A probe write went through: Redis takes writes again.
+    fn writes_accepted(&self) {
+        if self.write_refusal.borrow_mut().take().is_some() {
+            self.command_connects.set(self.command_connects.get() + 1);
+            log!(
+                Some(self.shard_id),
+                "redis {} takes writes again",
+                self.config.display
+            );
+        }
     }
 }
 
@@ -426,17 +563,28 @@ async fn connect(config: &RedisConfig) -> Result<(TcpStream, BytesMut), String> 
             resp::encode_command(&mut wire, &[b"SELECT", db.as_bytes()]);
             expected += 1;
         }
-        if expected > 0 {
-            stream
-                .write_all(&wire)
-                .await
-                .map_err(|e| format!("write to {} failed: {e}", config.display))?;
-            for _ in 0..expected {
-                if let BytesFrame::Error(e) =
-                    read_frame(&mut stream, &mut buf, &mut scratch).await?
-                {
-                    return Err(format!("{} refused AUTH/SELECT: {e}", config.display));
-                }
+        // The link is up only after a round trip: a Redis that accepts TCP but refuses
+        // commands (a new requirepass, a loading dataset) is not up.
+        resp::encode_command(&mut wire, &[b"PING"]);
+        expected += 1;
+        stream
+            .write_all(&wire)
+            .await
+            .map_err(|e| format!("write to {} failed: {e}", config.display))?;
+        let steps = ["AUTH", "SELECT", "PING"];
+        let sent: Vec<&str> = steps
+            .iter()
+            .copied()
+            .filter(|step| match *step {
+                "AUTH" => config.password.is_some(),
+                "SELECT" => config.db != 0,
+                _ => true,
+            })
+            .collect();
+        debug_assert_eq!(sent.len(), expected);
+        for step in sent {
+            if let BytesFrame::Error(e) = read_frame(&mut stream, &mut buf, &mut scratch).await? {
+                return Err(format!("{} refused {step}: {e}", config.display));
             }
         }
         Ok((stream, buf))
@@ -461,10 +609,14 @@ pub async fn run_subscriber(ctx: Rc<Ctx>, broker: Rc<Broker>, incoming: LocalSen
     loop {
         let reason = match connect(&broker.config).await {
             Ok((mut stream, buf)) => {
-                backoff.reset();
+                let up_at = Instant::now();
                 let reason =
                     subscriber_session(&ctx, &broker, &mut stream, buf, &changed, &incoming).await;
                 broker.confirmed.borrow_mut().clear();
+                broker.resubscribing.borrow_mut().clear();
+                if up_at.elapsed() >= LINK_STABLE {
+                    backoff.reset();
+                }
                 reason
             }
             Err(reason) => reason,
@@ -535,10 +687,19 @@ async fn subscriber_session(
     changed: &LocalReceiver<()>,
     incoming: &LocalSender<Incoming>,
 ) -> String {
+    if incoming.send(Incoming::Reconnected).await.is_err() {
+        return "the shard is stopping".into();
+    }
     let mut subscribed = HashSet::new();
     if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
         return reason;
     }
+    // Until Redis confirms all of these, this shard may miss what is published on them.
+    *broker.resubscribing.borrow_mut() = subscribed
+        .iter()
+        .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+        .collect();
+    let mut announced = false;
     broker.set_state(Link::Subscriber, true, None, &ctx.metrics);
     let mut scratch = vec![0u8; READ_BYTES];
     let mut last_rx = Instant::now();
@@ -562,6 +723,7 @@ async fn subscriber_session(
             SubEvent::Read(Ok(_)) => {
                 last_rx = Instant::now();
                 ping_sent = None;
+                let mut confirmed = Vec::new();
                 loop {
                     let frame = match resp::decode(&mut buf) {
                         Ok(Some(frame)) => frame,
@@ -570,12 +732,15 @@ async fn subscriber_session(
                     };
                     match resp::classify(frame) {
                         Push::Message { channel, payload } => {
-                            if incoming.send(Incoming { channel, payload }).await.is_err() {
+                            let message = Incoming::Message { channel, payload };
+                            if incoming.send(message).await.is_err() {
                                 return "the shard is stopping".into();
                             }
                         }
                         Push::Subscribed { channel, .. } => {
-                            broker.confirmed.borrow_mut().insert(channel);
+                            broker.resubscribing.borrow_mut().remove(&channel);
+                            broker.confirmed.borrow_mut().insert(channel.clone());
+                            confirmed.push(channel);
                         }
                         Push::Unsubscribed { channel, .. } => {
                             broker.confirmed.borrow_mut().remove(&channel);
@@ -586,6 +751,14 @@ async fn subscriber_session(
                         Push::Pong | Push::Other(_) => {}
                     }
                 }
+                if !confirmed.is_empty() {
+                    let event = Incoming::Subscribed {
+                        channels: confirmed,
+                    };
+                    if incoming.send(event).await.is_err() {
+                        return "the shard is stopping".into();
+                    }
+                }
             }
             SubEvent::InterestChanged => {
                 if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
@@ -594,9 +767,18 @@ async fn subscriber_session(
             }
             SubEvent::Tick => {}
         }
+        if !announced && broker.resubscribing.borrow().is_empty() {
+            announced = true;
+            if incoming.send(Incoming::Resubscribed).await.is_err() {
+                return "the shard is stopping".into();
+            }
+        }
         if let Some(sent) = ping_sent {
             if sent.elapsed() >= REPLY_TIMEOUT {
-                return format!("no answer to PING within {} s", REPLY_TIMEOUT.as_secs());
+                return format!(
+                    "subscriber link stalled: no answer to PING within {} s",
+                    REPLY_TIMEOUT.as_secs()
+                );
             }
         } else if last_rx.elapsed() >= PING_INTERVAL {
             let mut wire = BytesMut::new();
@@ -618,17 +800,27 @@ pub async fn run_commands(ctx: Rc<Ctx>, broker: Rc<Broker>) {
     loop {
         let reason = match connect(&broker.config).await {
             Ok((mut stream, buf)) => {
-                backoff.reset();
+                let up_at = Instant::now();
                 let first = broker.heartbeat.as_ref().map(Heartbeat::wire);
                 broker.set_state(Link::Commands, true, None, &ctx.metrics);
-                command_session(&broker.config, &mut stream, buf, &requests, first).await
+                broker
+                    .command_connects
+                    .set(broker.command_connects.get() + 1);
+                let reason = command_session(&broker, &mut stream, buf, &requests, first).await;
+                if up_at.elapsed() >= LINK_STABLE {
+                    backoff.reset();
+                }
+                reason
             }
             Err(reason) => reason,
         };
         broker.set_state(Link::Commands, false, Some(reason.clone()), &ctx.metrics);
-        // Whatever was queued while the link died cannot be sent now: fail it in words.
+        // Whatever was queued while the link died was never written: fail it in words.
         while let Some(Some(request)) = futures_lite::future::poll_once(requests.recv()).await {
-            let _ = request.reply.send(Err(reason.clone()));
+            let _ = request.reply.send(Err(LinkFailure {
+                written: false,
+                reason: reason.clone(),
+            }));
         }
         glommio::timer::sleep(backoff.wait()).await;
     }
@@ -641,23 +833,27 @@ enum CmdEvent {
 }
 
 /// One connected command session; returns why it ended. Replies come back in order, so
-/// each one answers the oldest waiting request (`None` marks our own PINGs).
+/// each one answers the oldest waiter. A reply missing for `REPLY_TIMEOUT` ends the session
+/// as stalled; every command written on it then has an unknown outcome.
 async fn command_session(
-    config: &RedisConfig,
+    broker: &Broker,
     stream: &mut TcpStream,
     mut buf: BytesMut,
     requests: &LocalReceiver<Request>,
     first: Option<BytesMut>,
 ) -> String {
-    let mut waiting: VecDeque<(Instant, Option<ReplySender>)> = VecDeque::new();
+    let config = &broker.config;
+    let mut waiting: VecDeque<(Instant, Waiter)> = VecDeque::new();
     // Our own commands (the heartbeat) go first; their two replies are nobody's.
     if let Some(first) = first {
         if let Err(e) = stream.write_all(&first).await {
             return format!("write to {} failed: {e}", config.display);
         }
-        waiting.push_back((Instant::now(), None));
-        waiting.push_back((Instant::now(), None));
+        waiting.push_back((Instant::now(), Waiter::Nobody));
+        waiting.push_back((Instant::now(), Waiter::Nobody));
     }
+    let probe_key = format!("{}:write-probe", config.prefix);
+    let mut last_probe = Instant::now();
     let mut scratch = vec![0u8; READ_BYTES];
     let mut last_rx = Instant::now();
     let reason = loop {
@@ -679,10 +875,14 @@ async fn command_session(
                 loop {
                     match resp::decode(&mut buf) {
                         Ok(Some(frame)) => match waiting.pop_front() {
-                            Some((_, Some(reply))) => {
+                            Some((_, Waiter::Caller(reply))) => {
                                 let _ = reply.send(Ok(frame));
                             }
-                            Some((_, None)) => {}
+                            Some((_, Waiter::Probe)) => match frame {
+                                BytesFrame::Error(e) => broker.refuse_writes(&e),
+                                _ => broker.writes_accepted(),
+                            },
+                            Some((_, Waiter::Nobody)) => {}
                             None => {
                                 failed = Some("Redis sent a reply nobody asked for".to_string());
                                 break;
@@ -703,17 +903,21 @@ async fn command_session(
             CmdEvent::Request(Some(request)) => {
                 if let Err(e) = stream.write_all(&request.wire).await {
                     let reason = format!("write to {} failed: {e}", config.display);
-                    let _ = request.reply.send(Err(reason.clone()));
+                    // A failed write may still have put part of the command on the wire.
+                    let _ = request.reply.send(Err(LinkFailure {
+                        written: true,
+                        reason: reason.clone(),
+                    }));
                     break reason;
                 }
-                waiting.push_back((Instant::now(), Some(request.reply)));
+                waiting.push_back((Instant::now(), Waiter::Caller(request.reply)));
             }
             CmdEvent::Tick => {}
         }
         if let Some((sent, _)) = waiting.front() {
             if sent.elapsed() >= REPLY_TIMEOUT {
                 break format!(
-                    "no reply from {} within {} s",
+                    "command link stalled: no reply from {} within {} s",
                     config.display,
                     REPLY_TIMEOUT.as_secs()
                 );
@@ -724,12 +928,28 @@ async fn command_session(
             if let Err(e) = stream.write_all(&wire).await {
                 break format!("write failed: {e}");
             }
-            waiting.push_back((Instant::now(), None));
+            waiting.push_back((Instant::now(), Waiter::Nobody));
+        }
+        // While Redis refuses writes, a harmless write now and then tells when it stops.
+        if broker.write_refusal.borrow().is_some() && last_probe.elapsed() >= WRITE_PROBE_INTERVAL {
+            last_probe = Instant::now();
+            let mut wire = BytesMut::new();
+            resp::encode_command(
+                &mut wire,
+                &[b"SET", probe_key.as_bytes(), b"1", b"PX", b"1000"],
+            );
+            if let Err(e) = stream.write_all(&wire).await {
+                break format!("write failed: {e}");
+            }
+            waiting.push_back((Instant::now(), Waiter::Probe));
         }
     };
-    for (_, reply) in waiting {
-        if let Some(reply) = reply {
-            let _ = reply.send(Err(reason.clone()));
+    for (_, waiter) in waiting {
+        if let Waiter::Caller(reply) = waiter {
+            let _ = reply.send(Err(LinkFailure {
+                written: true,
+                reason: reason.clone(),
+            }));
         }
     }
     reason

@@ -62,9 +62,10 @@ impl Keys {
         format!("{}:receipt:{id}", self.prefix)
     }
 
-    /// Hash `{prefix}:presence:{channel}`: for `user:<id>`, node -> connections; for
-    /// `room:<name>`, `node|member` -> connections. No TTL: entries of a node whose heartbeat
-    /// expired are removed when a presence read finds them.
+    /// Hash `{prefix}:presence:{channel}`: for `user:<id>`, `node#shard` -> connections; for
+    /// `room:<name>`, `node#shard|member` -> connections (one field per shard, so each shard
+    /// can write its own counts again after Redis lost them). No TTL: entries of a node whose
+    /// heartbeat expired are removed when a presence read finds them.
     pub fn presence(&self, channel: &str) -> String {
         format!("{}:presence:{channel}", self.prefix)
     }
@@ -74,6 +75,25 @@ impl Keys {
         format!("{}:node:{node}", self.prefix)
     }
 
+    /// `{prefix}:node:`, what `node` puts before a node id (the publish script checks
+    /// heartbeats by name).
+    pub fn node_prefix(&self) -> String {
+        format!("{}:node:", self.prefix)
+    }
+
+    /// String `{prefix}:epoch:{channel}`: the epoch of the channel's numbering, created
+    /// with its counter (a new one when Redis lost the counter). No TTL, like the counter.
+    pub fn epoch(&self, channel: &str) -> String {
+        format!("{}:epoch:{channel}", self.prefix)
+    }
+
+    /// String `{prefix}:published:{id}`: `<seq>:<epoch>` of a message published with an
+    /// `Idempotency-Key`, so a retry answers it instead of publishing again; EXPIRE
+    /// `IDEMPOTENCY_TTL_S`.
+    pub fn published(&self, id: &str) -> String {
+        format!("{}:published:{id}", self.prefix)
+    }
+
     /// Set `{prefix}:nodes`: every node that has beaten at least once. No TTL: a member
     /// whose heartbeat key is gone is a dead node.
     pub fn nodes(&self) -> String {
@@ -81,21 +101,41 @@ impl Keys {
     }
 }
 
-/// Numbers, stores and publishes in one step: INCR the channel's counter, write the number
-/// into the envelope's fixed 8-byte `seq` slot, append it to the channel's history stream
-/// (entry id `<seq>-0`, trimmed to the history size), PUBLISH, and, when nobody received it
-/// on a user channel, keep it in the user's inbox. Redis runs scripts atomically, so
-/// sequence order is history order is publish order everywhere.
+/// Numbers, stores and publishes in one step: (with an idempotency key) answer a message
+/// published before under the same id without publishing it again; create the channel's
+/// epoch with its counter; INCR the counter; write seq and epoch into the envelope's fixed
+/// 8-byte slots; append it to the channel's history stream (entry id `<seq>-0`, trimmed to
+/// the history size); PUBLISH; and when PUBLISH reached nobody on a user channel and the
+/// user is really offline (no live node counts a connection in its presence), keep it in
+/// the user's inbox. Redis runs scripts atomically, so sequence order is history order is
+/// publish order everywhere.
 ///
-/// KEYS: seq, channel, history, inbox, inbox deliveries.
-/// ARGV: envelope, seq offset, history size, history ttl, inbox size, inbox ttl.
-/// Returns {seq, receivers}.
+/// KEYS: seq, channel, history, inbox, inbox deliveries, epoch, published id, presence.
+/// ARGV: envelope, seq offset, history size, history ttl, inbox size, inbox ttl,
+///       epoch candidate, idempotency ttl (0: no key given), node key prefix.
+/// Returns {seq, receivers, epoch}; receivers is -1 for a duplicate of an earlier publish.
 pub const PUBLISH_SCRIPT: &str = r#"
+local dedupe_ttl = tonumber(ARGV[8])
+if dedupe_ttl > 0 then
+  local prior = redis.call('GET', KEYS[7])
+  if prior then
+    local colon = string.find(prior, ':', 1, true)
+    return {tonumber(string.sub(prior, 1, colon - 1)), -1, tonumber(string.sub(prior, colon + 1))}
+  end
+end
+local epoch = redis.call('GET', KEYS[6])
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('SET', KEYS[6], epoch)
+end
+epoch = tonumber(epoch)
 local seq = redis.call('INCR', KEYS[1])
+local function u64(n)
+  return struct.pack('>I4I4', math.floor(n / 4294967296), n % 4294967296)
+end
 local at = tonumber(ARGV[2])
-local hi = math.floor(seq / 4294967296)
-local lo = seq % 4294967296
-local envelope = string.sub(ARGV[1], 1, at) .. struct.pack('>I4I4', hi, lo) .. string.sub(ARGV[1], at + 9)
+local e = ARGV[1]
+local envelope = string.sub(e, 1, at) .. u64(seq) .. string.sub(e, at + 9, at + 15) .. u64(epoch) .. string.sub(e, at + 24)
 local history_size = tonumber(ARGV[3])
 if history_size > 0 then
   redis.call('XADD', KEYS[3], 'MAXLEN', history_size, string.format('%d-0', seq), 'e', envelope)
@@ -104,29 +144,60 @@ end
 local receivers = redis.call('PUBLISH', KEYS[2], envelope)
 local inbox_size = tonumber(ARGV[5])
 if receivers == 0 and inbox_size > 0 then
-  redis.call('HSET', KEYS[4], seq, envelope)
-  if redis.call('HLEN', KEYS[4]) > inbox_size then
-    local kept = redis.call('HKEYS', KEYS[4])
-    table.sort(kept, function(a, b) return tonumber(a) < tonumber(b) end)
-    for i = 1, #kept - inbox_size do
-      redis.call('HDEL', KEYS[4], kept[i])
-      redis.call('HDEL', KEYS[5], kept[i])
+  local online = false
+  local fields = redis.call('HGETALL', KEYS[8])
+  for i = 1, #fields, 2 do
+    local node = string.match(fields[i], '^([^#|]+)')
+    if node and tonumber(fields[i + 1]) > 0 and redis.call('EXISTS', ARGV[9] .. node) == 1 then
+      online = true
+      break
     end
   end
-  redis.call('EXPIRE', KEYS[4], ARGV[6])
-  redis.call('EXPIRE', KEYS[5], ARGV[6])
+  if not online then
+    redis.call('HSET', KEYS[4], seq, envelope)
+    if redis.call('HLEN', KEYS[4]) > inbox_size then
+      local kept = redis.call('HKEYS', KEYS[4])
+      table.sort(kept, function(a, b) return tonumber(a) < tonumber(b) end)
+      for i = 1, #kept - inbox_size do
+        redis.call('HDEL', KEYS[4], kept[i])
+        redis.call('HDEL', KEYS[5], kept[i])
+      end
+    end
+    redis.call('EXPIRE', KEYS[4], ARGV[6])
+    redis.call('EXPIRE', KEYS[5], ARGV[6])
+  end
 end
-return {seq, receivers}
+if dedupe_ttl > 0 then
+  redis.call('SET', KEYS[7], seq .. ':' .. epoch, 'EX', dedupe_ttl)
+end
+return {seq, receivers, epoch}
 "#;
 
-/// Reads the channel's current seq and its history after a seq, atomically.
+/// Reads the channel's current seq, its epoch and its history after a seq, atomically.
 ///
-/// KEYS: seq, history. ARGV: first entry id (`<since+1>-0`), count.
-/// Returns {current, entries}.
+/// KEYS: seq, history, epoch. ARGV: first entry id (`<since+1>-0`), count.
+/// Returns {current, entries, epoch or false}.
 pub const HISTORY_SCRIPT: &str = r#"
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
 local entries = redis.call('XRANGE', KEYS[2], ARGV[1], '+', 'COUNT', ARGV[2])
-return {current, entries}
+return {current, entries, redis.call('GET', KEYS[3])}
+"#;
+
+/// Writes this shard's presence counters as they are (after a reconnect, or after Redis
+/// took writes again: deltas sent meanwhile may be lost, and Redis may have lost all).
+///
+/// KEYS: presence hashes. ARGV: per key, its field and this shard's count (0 deletes).
+pub const PRESENCE_SET_SCRIPT: &str = r#"
+for i, key in ipairs(KEYS) do
+  local field = ARGV[2 * i - 1]
+  local count = tonumber(ARGV[2 * i])
+  if count > 0 then
+    redis.call('HSET', key, field, count)
+  else
+    redis.call('HDEL', key, field)
+  end
+end
+return #KEYS
 "#;
 
 /// Takes a user's inbox for one more delivery attempt; gives up messages delivered

@@ -18,6 +18,10 @@ pub enum Error {
     Unavailable(String),
     /// Redis answered with an error (e.g. NOPERM, MISCONF); its words are kept. Answer 502.
     Reply(String),
+    /// The command was written but no answer came (Redis stalled, or the link broke after
+    /// the write): it may or may not have been carried out. Answer 504 with what lets the
+    /// caller find out or retry safely (the message id, `Idempotency-Key`).
+    Unknown(String),
 }
 
 impl fmt::Display for Error {
@@ -25,6 +29,9 @@ impl fmt::Display for Error {
         match self {
             Error::Unavailable(why) => write!(f, "Redis unavailable: {why}"),
             Error::Reply(e) => write!(f, "Redis refused the command: {e}"),
+            Error::Unknown(why) => {
+                write!(f, "Redis did not answer ({why}); the outcome is unknown")
+            }
         }
     }
 }

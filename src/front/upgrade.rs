@@ -17,7 +17,7 @@ use crate::envelope::Target;
 use crate::http::{self, Head, Method};
 use crate::hub::Session;
 use crate::metrics::Metrics;
-use crate::protocol::{check_name, Codec};
+use crate::protocol::{check_name, Codec, Since};
 use crate::services::Services;
 use crate::ws::handshake;
 
@@ -30,7 +30,7 @@ pub struct Upgraded {
     pub stream: TcpStream,
     pub early: Vec<u8>,
     pub session: Session,
-    pub resume: Vec<(Target, u64)>,
+    pub resume: Vec<(Target, Since)>,
 }
 
 /// `GET /ws`: check the upgrade, reserve a connection slot, answer 101, hand the socket
@@ -123,16 +123,23 @@ pub async fn upgrade(
     })
 }
 
-/// A resume token: base64url (no padding) of a JSON object mapping channels to the last seq
-/// the client saw, e.g. `{"user:ann":17,"room:lobby":5,"all":3}` (docs/PROTOCOL.md). Rooms
-/// in it are joined again (subject to the token's permissions); a user channel must be the
-/// client's own.
+/// A resume token: base64url (no padding) of a JSON object mapping channels to where the
+/// client is, e.g. `{"user:ann":[17,3141592653],"room:lobby":5}` (docs/PROTOCOL.md): a
+/// channel's last seq, or `[seq, epoch]` with the epoch of the numbering that seq belongs to
+/// (messages carry it). Rooms in it are joined again (subject to the token's permissions); a
+/// user channel must be the client's own.
 pub fn parse_resume(
     token: &str,
     user: Option<&str>,
     rooms_max: usize,
-) -> Result<Vec<(Target, u64)>, String> {
+) -> Result<Vec<(Target, Since)>, String> {
     use base64::Engine;
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Position {
+        Seq(u64),
+        WithEpoch(u64, u64),
+    }
     if token.len() > RESUME_TOKEN_BYTES_MAX {
         return Err(format!(
             "{} bytes; at most {RESUME_TOKEN_BYTES_MAX}",
@@ -142,13 +149,16 @@ pub fn parse_resume(
     let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(token.trim_end_matches('='))
         .map_err(|_| "not base64url".to_string())?;
-    let map: std::collections::BTreeMap<String, u64> = serde_json::from_slice(&json)
-        .map_err(|_| "not a JSON object of channel -> seq, e.g. {\"user:ann\":17}".to_string())?;
+    let map: std::collections::BTreeMap<String, Position> =
+        serde_json::from_slice(&json).map_err(|_| {
+            "not a JSON object of channel -> seq or [seq, epoch], e.g. {\"user:ann\":17}"
+                .to_string()
+        })?;
     if map.len() > rooms_max + 2 {
         return Err(format!("{} channels; at most {}", map.len(), rooms_max + 2));
     }
     map.into_iter()
-        .map(|(channel, seq)| {
+        .map(|(channel, position)| {
             let target = Target::parse(&channel)
                 .ok_or_else(|| format!("{channel:?} is not all, user:<id> or room:<name>"))?;
             if let Target::User(id) = &target {
@@ -158,7 +168,14 @@ pub fn parse_resume(
                     ));
                 }
             }
-            Ok((target, seq))
+            let since = match position {
+                Position::Seq(seq) => Since { seq, epoch: None },
+                Position::WithEpoch(seq, epoch) => Since {
+                    seq,
+                    epoch: Some(epoch),
+                },
+            };
+            Ok((target, since))
         })
         .collect()
 }
@@ -171,8 +188,8 @@ fn unix_now_s() -> u64 {
 
 /// Who is connecting and with which codec: a verified token when a JWT key is set (401
 /// with the reason otherwise), or `?user=` in open mode.
-/// Channels to recover at connect, each with the last seq the client saw.
-type Resume = Vec<(Target, u64)>;
+/// Channels to recover at connect, each with where the client is.
+type Resume = Vec<(Target, Since)>;
 
 fn identify(svc: &Services, head: &Head) -> Result<(Session, Resume), (u16, String)> {
     let codec = Codec::parse(head.query_param("protocol")).map_err(|e| (400, e))?;

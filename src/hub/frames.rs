@@ -36,6 +36,7 @@ impl<'a> Frames<'a> {
         let frame = codec.get().message(&Message {
             channel: &publish.target,
             seq: self.delivery.seq,
+            epoch: self.delivery.epoch,
             id: &publish.id,
             from: publish.from.as_deref(),
             kind: publish.kind,
@@ -52,12 +53,13 @@ impl<'a> Frames<'a> {
     }
 }
 
-/// The frame of one stored (history or inbox) message for one codec: encoded per
-/// recipient, since replays differ per client.
-pub fn stored_frame(target: &Target, message: &Stored, codec: Codec) -> Bytes {
+/// The frame of one stored (history or inbox) message of the channel's `epoch` for one
+/// codec: encoded per recipient, since replays differ per client.
+pub fn stored_frame(target: &Target, message: &Stored, epoch: Option<u64>, codec: Codec) -> Bytes {
     codec.get().message(&Message {
         channel: target,
         seq: Some(message.seq),
+        epoch,
         id: &message.id,
         from: message.from.as_deref(),
         kind: message.kind,

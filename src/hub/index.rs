@@ -132,6 +132,16 @@ impl Index {
         self.rooms.get(room).map_or(&[], |k| k.as_slice())
     }
 
+    /// Every user with local connections, and them.
+    pub fn users(&self) -> impl Iterator<Item = (&Rc<str>, &[ConnKey])> {
+        self.users.iter().map(|(u, k)| (u, k.as_slice()))
+    }
+
+    /// Every room with local members, and them.
+    pub fn rooms(&self) -> impl Iterator<Item = (&Rc<str>, &[ConnKey])> {
+        self.rooms.iter().map(|(r, k)| (r, k.as_slice()))
+    }
+
     pub fn user_count(&self) -> usize {
         self.users.len()
     }

@@ -376,6 +376,32 @@ impl Hub {
         }
     }
 
+    /// Every presence count this shard holds: (`user:<id>`, "", connections) per user and
+    /// (`room:<name>`, member, connections) per room member ("" for anonymous members).
+    pub fn presence_counts(&self) -> Vec<(String, String, u32)> {
+        let index = self.index.borrow();
+        let conns = self.conns.borrow();
+        let mut out = Vec::new();
+        for (user, keys) in index.users() {
+            out.push((format!("user:{user}"), String::new(), keys.len() as u32));
+        }
+        for (room, keys) in index.rooms() {
+            let mut members: std::collections::HashMap<&str, u32> =
+                std::collections::HashMap::new();
+            for key in keys {
+                let member = conns
+                    .get(key.index as usize)
+                    .and_then(|c| c.session.user.as_deref())
+                    .unwrap_or("");
+                *members.entry(member).or_insert(0) += 1;
+            }
+            for (member, count) in members {
+                out.push((format!("room:{room}"), member.to_string(), count));
+            }
+        }
+        out
+    }
+
     /// Counts a client's ack of (channel, seq); the acked message's id, or None when no
     /// recent message here matches.
     pub fn ack(&self, channel: &str, seq: u64) -> Option<String> {

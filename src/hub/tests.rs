@@ -61,6 +61,7 @@ fn delivery(target: Target, seq: u64, payload: &'static str) -> Delivery {
             payload: Bytes::from_static(payload.as_bytes()),
         },
         seq: Some(seq),
+        epoch: Some(1),
     }
 }
 

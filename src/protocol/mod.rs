@@ -17,7 +17,7 @@ use bytes::Bytes;
 pub use crate::conn::Inbound;
 use crate::envelope::{PayloadKind, Target};
 use crate::ws::frame::{self, OpCode};
-pub use ops::{ClientOp, ErrorCode, OpError, Ref, Request};
+pub use ops::{ClientOp, ErrorCode, OpError, Ref, Request, Since};
 
 /// What a connection speaks, chosen at upgrade (`?protocol=`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +65,8 @@ pub struct Message<'a> {
     pub channel: &'a Target,
     /// The channel sequence number; None for messages from foreign publishers.
     pub seq: Option<u64>,
+    /// The epoch of the channel's numbering `seq` belongs to.
+    pub epoch: Option<u64>,
     pub id: &'a str,
     /// `user:<id>` of a publishing client; None for the HTTP API.
     pub from: Option<&'a str>,
@@ -79,10 +81,14 @@ pub struct Recovered<'a> {
     /// True only when every message after the client's seq was replayed.
     pub recovered: bool,
     pub replayed: usize,
-    /// The channel's seq the client is now at.
+    /// The channel's seq the client is now at, in `epoch`.
     pub seq: u64,
+    pub epoch: Option<u64>,
     /// Why the history could not be read, when it could not.
     pub error: Option<&'a str>,
+    /// Why it is not a recovery although history was read (the numbering restarted, the
+    /// client's seq is ahead of the channel, the gap is older than the history).
+    pub reason: Option<&'a str>,
 }
 
 /// Limits a decoded op must respect, from `Config`.
@@ -238,6 +244,7 @@ mod tests {
         let message = |kind, payload: &'static [u8]| Message {
             channel: &Target::All,
             seq: Some(1),
+            epoch: None,
             id: "n-0-1",
             from: None,
             kind,

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 pub use super::ops::{ErrorCode, OpError, Ref};
-use super::{ClientCodec, ClientOp, Decoded, Inbound, Message, OpLimits, Recovered};
+use super::{ClientCodec, ClientOp, Decoded, Inbound, Message, OpLimits, Recovered, Since};
 use crate::envelope::PayloadKind;
 use crate::json;
 use crate::ws::frame::{self, OpCode};
@@ -40,8 +40,8 @@ use crate::ws::frame::{self, OpCode};
 pub const REF_BYTES_MAX: usize = 64;
 
 /// Bytes of a server message besides its channel, id, from and data: the fixed keys and
-/// punctuation, a 20-digit seq, and slack, so `message_json` allocates once.
-const MESSAGE_OVERHEAD_BYTES: usize = 112;
+/// punctuation, a 20-digit seq, a 16-digit epoch, and slack, so `message_json` allocates once.
+const MESSAGE_OVERHEAD_BYTES: usize = 140;
 
 /// Bytes of a reply besides its ref, result or message.
 const REPLY_OVERHEAD_BYTES: usize = 96;
@@ -97,6 +97,8 @@ pub enum Op<'a> {
         room: Cow<'a, str>,
         /// Recovery: the last seq of the room the client saw; missed messages are replayed.
         since: Option<u64>,
+        /// The epoch `since` belongs to (from the messages the client saw), if it sent one.
+        epoch: Option<u64>,
     },
     Leave {
         room: Cow<'a, str>,
@@ -116,6 +118,7 @@ pub enum Op<'a> {
     Recover {
         channel: Cow<'a, str>,
         since: u64,
+        epoch: Option<u64>,
     },
 }
 
@@ -176,6 +179,7 @@ struct Fields<'a> {
     channel: Option<&'a RawValue>,
     seq: Option<&'a RawValue>,
     since: Option<&'a RawValue>,
+    epoch: Option<&'a RawValue>,
 }
 
 /// A key of the op object; anything else is `Other` and skipped.
@@ -189,6 +193,7 @@ enum Key {
     Channel,
     Seq,
     Since,
+    Epoch,
     Other,
 }
 
@@ -203,6 +208,7 @@ impl Key {
             Key::Channel => "channel",
             Key::Seq => "seq",
             Key::Since => "since",
+            Key::Epoch => "epoch",
             Key::Other => "?",
         }
     }
@@ -226,6 +232,7 @@ impl<'de> Deserialize<'de> for Key {
                     "channel" => Key::Channel,
                     "seq" => Key::Seq,
                     "since" => Key::Since,
+                    "epoch" => Key::Epoch,
                     _ => Key::Other,
                 })
             }
@@ -262,6 +269,7 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, 'de> {
                 Key::Channel => &mut self.0.channel,
                 Key::Seq => &mut self.0.seq,
                 Key::Since => &mut self.0.since,
+                Key::Epoch => &mut self.0.epoch,
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -356,6 +364,10 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
                 .since
                 .map(|since| u64_field(since, "since"))
                 .transpose()?,
+            epoch: fields
+                .epoch
+                .map(|epoch| u64_field(epoch, "epoch"))
+                .transpose()?,
         }),
         "leave" => Ok(Op::Leave {
             room: name_field(fields.room, "room", "leave", limits)?,
@@ -398,7 +410,15 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
         "recover" => {
             let channel = channel_field(fields.channel, "recover", limits)?;
             let since = u64_field(required(fields.since, "since", "recover")?, "since")?;
-            Ok(Op::Recover { channel, since })
+            let epoch = fields
+                .epoch
+                .map(|epoch| u64_field(epoch, "epoch"))
+                .transpose()?;
+            Ok(Op::Recover {
+                channel,
+                since,
+                epoch,
+            })
         }
         other => Err((
             ErrorCode::UnknownOp,
@@ -696,6 +716,7 @@ impl<'a> Payload<'a> {
 pub fn message_json(
     channel: &str,
     seq: Option<u64>,
+    epoch: Option<u64>,
     id: &str,
     from: Option<&str>,
     payload: Payload<'_>,
@@ -723,6 +744,10 @@ pub fn message_json(
     match seq {
         Some(seq) => write_u64(&mut out, seq),
         None => out.extend_from_slice(b"null"),
+    }
+    if let Some(epoch) = epoch {
+        out.extend_from_slice(b",\"epoch\":");
+        write_u64(&mut out, epoch);
     }
     out.extend_from_slice(b",\"id\":");
     write_json_str(&mut out, id);
@@ -758,6 +783,7 @@ impl ClientCodec for Native {
         let json = message_json(
             &message.channel.to_string(),
             message.seq,
+            message.epoch,
             message.id,
             message.from,
             Payload::of(message.kind, message.payload),
@@ -791,9 +817,9 @@ impl ClientCodec for Native {
             message,
         };
         let op = match request.op {
-            Op::Join { room, since } => ClientOp::Join {
+            Op::Join { room, since, epoch } => ClientOp::Join {
                 room: room.into_owned(),
-                since,
+                since: since.map(|seq| Since { seq, epoch }),
             },
             Op::Leave { room } => ClientOp::Leave {
                 room: room.into_owned(),
@@ -813,8 +839,15 @@ impl ClientCodec for Native {
                     return Decoded::Refused(refused(ErrorCode::BadField, message));
                 }
             },
-            Op::Recover { channel, since } => match crate::envelope::Target::parse(&channel) {
-                Some(target) => ClientOp::Recover { target, since },
+            Op::Recover {
+                channel,
+                since,
+                epoch,
+            } => match crate::envelope::Target::parse(&channel) {
+                Some(target) => ClientOp::Recover {
+                    target,
+                    since: Since { seq: since, epoch },
+                },
                 None => {
                     return Decoded::Refused(refused(ErrorCode::BadField, "bad channel".into()))
                 }
@@ -848,8 +881,14 @@ impl ClientCodec for Native {
             "replayed": recovered.replayed,
             "seq": recovered.seq,
         });
+        if let Some(epoch) = recovered.epoch {
+            event["epoch"] = epoch.into();
+        }
         if let Some(error) = recovered.error {
             event["error"] = error.into();
+        }
+        if let Some(reason) = recovered.reason {
+            event["reason"] = reason.into();
         }
         Some(frame::encode(OpCode::Text, event.to_string().as_bytes()))
     }
@@ -923,7 +962,7 @@ pub fn fuzz_one(data: &[u8]) {
         Err(_) => fuzz_text(&String::from_utf8_lossy(data)),
     }
     let payload = Payload::of(json::classify(data), data);
-    let message = message_json("room:a", Some(1), "n-1", None, payload);
+    let message = message_json("room:a", Some(1), None, "n-1", None, payload);
     let parsed = serde_json::from_slice::<serde_json::Value>(&message);
     assert!(parsed.is_ok(), "every message is valid JSON: {parsed:?}");
 }
@@ -984,7 +1023,8 @@ mod tests {
             request.op,
             Op::Join {
                 room: Cow::Borrowed("lobby"),
-                since: None
+                since: None,
+                epoch: None,
             }
         ));
         let request = decode(r#"{"op":"join","room":"lobby","since":41}"#).unwrap();
@@ -997,8 +1037,27 @@ mod tests {
         ));
         let request = decode(r#"{"op":"recover","channel":"user:ann","since":7}"#).unwrap();
         assert!(
-            matches!(request.op, Op::Recover { ref channel, since: 7 } if channel == "user:ann")
+            matches!(request.op, Op::Recover { ref channel, since: 7, epoch: None } if channel == "user:ann")
         );
+        let request =
+            decode(r#"{"op":"recover","channel":"all","since":7,"epoch":12345}"#).unwrap();
+        assert!(matches!(
+            request.op,
+            Op::Recover {
+                since: 7,
+                epoch: Some(12345),
+                ..
+            }
+        ));
+        let request = decode(r#"{"op":"join","room":"r","since":3,"epoch":9}"#).unwrap();
+        assert!(matches!(
+            request.op,
+            Op::Join {
+                since: Some(3),
+                epoch: Some(9),
+                ..
+            }
+        ));
         let error = decode(r#"{"op":"recover","channel":"user:ann"}"#).unwrap_err();
         assert_eq!(error.code, ErrorCode::BadField);
         let error = decode(r#"{"op":"join","room":"r","since":-1}"#).unwrap_err();
@@ -1044,7 +1103,14 @@ mod tests {
         let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
         assert!(offset < text.len(), "data points into the input");
         // And it travels unchanged into the message.
-        let message = message_json("room:r", Some(1), "n-1", None, Payload::Json(raw.get()));
+        let message = message_json(
+            "room:r",
+            Some(1),
+            None,
+            "n-1",
+            None,
+            Payload::Json(raw.get()),
+        );
         let message = String::from_utf8(message).unwrap();
         assert!(
             message.ends_with(&format!(r#","data":{data}}}"#)),
@@ -1403,7 +1469,14 @@ mod tests {
         let json_body = br#"{"n":1,"s":"x"}"#;
         let payload = classify_payload(json_body);
         assert!(matches!(payload, Payload::Json(_)));
-        let message = message_json("room:lobby", Some(17), "node-0-5", Some("user:42"), payload);
+        let message = message_json(
+            "room:lobby",
+            Some(17),
+            None,
+            "node-0-5",
+            Some("user:42"),
+            payload,
+        );
         assert_eq!(
             serde_json::from_slice::<Value>(&message).unwrap(),
             json!({"type":"message","channel":"room:lobby","seq":17,"id":"node-0-5",
@@ -1412,7 +1485,7 @@ mod tests {
 
         let payload = classify_payload("héllo \"world\"".as_bytes());
         assert_eq!(payload, Payload::Text("héllo \"world\""));
-        let message = message_json("all", None, "n-2", None, payload);
+        let message = message_json("all", None, None, "n-2", None, payload);
         assert_eq!(
             serde_json::from_slice::<Value>(&message).unwrap(),
             json!({"type":"message","channel":"all","seq":null,"id":"n-2","from":null,
@@ -1422,7 +1495,7 @@ mod tests {
         let bytes = [0u8, 0xFF, 0xFE, 1, 2];
         let payload = classify_payload(&bytes);
         assert_eq!(payload, Payload::Binary(&bytes));
-        let message = message_json("user:7", Some(u64::MAX), "n-3", None, payload);
+        let message = message_json("user:7", Some(u64::MAX), None, "n-3", None, payload);
         let parsed: Value = serde_json::from_slice(&message).unwrap();
         assert_eq!(
             parsed,
@@ -1434,6 +1507,7 @@ mod tests {
         let frame = Native.message(&Message {
             channel: &crate::envelope::Target::All,
             seq: Some(1),
+            epoch: None,
             id: "i",
             from: None,
             kind: PayloadKind::Text,
@@ -1441,7 +1515,7 @@ mod tests {
         });
         assert_eq!(
             frame_payload(&frame),
-            message_json("all", Some(1), "i", None, Payload::Text("t"))
+            message_json("all", Some(1), None, "i", None, Payload::Text("t"))
         );
     }
 
@@ -1471,7 +1545,14 @@ mod tests {
         assert!(matches!(classify_payload(b"\"\xff\""), Payload::Binary(_)));
         // Text payloads with JSON-looking content round-trip as strings.
         for body in ["{", "\"", "\\", "\u{0}", "a\u{2028}b"] {
-            let message = message_json("all", None, "i", None, classify_payload(body.as_bytes()));
+            let message = message_json(
+                "all",
+                None,
+                None,
+                "i",
+                None,
+                classify_payload(body.as_bytes()),
+            );
             let parsed: Value = serde_json::from_slice(&message).unwrap();
             assert_eq!(parsed["data"], body, "{body:?}");
         }
@@ -1531,7 +1612,7 @@ mod tests {
             );
             assert!(!text.bytes().any(|b| b < 0x20), "{text:?}");
             // The same string survives every field of a message.
-            let message = message_json(s, Some(1), s, Some(s), Payload::Text(s));
+            let message = message_json(s, Some(1), None, s, Some(s), Payload::Text(s));
             let parsed: Value = serde_json::from_slice(&message).unwrap();
             for field in ["channel", "id", "from", "data"] {
                 assert_eq!(parsed[field], **s, "{field} {s:?}");
@@ -1566,6 +1647,7 @@ mod tests {
             let message = message_json(
                 "room:lobby",
                 Some(u64::MAX),
+                Some((1 << 53) - 1),
                 "node-12-345",
                 Some("user:42"),
                 payload,

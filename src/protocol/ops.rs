@@ -14,10 +14,10 @@ use crate::envelope::Target;
 /// One client op, owned (it may be answered after a mesh or Redis round trip).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientOp {
-    /// Join a room; with `since`, also replay what the room got after that seq.
+    /// Join a room; with `since`, also replay what the room got after that position.
     Join {
         room: String,
-        since: Option<u64>,
+        since: Option<Since>,
     },
     Leave {
         room: String,
@@ -35,8 +35,17 @@ pub enum ClientOp {
     /// Replay what the client missed on a channel it already receives, after `since`.
     Recover {
         target: Target,
-        since: u64,
+        since: Since,
     },
+}
+
+/// Where a client is in a channel: the last seq it saw, and the epoch of the numbering that
+/// seq belongs to (None from clients that do not send one: then only a seq ahead of the
+/// channel reveals a restarted numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since {
+    pub seq: u64,
+    pub epoch: Option<u64>,
 }
 
 /// One decoded op with the reference its reply carries.

@@ -9,6 +9,7 @@
 //! `protocol` (client ops), `api` (HTTP), and `shard` (connects, disconnects, the mesh
 //! and broker loops). Every task it starts goes through `ctx.tasks`.
 
+pub mod gaps;
 pub mod ops;
 pub mod recovery;
 
@@ -40,6 +41,11 @@ pub struct Services {
     pub hub: Rc<Hub>,
     pub backend: Rc<Backend>,
     envelope_error_logged_s: Cell<Option<u32>>,
+    /// Cluster mode: where each subscribed channel is on this shard, and the catch-up after
+    /// a subscriber reconnect.
+    gaps: gaps::Gaps,
+    /// A presence resync task is running (one at a time).
+    presence_resync_running: Cell<bool>,
 }
 
 impl Services {
@@ -49,6 +55,8 @@ impl Services {
             hub,
             backend,
             envelope_error_logged_s: Cell::new(None),
+            gaps: gaps::Gaps::default(),
+            presence_resync_running: Cell::new(false),
         }
     }
 
@@ -355,14 +363,25 @@ impl Services {
         queued
     }
 
-    /// A message arrived on this shard's Redis subscription: decode it, then deliver it to
-    /// the local recipients of its target (frames encoded once for this shard).
-    pub fn on_broker_message(self: &Rc<Self>, incoming: Incoming) {
+    /// What this shard's Redis subscriptions delivered: a message, the confirmation of new
+    /// subscriptions, or the end of a resubscription after the link came back.
+    pub fn on_broker(self: &Rc<Self>, incoming: Incoming) {
+        match incoming {
+            Incoming::Message { channel, payload } => self.on_broker_message(channel, payload),
+            Incoming::Reconnected => self.gaps.begin_catch_up(),
+            Incoming::Subscribed { channels } => self.learn_marks(channels),
+            Incoming::Resubscribed => self.replay_gaps(),
+        }
+    }
+
+    /// Decodes a message from Redis and delivers it to the local recipients of its target
+    /// (frames encoded once for this shard), unless it was seen already or its channel is
+    /// being caught up after a reconnect (then it waits for the catch-up).
+    fn on_broker_message(self: &Rc<Self>, channel: Bytes, payload: Bytes) {
         Metrics::inc(&self.ctx.metrics.redis_messages_total);
         let Some(redis) = &self.backend.redis else {
             return;
         };
-        let Incoming { channel, payload } = incoming;
         let target = std::str::from_utf8(&channel)
             .ok()
             .and_then(|c| redis.keys.channel_of(c))
@@ -402,6 +421,7 @@ impl Services {
         } else {
             let delivery = Delivery {
                 seq: envelope.seq,
+                epoch: envelope.epoch,
                 publish: Publish {
                     target: envelope.target,
                     id: envelope.id.clone(),
@@ -410,20 +430,161 @@ impl Services {
                     payload: envelope.payload,
                 },
             };
-            self.deliver(&delivery)
+            match self.gaps.admit(&channel, delivery) {
+                Some(delivery) => self.deliver(&delivery),
+                None => 0,
+            }
         };
         if envelope.origin == self.ctx.node_id() {
             redis.record_own_delivery(envelope.id, recipients);
         }
     }
 
+    /// New subscriptions were confirmed: learn where their channels are now, so a later
+    /// reconnect knows what this shard would have missed.
+    fn learn_marks(self: &Rc<Self>, channels: Vec<Bytes>) {
+        let unknown = self.gaps.unknown(channels);
+        if unknown.is_empty() {
+            return;
+        }
+        let svc = self.clone();
+        let task = async move {
+            let Some(redis) = &svc.backend.redis else {
+                return;
+            };
+            for chunk in unknown.chunks(gaps::MARKS_READ_CHUNK) {
+                if let Ok(positions) = redis.positions(chunk).await {
+                    for (channel, position) in chunk.iter().zip(positions) {
+                        svc.gaps.learn(channel, position);
+                    }
+                }
+            }
+        };
+        if self.ctx.tasks.spawn(task).is_err() {
+            Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+        }
+    }
+
+    /// The subscriber link came back and every channel is subscribed again: replay from
+    /// history what each channel got while it was down, holding live messages back until
+    /// then, so connected clients miss nothing without asking.
+    fn replay_gaps(self: &Rc<Self>) {
+        for channel in self.gaps.catching_up() {
+            let svc = self.clone();
+            let task = async move { svc.catch_up(channel).await };
+            if self.ctx.tasks.spawn(task).is_err() {
+                Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+            }
+        }
+    }
+
+    async fn catch_up(self: Rc<Self>, channel: Bytes) {
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
+        let target = std::str::from_utf8(&channel)
+            .ok()
+            .and_then(|c| redis.keys.channel_of(c))
+            .and_then(Target::parse);
+        let (Some(target), Some(mark)) = (target, self.gaps.mark(&channel)) else {
+            self.release(&channel);
+            return;
+        };
+        let limit = self.ctx.config.history_size.max(1);
+        let since = if mark.epoch.is_some() { mark.seq } else { 0 };
+        let mut replay = self.backend.history(&target, since, limit).await;
+        if let Ok(r) = &replay {
+            // The numbering restarted while the link was down: catch up on the new one.
+            if mark.epoch.is_some() && r.epoch != mark.epoch && since > 0 {
+                replay = self.backend.history(&target, 0, limit).await;
+            }
+        }
+        match replay {
+            Ok(replay) => {
+                let mut caught_up = 0u64;
+                for message in replay.messages {
+                    let delivery = Delivery {
+                        seq: Some(message.seq),
+                        epoch: replay.epoch,
+                        publish: Publish {
+                            target: target.clone(),
+                            id: message.id,
+                            from: message.from,
+                            kind: message.kind,
+                            payload: message.payload,
+                        },
+                    };
+                    if self.gaps.is_new(&channel, &delivery) {
+                        self.deliver(&delivery);
+                        caught_up += 1;
+                    }
+                }
+                Metrics::add(&self.ctx.metrics.gap_replayed_total, caught_up);
+            }
+            Err(e) => {
+                Metrics::inc(&self.ctx.metrics.gap_replay_errors_total);
+                log!(
+                    Some(self.ctx.id),
+                    "could not catch up {target} after the Redis reconnect: {e}; its clients can recover from their last seq"
+                );
+            }
+        }
+        self.release(&channel);
+    }
+
+    /// Ends a channel's catch-up: what arrived live meanwhile goes out, without what the
+    /// catch-up already delivered.
+    fn release(&self, channel: &[u8]) {
+        for delivery in self.gaps.end_catch_up(channel) {
+            self.deliver(&delivery);
+        }
+    }
+
+    /// Every few seconds: forget the positions of channels no longer subscribed, and write
+    /// presence counters again when Redis may have lost them.
+    pub fn tick(self: &Rc<Self>) {
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
+        self.gaps
+            .prune(|channel| std::str::from_utf8(channel).is_ok_and(|c| redis.broker.wants(c)));
+        if redis.presence_needs_resync() && !self.presence_resync_running.get() {
+            self.presence_resync_running.set(true);
+            let svc = self.clone();
+            let task = async move {
+                let counts = svc.hub.presence_counts();
+                if let Some(redis) = &svc.backend.redis {
+                    match redis.resync_presence(counts).await {
+                        Ok(()) => Metrics::inc(&svc.ctx.metrics.presence_resyncs_total),
+                        Err(e) => log!(
+                            Some(svc.ctx.id),
+                            "could not write presence again: {e}; retrying"
+                        ),
+                    }
+                }
+                svc.presence_resync_running.set(false);
+            };
+            if self.ctx.tasks.spawn(task).is_err() {
+                self.presence_resync_running.set(false);
+                Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+            }
+        }
+    }
+
     /// What another shard asked of this one.
     pub fn on_mesh(self: &Rc<Self>, msg: ShardMsg) {
         match msg {
-            ShardMsg::Sequence { publishes, reply } => {
+            ShardMsg::Sequence {
+                publishes,
+                numbered,
+                reply,
+            } => {
                 let backend = self.backend.clone();
                 let task = async move {
-                    let numbered = backend.local.sequence_and_deliver(publishes).await;
+                    let numbered = backend
+                        .local
+                        .sequence_and_deliver(publishes, numbered)
+                        .await;
                     let _ = reply.send(numbered);
                 };
                 // Refused: the reply is dropped, and the publisher answers 503.

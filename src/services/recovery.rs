@@ -16,7 +16,7 @@ use crate::hub::frames::stored_frame;
 use crate::hub::recovery::Recovering;
 use crate::mesh::Replay;
 use crate::metrics::Metrics;
-use crate::protocol::Recovered;
+use crate::protocol::{Recovered, Since};
 use crate::ws::frame::close_code;
 
 /// How often a replay waiting for queue room looks again.
@@ -51,13 +51,13 @@ impl Services {
         }
     }
 
-    /// Replays what a connection missed on `channels` (each after its seq), holding back
-    /// live messages of those channels until the replay is queued; then, for a user's
+    /// Replays what a connection missed on `channels` (each after its position), holding
+    /// back live messages of those channels until the replay is queued; then, for a user's
     /// connection, delivers the offline inbox. The codec's recovery marker ends each channel.
     pub fn start_recovery(
         self: &Rc<Self>,
         key: ConnKey,
-        channels: Vec<(Target, u64)>,
+        channels: Vec<(Target, Since)>,
         take_inbox: bool,
     ) {
         let names: Vec<String> = channels.iter().map(|(t, _)| t.to_string()).collect();
@@ -85,11 +85,53 @@ impl Services {
         }
     }
 
+    /// What to replay for a client at `since`: the history after it, or, when the client's
+    /// position cannot be in the channel's current numbering (another epoch, or a seq ahead
+    /// of the channel), the current numbering from its start, with the reason it is no
+    /// recovery.
+    async fn replay_for(
+        &self,
+        target: &Target,
+        since: Since,
+        limit: usize,
+    ) -> (Replay, u64, Option<String>, Option<String>) {
+        let replay = match self.backend.history(target, since.seq, limit).await {
+            Ok(replay) => replay,
+            Err(e) => return (Replay::default(), since.seq, Some(e.to_string()), None),
+        };
+        let restarted = match (since.epoch, replay.epoch) {
+            (Some(theirs), Some(ours)) if theirs != ours => Some(format!(
+                "the channel's numbering restarted (epoch {ours}; the client's seq {} is of epoch {theirs}): messages may be lost",
+                since.seq
+            )),
+            _ if since.seq > replay.current => Some(format!(
+                "the client's seq {} is ahead of the channel's ({}): its numbering restarted; messages may be lost",
+                since.seq, replay.current
+            )),
+            _ => None,
+        };
+        let Some(reason) = restarted else {
+            let reason = (!replay.complete).then(|| {
+                format!(
+                    "messages after seq {} are no longer all in the history (--history-size, --history-ttl-s)",
+                    since.seq
+                )
+            });
+            return (replay, since.seq, None, reason);
+        };
+        // The client's numbers mean nothing in this numbering: give it the current one from
+        // its start, and say it is not a recovery.
+        match self.backend.history(target, 0, limit).await {
+            Ok(replay) => (replay, 0, None, Some(reason)),
+            Err(e) => (Replay::default(), 0, Some(e.to_string()), Some(reason)),
+        }
+    }
+
     async fn recover(
         self: Rc<Self>,
         key: ConnKey,
         names: Vec<String>,
-        channels: Vec<(Target, u64)>,
+        channels: Vec<(Target, Since)>,
         take_inbox: bool,
         user: Option<String>,
     ) {
@@ -107,14 +149,11 @@ impl Services {
         for (target, since) in channels {
             let channel = target.to_string();
             let limit = self.ctx.config.history_size.max(1);
-            let (replay, error) = match self.backend.history(&target, since, limit).await {
-                Ok(replay) => (replay, None),
-                Err(e) => (Replay::default(), Some(e.to_string())),
-            };
+            let (replay, from, error, reason) = self.replay_for(&target, since, limit).await;
             let Some(codec) = self.hub.codec(key) else {
                 return;
             };
-            let mut replayed_to = since;
+            let mut replayed_to = from;
             let mut replayed = 0u64;
             for message in &replay.messages {
                 // Flow control: a replay longer than the outbound queue is fed as the
@@ -122,7 +161,8 @@ impl Services {
                 if !self.wait_for_queue_room(key).await {
                     return;
                 }
-                self.hub.send(key, stored_frame(&target, message, codec));
+                let frame = stored_frame(&target, message, replay.epoch, codec);
+                self.hub.send(key, frame);
                 replayed_to = replayed_to.max(message.seq);
                 replayed += 1;
             }
@@ -143,10 +183,12 @@ impl Services {
             Metrics::add(&self.ctx.metrics.replayed_total, replayed);
             let marker = codec.get().recovered(&Recovered {
                 channel: &target,
-                recovered: error.is_none() && replay.complete,
+                recovered: error.is_none() && reason.is_none() && replay.complete,
                 replayed: replay.messages.len(),
                 seq: replay.current.max(replayed_to),
+                epoch: replay.epoch,
                 error: error.as_deref(),
+                reason: reason.as_deref(),
             });
             if let Some(frame) = marker {
                 self.hub.send(key, frame);
@@ -165,7 +207,10 @@ impl Services {
                 if !self.wait_for_queue_room(key).await {
                     return;
                 }
-                self.hub.send(key, stored_frame(&target, message, codec));
+                // Inbox entries are of the numbering they were published in; their own
+                // envelopes said which, but the inbox keeps only what clients need to ack.
+                self.hub
+                    .send(key, stored_frame(&target, message, None, codec));
                 delivered += 1;
             }
             Metrics::add(&self.ctx.metrics.inbox_delivered_total, delivered);

@@ -1,0 +1,278 @@
+//! Cluster mode, per shard: where each Redis-subscribed channel is (the last seq and epoch
+//! this shard delivered), so nothing published while the subscriber link was down is
+//! silently missed. After a reconnect every known channel is caught up from history while
+//! its live messages wait, then the waiting ones follow without what the catch-up already
+//! delivered; a live copy of something already delivered is dropped.
+//!
+//! State only, no I/O: `services` feeds it what the broker delivers and runs the catch-up.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::mesh::Delivery;
+
+/// Channels whose position is read in one Redis round trip when they are first subscribed.
+pub const MARKS_READ_CHUNK: usize = 256;
+/// Live messages one channel may hold back during its catch-up; past it they go out at once
+/// (a very busy channel is better served late than held without bound).
+const HELD_MAX: usize = 4096;
+/// Channels tracked per shard (a bound on memory if something subscribes without end).
+const CHANNELS_MAX: usize = 1 << 20;
+
+/// Where a channel is on this shard: the epoch and seq of the last message delivered (or
+/// of the channel when this shard subscribed to it).
+pub use crate::backend::Mark;
+
+#[derive(Debug, Default)]
+struct Entry {
+    /// None until the channel's position is known.
+    mark: Option<Mark>,
+    /// Some while the channel is being caught up: live deliveries wait here.
+    held: Option<Vec<Delivery>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Gaps {
+    channels: RefCell<HashMap<Bytes, Entry>>,
+}
+
+/// Whether a delivery is past a mark: another epoch (the numbering restarted) or a higher
+/// seq in the same one.
+fn is_before(mark: &Mark, delivery: &Delivery) -> bool {
+    match delivery.seq {
+        None => true,
+        Some(seq) => delivery.epoch != mark.epoch || seq > mark.seq,
+    }
+}
+
+impl Gaps {
+    /// A live delivery on `channel`: returns it when it should go out now; None when it is
+    /// held for a catch-up or was delivered already.
+    pub fn admit(&self, channel: &[u8], delivery: Delivery) -> Option<Delivery> {
+        let Some(seq) = delivery.seq else {
+            // Unnumbered (a foreign publisher): nothing to order or deduplicate by.
+            return Some(delivery);
+        };
+        let mut channels = self.channels.borrow_mut();
+        if !channels.contains_key(channel) {
+            if channels.len() >= CHANNELS_MAX {
+                return Some(delivery);
+            }
+            channels.insert(Bytes::copy_from_slice(channel), Entry::default());
+        }
+        let entry = channels.get_mut(channel)?;
+        if let Some(held) = entry.held.as_mut() {
+            if held.len() < HELD_MAX {
+                held.push(delivery);
+                return None;
+            }
+        }
+        if let Some(mark) = entry.mark {
+            if !is_before(&mark, &delivery) {
+                return None;
+            }
+        }
+        entry.mark = Some(Mark {
+            epoch: delivery.epoch,
+            seq,
+        });
+        Some(delivery)
+    }
+
+    /// Channels just subscribed whose position is unknown (to be read from Redis).
+    pub fn unknown(&self, subscribed: Vec<Bytes>) -> Vec<Bytes> {
+        let mut channels = self.channels.borrow_mut();
+        let mut out = Vec::new();
+        for channel in subscribed {
+            if channels.len() >= CHANNELS_MAX && !channels.contains_key(&channel) {
+                continue;
+            }
+            let entry = channels
+                .entry(Bytes::copy_from_slice(&channel))
+                .or_default();
+            if entry.mark.is_none() {
+                out.push(channel);
+            }
+        }
+        out
+    }
+
+    /// The channel's position as Redis said it was at subscription; a position learned
+    /// from a delivery since then is newer and stays.
+    pub fn learn(&self, channel: &[u8], position: Mark) {
+        if let Some(entry) = self.channels.borrow_mut().get_mut(channel) {
+            if entry.mark.is_none() {
+                entry.mark = Some(position);
+            }
+        }
+    }
+
+    pub fn mark(&self, channel: &[u8]) -> Option<Mark> {
+        self.channels.borrow().get(channel).and_then(|e| e.mark)
+    }
+
+    /// The subscriber link came back: every channel whose position is known holds its
+    /// live messages from now on, until its catch-up ends.
+    pub fn begin_catch_up(&self) {
+        for entry in self.channels.borrow_mut().values_mut() {
+            if entry.mark.is_some() && entry.held.is_none() {
+                entry.held = Some(Vec::new());
+            }
+        }
+    }
+
+    /// The channels being caught up.
+    pub fn catching_up(&self) -> Vec<Bytes> {
+        self.channels
+            .borrow()
+            .iter()
+            .filter(|(_, entry)| entry.held.is_some())
+            .map(|(channel, _)| channel.clone())
+            .collect()
+    }
+
+    /// Whether a caught-up (replayed) delivery is past the channel's mark; moves the mark.
+    pub fn is_new(&self, channel: &[u8], delivery: &Delivery) -> bool {
+        let mut channels = self.channels.borrow_mut();
+        let Some(entry) = channels.get_mut(channel) else {
+            return false;
+        };
+        if entry.mark.is_some_and(|mark| !is_before(&mark, delivery)) {
+            return false;
+        }
+        if let Some(seq) = delivery.seq {
+            entry.mark = Some(Mark {
+                epoch: delivery.epoch,
+                seq,
+            });
+        }
+        true
+    }
+
+    /// Ends a channel's catch-up: the held live deliveries that are past the mark, in order.
+    pub fn end_catch_up(&self, channel: &[u8]) -> Vec<Delivery> {
+        let held = {
+            let mut channels = self.channels.borrow_mut();
+            match channels.get_mut(channel) {
+                Some(entry) => entry.held.take().unwrap_or_default(),
+                None => return Vec::new(),
+            }
+        };
+        held.into_iter()
+            .filter(|delivery| self.is_new(channel, delivery))
+            .collect()
+    }
+
+    /// Forgets channels this shard no longer subscribes to (and is not catching up).
+    pub fn prune(&self, wanted: impl Fn(&[u8]) -> bool) {
+        self.channels
+            .borrow_mut()
+            .retain(|channel, entry| entry.held.is_some() || wanted(channel));
+    }
+
+    pub fn len(&self) -> usize {
+        self.channels.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{PayloadKind, Target};
+    use crate::mesh::Publish;
+
+    fn delivery(epoch: u64, seq: u64) -> Delivery {
+        Delivery {
+            publish: Publish {
+                target: Target::All,
+                id: format!("n-{seq}"),
+                from: None,
+                kind: PayloadKind::Text,
+                payload: Bytes::new(),
+            },
+            seq: Some(seq),
+            epoch: Some(epoch),
+        }
+    }
+
+    fn seqs(deliveries: &[Delivery]) -> Vec<u64> {
+        deliveries.iter().filter_map(|d| d.seq).collect()
+    }
+
+    #[test]
+    fn live_duplicates_are_dropped_and_new_numbering_passes() {
+        let gaps = Gaps::default();
+        assert!(gaps.admit(b"v:all", delivery(7, 1)).is_some());
+        assert!(gaps.admit(b"v:all", delivery(7, 2)).is_some());
+        assert!(gaps.admit(b"v:all", delivery(7, 2)).is_none(), "duplicate");
+        assert!(
+            gaps.admit(b"v:all", delivery(9, 1)).is_some(),
+            "a new epoch"
+        );
+        assert_eq!(
+            gaps.mark(b"v:all"),
+            Some(Mark {
+                epoch: Some(9),
+                seq: 1
+            })
+        );
+    }
+
+    #[test]
+    fn a_catch_up_holds_live_messages_then_releases_only_new_ones() {
+        let gaps = Gaps::default();
+        assert!(gaps.admit(b"v:all", delivery(7, 3)).is_some());
+        gaps.begin_catch_up();
+        assert_eq!(gaps.catching_up(), vec![Bytes::from_static(b"v:all")]);
+        // Live messages 6 and 7 arrive while history 4..=6 is read.
+        assert!(gaps.admit(b"v:all", delivery(7, 6)).is_none());
+        assert!(gaps.admit(b"v:all", delivery(7, 7)).is_none());
+        let replayed: Vec<bool> = (4..=6)
+            .map(|s| gaps.is_new(b"v:all", &delivery(7, s)))
+            .collect();
+        assert_eq!(replayed, [true, true, true]);
+        assert_eq!(seqs(&gaps.end_catch_up(b"v:all")), [7], "6 was replayed");
+        assert!(gaps.admit(b"v:all", delivery(7, 8)).is_some(), "live again");
+    }
+
+    #[test]
+    fn positions_are_learned_once_and_unknown_channels_are_not_caught_up() {
+        let gaps = Gaps::default();
+        let unknown = gaps.unknown(vec![Bytes::from_static(b"v:a"), Bytes::from_static(b"v:b")]);
+        assert_eq!(unknown.len(), 2);
+        gaps.begin_catch_up();
+        assert!(gaps.catching_up().is_empty(), "no position known yet");
+        gaps.learn(
+            b"v:a",
+            Mark {
+                epoch: Some(1),
+                seq: 5,
+            },
+        );
+        gaps.learn(
+            b"v:a",
+            Mark {
+                epoch: Some(1),
+                seq: 2,
+            },
+        );
+        assert_eq!(
+            gaps.mark(b"v:a"),
+            Some(Mark {
+                epoch: Some(1),
+                seq: 5
+            })
+        );
+        assert_eq!(gaps.unknown(vec![Bytes::from_static(b"v:a")]).len(), 0);
+        gaps.begin_catch_up();
+        assert_eq!(gaps.catching_up(), vec![Bytes::from_static(b"v:a")]);
+        gaps.prune(|c| c == b"v:a");
+        assert_eq!(gaps.len(), 1);
+    }
+}
