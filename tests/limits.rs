@@ -213,5 +213,22 @@ fn a_slow_consumer_is_closed_with_1008_while_others_get_everything() {
         stats["total"]["protocol_error_closes_total"].as_u64(),
         Some(0)
     );
+    // The operator hears of it once, with the limits that were hit.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !server.stderr().contains("slow consumer(s) with 1008") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line: {}",
+            server.stderr()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        server
+            .stderr()
+            .matches("slow consumer(s) with 1008")
+            .count(),
+        1
+    );
     drop(slow);
 }

@@ -43,6 +43,8 @@ pub use session::Session;
 // The slab holds one per connection: keep it small (the budget is summed in conn.rs).
 const _: () = assert!(std::mem::size_of::<Conn<Session>>() <= 256);
 
+/// At most one log line about slow consumers per this many seconds.
+const SLOW_LOG_INTERVAL_S: u32 = 10;
 /// Most connections a shard reserves slab room for at start (address space, not RSS).
 const SLAB_RESERVE_MAX: usize = 1 << 20;
 
@@ -60,6 +62,8 @@ pub struct Hub {
     /// Who is connected as which user and in which rooms, on this shard.
     index: RefCell<Index>,
     receipts: RefCell<Receipts>,
+    /// Slow-consumer closes already logged, and when: one log line per interval at most.
+    slow_logged: Cell<(u64, u32)>,
 }
 
 /// What a removed connection leaves behind, for the services to update interest,
@@ -99,6 +103,7 @@ impl Hub {
             ping_frame: frame::encode(OpCode::Ping, &[]),
             index: RefCell::new(Index::default()),
             receipts: RefCell::new(Receipts::new(RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S)),
+            slow_logged: Cell::new((0, 0)),
             ctx,
         }
     }
@@ -420,6 +425,7 @@ impl Hub {
     /// ones, cuts off closing ones past their deadline and ends finished recoveries. One
     /// pass replaces a timer per connection.
     pub fn sweep(&self, now_s: u32, ping_due: bool) {
+        self.log_slow_consumers(now_s);
         let idle_s = self.ctx.config.idle_timeout_s;
         let metrics = &self.ctx.metrics;
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
@@ -441,6 +447,25 @@ impl Hub {
                 _ if now_s >= conn.deadline_s() => conn.kill(),
                 _ => {}
             }
+        }
+    }
+
+    /// Says in the log that slow consumers were closed since the last line: one line per
+    /// `SLOW_LOG_INTERVAL_S` at most, however many there were (a stalled network would
+    /// otherwise write one line per client).
+    fn log_slow_consumers(&self, now_s: u32) {
+        let (logged, at_s) = self.slow_logged.get();
+        let closed = self.ctx.metrics.slow_consumer_closes_total.get();
+        if closed > logged && (logged == 0 || now_s >= at_s + SLOW_LOG_INTERVAL_S) {
+            self.slow_logged.set((closed, now_s));
+            crate::log!(
+                Some(self.ctx.id),
+                "closed {} slow consumer(s) with 1008 (outbound queue past --outbound-frames-max {} or --outbound-bytes-max {}); each gets its close frame after what was already sent, then up to {} s before the connection is reset",
+                closed - logged,
+                self.limits.outbound_frames_max,
+                self.limits.outbound_bytes_max,
+                self.limits.close_timeout_s
+            );
         }
     }
 
