@@ -22,6 +22,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(e) = volley::logging::init(&config.log_filter, config.log_format) {
+        eprintln!("volley: {e}");
+        return ExitCode::from(1);
+    }
     let shared = Arc::new(Shared::new(config.max_connections));
     let flag = shared.shutdown_flag();
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

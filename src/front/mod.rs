@@ -184,6 +184,14 @@ pub async fn serve_http(svc: Rc<Services>, mut stream: TcpStream) -> Option<Upgr
             }
         };
         Metrics::inc(&svc.ctx.metrics.http_requests_total);
+        // Every path, /ws included: a rebound name must not reach the API or a socket.
+        if let Err(message) = config.origins.host(head.header("host")) {
+            Metrics::inc(&svc.ctx.metrics.http_errors_total);
+            let _ = stream
+                .write_all(&http::json_error(421, &message, false))
+                .await;
+            return None;
+        }
         if head.path == "/ws" {
             return upgrade::upgrade(&svc, stream, buf, &head).await;
         }
