@@ -119,6 +119,25 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: WebSocket clients on /ws, the publish API on /api on the same port.
     Serve(ServeArgs),
+    /// Configuration files (`--config volley.toml`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (flags > environment > file > defaults) with
+    /// secrets redacted, as a TOML file `--config` takes; exit 2 when it is invalid.
+    Check(ServeArgs),
+}
+
+impl Command {
+    /// The server flags, whichever command carries them.
+    pub fn serve_args(self) -> ServeArgs {
+        match self {
+            Command::Serve(args) | Command::Config(ConfigCommand::Check(args)) => args,
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -253,6 +272,12 @@ pub struct ServeArgs {
     /// Log line shape on stderr: text, or json (one object per line).
     #[arg(long, env = "VOLLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// A TOML file whose keys are these flags' long names, e.g. `listen = "0.0.0.0:8080"`,
+    /// `allowed_origins = ["https://app.example.com"]`, `room_events = true`. Flags and
+    /// environment variables win over it; it wins over the defaults.
+    #[arg(long, env = "VOLLEY_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// How client tokens are checked, if at all.
@@ -882,7 +907,7 @@ impl Config {
     #[allow(clippy::expect_used)]
     pub fn for_tests(shards: usize) -> Config {
         let args = Cli::parse_from(["volley", "serve", "--listen", "127.0.0.1:0"]);
-        let Command::Serve(args) = args.command;
+        let args = args.command.serve_args();
         let mut config = args.validate(shards).expect("defaults are valid");
         config.shards = shards;
         config
@@ -896,7 +921,7 @@ mod tests {
     fn args(extra: &[&str]) -> ServeArgs {
         let mut argv = vec!["volley", "serve"];
         argv.extend_from_slice(extra);
-        let Command::Serve(args) = Cli::parse_from(argv).command;
+        let args = Cli::parse_from(argv).command.serve_args();
         args
     }
 

@@ -7,6 +7,7 @@
 //! main.rs            flags -> Config, mimalloc, signals, exit codes
 //! server.rs          binds the listeners, raises the fd limit, starts one executor per shard
 //! config.rs          Config: every default named and explained; validate() with actionable errors
+//! config_file.rs     --config volley.toml (flag > environment > file > default), config check
 //! shard.rs           the owner of lifetimes: accept, admit, sweep, mesh and broker loops, shutdown
 //! ctx.rs             the small context services take: id, config, clock, peers, metrics, tasks
 //! mesh.rs            the only cross-thread types: ShardMsg, Peers (send, gather), Shared
@@ -42,6 +43,7 @@ pub mod auth;
 pub mod backend;
 pub mod broker;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod ctx;
 pub mod envelope;

@@ -446,3 +446,65 @@ fn shard_logs_carry_the_shard_id_as_a_field() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+#[test]
+fn config_files_merge_under_flags_and_env_and_check_redacts() {
+    let dir = std::env::temp_dir().join(format!("volley-safety-{}.toml", std::process::id()));
+    std::fs::write(
+        &dir,
+        "listen = \"127.0.0.1:0\"\nshards = 1\napi_key = \"file-key-0123456789abcdef\"\nroom_events = true\nallowed_origins = [\"https://app.example.com\"]\n",
+    )
+    .unwrap();
+    let path = dir.to_str().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["config", "check", "--config", path, "--room-events"])
+        .env("VOLLEY_API_KEY", "env-key-0123456789abcdef")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        !stdout.contains("0123456789abcdef"),
+        "secrets redacted: {stdout}"
+    );
+    for line in [
+        "listen = \"127.0.0.1:0\"  # file",
+        "shards = 1  # file",
+        "api_key = \"<redacted>\"  # environment",
+        "room_events = true  # flag",
+        "allowed_origins = [\"https://app.example.com\"]  # file",
+        "backlog = 4096  # default",
+    ] {
+        assert!(stdout.lines().any(|l| l == line), "{line:?} in {stdout}");
+    }
+    let (code, stdout, stderr) =
+        run_volley(&["config", "check", "--config", path, "--shards", "0"]);
+    assert_eq!(code, Some(2), "{stdout}");
+    assert!(stderr.contains("--shards 0"), "{stderr}");
+
+    // The file serves: its api_key is the key, its listen the address.
+    let server = Server::start_on("127.0.0.1:0", &["--config", path]);
+    let (status, _) = request(server.addr, "GET", "/api/stats", b"");
+    assert_eq!(status, 401, "the file's api_key is required");
+    drop(server);
+    let _ = std::fs::remove_file(&dir);
+
+    // The shipped unit's file is valid once the keys are in the environment, and refused
+    // (with the way out) without them.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/tuning/volley.toml");
+    let (code, _, stderr) = run_volley(&["config", "check", "--config", shipped]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("--insecure-open"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_volley"))
+        .args(["config", "check", "--config", shipped])
+        .env("VOLLEY_API_KEY", "env-key-0123456789abcdef")
+        .env("VOLLEY_JWT_SECRET", "env-jwt-0123456789abcdef")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
