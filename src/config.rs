@@ -921,8 +921,7 @@ mod tests {
     fn args(extra: &[&str]) -> ServeArgs {
         let mut argv = vec!["volley", "serve"];
         argv.extend_from_slice(extra);
-        let args = Cli::parse_from(argv).command.serve_args();
-        args
+        Cli::parse_from(argv).command.serve_args()
     }
 
     #[test]
