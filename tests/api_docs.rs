@@ -71,7 +71,14 @@ fn every_documented_curl_line_answers_and_every_route_has_one() {
     let server = Server::start(&["--shards", "1"]);
     let examples = examples();
     assert!(examples.len() >= 16, "{examples:?}");
+    // A receipt exists for a message queued to someone: ann is connected, and acks.
+    let mut ann = connect_native(server.addr, "user=ann");
     let published = post_json(&server, "/api/users/ann/messages", "{\"text\":\"x\"}");
+    let message = next_message(&mut ann);
+    send_op(
+        &mut ann,
+        serde_json::json!({"op": "ack", "channel": "user:ann", "seq": message["seq"]}),
+    );
     let id = published["id"].as_str().unwrap().to_string();
     for (method, path, body) in &examples {
         let path = path.replace("MESSAGE_ID", &id);
