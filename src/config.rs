@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::logging::LogFormat;
+
 /// Loopback by default: the HTTP API has no authentication yet, so exposing it is a choice the
 /// operator makes with `--listen 0.0.0.0:8080`.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8080";
@@ -68,6 +70,9 @@ pub const CLIENT_PUBLISH_BURST_DEFAULT: u32 = 40;
 /// Protocol errors (bad ops, forbidden, over a limit) a client may make before it is
 /// closed with 1008: a buggy client gets error replies to learn from, an abusive one is cut.
 pub const CLIENT_STRIKES_MAX: u8 = 20;
+/// Seconds after which one strike is forgiven: a client that errs less than once per 10 s
+/// (late acks, a stray op) is never closed for it, while 20 errors in a burst still are.
+pub const CLIENT_STRIKE_DECAY_S: u32 = 10;
 /// Targets in one `POST /api/batch` request.
 pub const BATCH_TARGETS_MAX: usize = 10_000;
 /// How long `GET /api/messages/{id}` can report on a message (and acks are counted).
@@ -117,6 +122,25 @@ pub struct Cli {
 pub enum Command {
     /// Run the server: WebSocket clients on /ws, the publish API on /api on the same port.
     Serve(ServeArgs),
+    /// Configuration files (`--config volley.toml`).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (flags > environment > file > defaults) with
+    /// secrets redacted, as a TOML file `--config` takes; exit 2 when it is invalid.
+    Check(ServeArgs),
+}
+
+impl Command {
+    /// The server flags, whichever command carries them.
+    pub fn serve_args(self) -> ServeArgs {
+        match self {
+            Command::Serve(args) | Command::Config(ConfigCommand::Check(args)) => args,
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -223,6 +247,40 @@ pub struct ServeArgs {
     /// keep-alive); past it new sockets are closed at accept.
     #[arg(long, default_value_t = HTTP_SESSIONS_PER_SHARD_MAX_DEFAULT)]
     pub http_sessions_max: u32,
+
+    // Exposure: who may reach this server from a browser or from the network (issue 14).
+    // Checked by `check_exposure`.
+    /// Browser origins allowed on WebSocket paths and the API, comma-separated:
+    /// `https://app.example.com`, `https://*.example.com` (subdomains), `http://localhost:*`
+    /// (any port), `*` (any page: only for public, read-only deployments). Clients that
+    /// send no Origin (not browsers) and pages from this server's own origin always pass;
+    /// listed origins also get CORS headers on the API.
+    #[arg(long, env = "VOLLEY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Host names clients may use to reach this server, comma-separated (`push.example.com`,
+    /// `*.example.com`, `*` for any). Always allowed: IP addresses, localhost and the
+    /// --listen host. Other names get 421: a guard against DNS rebinding.
+    #[arg(long, env = "VOLLEY_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Run open (no JWT key or no --api-key) on a non-loopback --listen address anyway:
+    /// anyone who reaches the port may connect as any user.
+    #[arg(long, env = "VOLLEY_INSECURE_OPEN")]
+    pub insecure_open: bool,
+
+    // Logs (issue 14). Checked by `check_logs`.
+    /// Log level (error, warn, info, debug, trace) or tracing directives such as
+    /// `volley=debug`. Wins over RUST_LOG; without either, info.
+    #[arg(long, env = "VOLLEY_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log line shape on stderr: text, or json (one object per line).
+    #[arg(long, env = "VOLLEY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// A TOML file whose keys are these flags' long names, e.g. `listen = "0.0.0.0:8080"`,
+    /// `allowed_origins = ["https://app.example.com"]`, `room_events = true`. Flags and
+    /// environment variables win over it; it wins over the defaults.
+    #[arg(long, env = "VOLLEY_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 /// How client tokens are checked, if at all.
@@ -359,6 +417,13 @@ pub struct Config {
     pub presence_ttl_s: u32,
     pub room_events: bool,
     pub http_sessions_max: u32,
+    /// `--allowed-origins` and `--allowed-hosts`, checked.
+    pub origins: crate::origin::Policy,
+    /// Open on a non-loopback address on purpose (`--insecure-open`): said loudly at start.
+    pub insecure_open: bool,
+    /// The tracing filter directives in force (`logging::directives`).
+    pub log_filter: String,
+    pub log_format: LogFormat,
 }
 
 /// A secret value: its `Debug` never shows it, so no log line or panic message can.
@@ -391,6 +456,51 @@ impl std::error::Error for ConfigError {}
 
 fn err<T>(msg: String) -> Result<T, ConfigError> {
     Err(ConfigError(msg))
+}
+
+/// The host part of a `--listen` value as written (`localhost`, `0.0.0.0`, `[::1]`).
+pub fn listen_host(listen: &str) -> &str {
+    match listen.rsplit_once(':') {
+        Some((host, _)) => host,
+        None => listen,
+    }
+}
+
+/// `--listen` as an IP:port, or a host name resolved once, now (an IPv4 address when the
+/// name has one, as most clients try it first).
+pub fn resolve_listen(listen: &str) -> Result<SocketAddr, ConfigError> {
+    if let Ok(addr) = listen.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    use std::net::ToSocketAddrs;
+    let shape = || {
+        ConfigError(format!(
+            "--listen {listen}: not an IP:port or host:port address; use e.g. 127.0.0.1:8080, 0.0.0.0:8080 or localhost:8080"
+        ))
+    };
+    let (host, port) = listen.rsplit_once(':').ok_or_else(shape)?;
+    let port: u16 = port.parse().map_err(|_| shape())?;
+    if host.is_empty() {
+        return Err(shape());
+    }
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| {
+            ConfigError(format!(
+                "--listen {listen}: cannot resolve {host:?} ({e}); check the name or use an IP address"
+            ))
+        })?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| {
+            ConfigError(format!(
+                "--listen {listen}: {host:?} resolves to no address; use an IP address"
+            ))
+        })
 }
 
 /// Parses "0,2" or "0-3" or "0-1,4" into a list of CPU ids.
@@ -437,7 +547,13 @@ impl ServeArgs {
         let client_auth = self.check_auth()?;
         self.check_clients()?;
         self.check_stores()?;
+        let origins = self.check_exposure(listen, &client_auth)?;
+        let log_filter = self.check_logs()?;
         Ok(Config {
+            log_filter,
+            log_format: self.log_format,
+            origins,
+            insecure_open: self.insecure_open,
             history_size: self.history_size,
             history_ttl_s: self.history_ttl_s,
             inbox_size: self.inbox_size,
@@ -479,15 +595,7 @@ impl ServeArgs {
         &self,
         cpus_online: usize,
     ) -> Result<(SocketAddr, Option<Vec<usize>>, usize), ConfigError> {
-        let listen: SocketAddr = match self.listen.parse() {
-            Ok(addr) => addr,
-            Err(_) => {
-                return err(format!(
-                    "--listen {}: not an IP:port address; use e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
-                    self.listen
-                ))
-            }
-        };
+        let listen = resolve_listen(&self.listen)?;
         let cpus = match &self.cpus {
             None => None,
             Some(list) => match parse_cpu_list(list) {
@@ -521,6 +629,46 @@ impl ServeArgs {
             (None, None) => cpus_online.max(1),
         };
         Ok((listen, cpus, shards))
+    }
+
+    /// Origins, hosts and open mode on the network: `--allowed-origins`,
+    /// `--allowed-hosts`, `--insecure-open`.
+    fn check_exposure(
+        &self,
+        listen: SocketAddr,
+        client_auth: &ClientAuth,
+    ) -> Result<crate::origin::Policy, ConfigError> {
+        let policy = crate::origin::Policy::new(
+            &self.allowed_origins,
+            &self.allowed_hosts,
+            listen_host(&self.listen),
+        )
+        .map_err(|why| {
+            ConfigError(format!(
+                "{why}; e.g. --allowed-origins https://app.example.com,https://*.example.com"
+            ))
+        })?;
+        let open_clients = matches!(client_auth, ClientAuth::Open);
+        let open_api = self.api_key.is_none();
+        if !listen.ip().is_loopback() && (open_clients || open_api) && !self.insecure_open {
+            let missing = match (open_clients, open_api) {
+                (true, true) => "--jwt-secret (or --jwt-rs256-key) and --api-key",
+                (true, false) => "--jwt-secret (or --jwt-rs256-key)",
+                _ => "--api-key",
+            };
+            return err(format!(
+                "--listen {}: not a loopback address, and without {missing} anyone who reaches it could connect as any user or publish; set {missing}, or add --insecure-open to run open on purpose",
+                self.listen
+            ));
+        }
+        Ok(policy)
+    }
+
+    /// `--log-level` (or RUST_LOG when it is not given).
+    fn check_logs(&self) -> Result<String, ConfigError> {
+        let rust_log = std::env::var("RUST_LOG").ok();
+        crate::logging::directives(self.log_level.as_deref(), rust_log.as_deref())
+            .map_err(ConfigError)
     }
 
     /// Connection, request and queue limits.
@@ -762,7 +910,7 @@ impl Config {
     #[allow(clippy::expect_used)]
     pub fn for_tests(shards: usize) -> Config {
         let args = Cli::parse_from(["volley", "serve", "--listen", "127.0.0.1:0"]);
-        let Command::Serve(args) = args.command;
+        let args = args.command.serve_args();
         let mut config = args.validate(shards).expect("defaults are valid");
         config.shards = shards;
         config
@@ -776,8 +924,7 @@ mod tests {
     fn args(extra: &[&str]) -> ServeArgs {
         let mut argv = vec!["volley", "serve"];
         argv.extend_from_slice(extra);
-        let Command::Serve(args) = Cli::parse_from(argv).command;
-        args
+        Cli::parse_from(argv).command.serve_args()
     }
 
     #[test]

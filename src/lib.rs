@@ -7,10 +7,12 @@
 //! main.rs            flags -> Config, mimalloc, signals, exit codes
 //! server.rs          binds the listeners, raises the fd limit, starts one executor per shard
 //! config.rs          Config: every default named and explained; validate() with actionable errors
+//! config_file.rs     --config volley.toml (flag > environment > file > default), config check
 //! shard.rs           the owner of lifetimes: accept, admit, sweep, mesh and broker loops, shutdown
 //! ctx.rs             the small context services take: id, config, clock, peers, metrics, tasks
 //! mesh.rs            the only cross-thread types: ShardMsg, Peers (send, gather), Shared
 //! listener.rs        socket2 listeners with SO_REUSEPORT and a chosen backlog
+//! portlock.rs        one standalone process per port (an abstract unix socket claim)
 //! conn.rs            one upgraded connection: bounded outbound queue, read/write poll
 //! hub/               the data plane: connections by key, delivery, per-codec frames, index,
 //!                    recovery seam, receipts; no Redis, no wire format
@@ -30,7 +32,9 @@
 //! ws/frame.rs        sans-IO frames: encode once, decode and unmask client frames, close codes
 //! envelope.rs        the MessagePack envelope published messages travel in between processes
 //! json.rs            the one strict "is this JSON" check
+//! origin.rs          sans-IO Origin and Host checks (--allowed-origins, --allowed-hosts)
 //! auth.rs            sans-IO JWT verification (HS256, RS256) and API key comparison
+//! logging.rs         the tracing subscriber: --log-level, RUST_LOG, --log-format text|json
 //! metrics.rs         per-shard counters, snapshots, JSON and Prometheus text
 //! ```
 
@@ -39,6 +43,7 @@ pub mod auth;
 pub mod backend;
 pub mod broker;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod ctx;
 pub mod envelope;
@@ -47,8 +52,11 @@ pub mod http;
 pub mod hub;
 pub mod json;
 pub mod listener;
+pub mod logging;
 pub mod mesh;
 pub mod metrics;
+pub mod origin;
+pub mod portlock;
 pub mod protocol;
 pub mod server;
 pub mod services;
@@ -59,14 +67,33 @@ pub mod ws {
     pub mod handshake;
 }
 
-/// One log line on stderr: `volley[shard N]: message` (or `volley: message` outside a shard).
+/// One log line on stderr through `tracing` (see `logging`): `log!(Some(shard_id), "...")`
+/// or `log!(None, "...")` at INFO, or with a level first: `log!(warn, None, "...")`
+/// (`error`, `warn`, `info`, `debug`). The shard id becomes the `shard` field. One line per
+/// state change: never call it per message on a hot path.
 #[macro_export]
 macro_rules! log {
-    ($shard:expr, $($arg:tt)*) => {{
+    (error, $shard:expr, $($arg:tt)*) => { $crate::log!(@at ERROR, $shard, $($arg)*) };
+    (warn, $shard:expr, $($arg:tt)*) => { $crate::log!(@at WARN, $shard, $($arg)*) };
+    (info, $shard:expr, $($arg:tt)*) => { $crate::log!(@at INFO, $shard, $($arg)*) };
+    (debug, $shard:expr, $($arg:tt)*) => { $crate::log!(@at DEBUG, $shard, $($arg)*) };
+    (@at $level:ident, $shard:expr, $($arg:tt)*) => {{
         let shard: Option<usize> = $shard;
         match shard {
-            Some(id) => eprintln!("volley[shard {}]: {}", id, format_args!($($arg)*)),
-            None => eprintln!("volley: {}", format_args!($($arg)*)),
+            Some(id) => ::tracing::event!(
+                target: "volley",
+                ::tracing::Level::$level,
+                shard = id,
+                "{}",
+                format_args!($($arg)*)
+            ),
+            None => ::tracing::event!(
+                target: "volley",
+                ::tracing::Level::$level,
+                "{}",
+                format_args!($($arg)*)
+            ),
         }
     }};
+    ($shard:expr, $($arg:tt)*) => { $crate::log!(@at INFO, $shard, $($arg)*) };
 }

@@ -12,7 +12,7 @@ use glommio::{CpuSet, LocalExecutorPoolBuilder, PoolPlacement};
 
 use crate::config::{ClientAuth, Config, IO_MEMORY_BYTES, MESH_CHANNEL_CAPACITY};
 use crate::mesh::{self, Shared};
-use crate::{listener, log, shard};
+use crate::{listener, log, portlock, shard};
 
 /// File descriptors a process needs besides its WebSocket connections: listeners, io_uring
 /// rings, eventfds, API connections, stdio.
@@ -28,6 +28,7 @@ pub fn raise_nofile_limit(max_connections: usize) {
     // SAFETY: getrlimit writes into the struct we pass; no other memory is touched.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
         log!(
+            warn,
             None,
             "cannot read the open file limit: {}",
             std::io::Error::last_os_error()
@@ -47,8 +48,9 @@ pub fn raise_nofile_limit(max_connections: usize) {
     let needed = max_connections as u64 + FDS_RESERVED;
     if limit.rlim_cur < needed {
         log!(
+            warn,
             None,
-            "warning: open file limit is {} (hard limit {}) but --max-connections {} needs about {}: connections past ~{} will fail to accept; raise LimitNOFILE (see tuning/) or lower --max-connections",
+            "open file limit is {} (hard limit {}) but --max-connections {} needs about {}: connections past ~{} will fail to accept; raise LimitNOFILE (see tuning/) or lower --max-connections",
             limit.rlim_cur,
             limit.rlim_max,
             max_connections,
@@ -84,14 +86,46 @@ fn placement(config: &Config) -> Result<PoolPlacement, String> {
 pub fn serve(config: Config, shared: Arc<Shared>) -> Result<(), String> {
     raise_nofile_limit(config.max_connections);
     let placement = placement(&config)?;
+    let mode = match &config.redis {
+        None => portlock::Mode::Standalone,
+        Some(redis) => portlock::Mode::Redis {
+            prefix: redis.prefix.clone(),
+        },
+    };
+    // Claimed before binding, so a refused start never joins the other process's
+    // SO_REUSEPORT group (it would get and then reset some of its clients); port 0 picks a
+    // fresh port, claimed once it is known. Held until the shards have stopped.
+    let early_claim = match config.listen.port() {
+        0 => None,
+        _ => Some(portlock::claim(config.listen, &mode)?),
+    };
     let (bound, fds) = listener::bind_all(config.listen, config.backlog, config.shards)
         .map_err(|e| listener::explain_bind_error(config.listen, &e))?;
+    let _claim = match early_claim {
+        Some(claim) => claim,
+        None => portlock::claim(bound, &mode)?,
+    };
     let fds: Arc<[i32]> = fds.into_iter().map(IntoRawFd::into_raw_fd).collect();
     let mesh = mesh::build(config.shards, MESH_CHANNEL_CAPACITY);
     if matches!(config.client_auth, ClientAuth::Open) {
         log!(
+            warn,
             None,
             "WARNING: no --jwt-secret or --jwt-rs256-key: clients are NOT authenticated and name themselves with ?user=; fine for development, not for an open network"
+        );
+    }
+    if config.insecure_open && !config.listen.ip().is_loopback() {
+        log!(
+            warn,
+            None,
+            "WARNING: --insecure-open on {}: {} anyone who reaches this address may use it as they please",
+            config.listen,
+            match (&config.client_auth, &config.api_key) {
+                (ClientAuth::Open, None) => "clients are not authenticated and the API has no key:",
+                (ClientAuth::Open, Some(_)) => "clients are not authenticated:",
+                (_, None) => "the API has no key (it answers loopback clients only):",
+                _ => "keys are set, so this flag changes nothing;",
+            }
         );
     }
     if config.api_key.is_none() {

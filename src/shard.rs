@@ -204,7 +204,11 @@ impl Shard {
                             }
                             _ => "",
                         };
-                        log!(Some(self.ctx.id), "accept failed: {e}{hint}; retrying");
+                        log!(
+                            warn,
+                            Some(self.ctx.id),
+                            "accept failed: {e}{hint}; retrying"
+                        );
                     }
                     glommio::timer::sleep(ACCEPT_ERROR_BACKOFF).await;
                 }
@@ -312,6 +316,7 @@ pub async fn run(
     let left = shard.hub.len();
     if left > 0 {
         log!(
+            warn,
             Some(id),
             "shutdown grace over with {left} connections still closing; dropping them"
         );

@@ -90,7 +90,7 @@ fn slowloris_heads_get_408_while_others_are_served() {
     let stop_writer = stop.clone();
     // One byte per connection every 100 ms, of a head that would never end in time.
     let writer = std::thread::spawn(move || {
-        let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        let head = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Slow: ";
         let mut writers: Vec<Option<TcpStream>> = writers.into_iter().map(Some).collect();
         let mut sent = 0usize;
         let deadline = Instant::now() + WAIT;
@@ -224,7 +224,7 @@ fn oversized_and_too_many_headers_get_431() {
         (
             "one huge header",
             format!(
-                "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
                 "a".repeat(4000)
             ),
             "431",
@@ -232,7 +232,7 @@ fn oversized_and_too_many_headers_get_431() {
         (
             "many medium headers over the byte cap",
             format!(
-                "GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
                 (0..40)
                     .map(|i| format!("X-{i}: {}\r\n", "b".repeat(60)))
                     .collect::<String>()
@@ -242,7 +242,7 @@ fn oversized_and_too_many_headers_get_431() {
         (
             "a huge request target",
             format!(
-                "GET /healthz?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "GET /healthz?{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
                 "q".repeat(3000)
             ),
             "431",
@@ -255,7 +255,7 @@ fn oversized_and_too_many_headers_get_431() {
         (
             "65 headers (the cap is 64)",
             format!(
-                "GET /healthz HTTP/1.1\r\nHost: x\r\n{}\r\n",
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\n{}\r\n",
                 (0..64).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
             ),
             "431",
@@ -263,7 +263,7 @@ fn oversized_and_too_many_headers_get_431() {
         (
             "exactly 64 headers",
             format!(
-                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{}\r\n",
+                "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{}\r\n",
                 (0..62).map(|i| format!("X-{i}: v\r\n")).collect::<String>()
             ),
             "200",
@@ -271,7 +271,8 @@ fn oversized_and_too_many_headers_get_431() {
         (
             "a head exactly at the byte cap",
             {
-                let start = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: ";
+                let start =
+                    "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nX-Pad: ";
                 let pad = 2048 - start.len() - 4;
                 format!("{start}{}\r\n\r\n", "p".repeat(pad))
             },
@@ -296,54 +297,54 @@ fn conflicting_or_bad_body_framing_is_refused() {
     let cases: &[(&str, &[u8], &str)] = &[
         (
             "Content-Length and Transfer-Encoding",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "400",
         ),
         (
             "Transfer-Encoding then Content-Length",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "400",
         ),
         (
             "two different Content-Lengths",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
             "400",
         ),
         (
             "a Content-Length list that disagrees",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\nabcd",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3, 4\r\n\r\nabcd",
             "400",
         ),
         (
             "a signed Content-Length",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\nabc",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: +3\r\n\r\nabc",
             "400",
         ),
         (
             "a Content-Length past u64",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             "413",
         ),
         (
             "Transfer-Encoding not ending in chunked",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, gzip\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "400",
         ),
         (
             "a coding we do not implement",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "501",
         ),
         (
             // RFC 9112 §6.1: chunked may be applied only once; a framing error, not a
             // coding we lack (it used to get 501).
             "chunked twice in one header",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "400",
         ),
         (
             "chunked twice in two headers",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
             "400",
         ),
         (
@@ -353,12 +354,12 @@ fn conflicting_or_bad_body_framing_is_refused() {
         ),
         (
             "a bad chunk size",
-            b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+            b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
             "400",
         ),
         (
             "two Host headers",
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: y\r\n\r\n",
             "400",
         ),
         (
@@ -379,11 +380,11 @@ fn conflicting_or_bad_body_framing_is_refused() {
 #[test]
 fn a_broken_request_in_a_pipeline_ends_it_after_the_earlier_answers() {
     let server = Server::start(&["--shards", "1"]);
-    let pipeline: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n\
-        POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi\
+    let pipeline: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n\
+        POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhi\
         THIS IS NOT HTTP\r\n\r\n\
-        POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nafter\
-        GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\nafter\
+        GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let all = exchange(server.addr, pipeline);
     assert_eq!(statuses(&all), vec!["200", "200", "400"], "{all}");
     assert!(all.ends_with('}'), "nothing after the 400's body: {all}");
@@ -391,7 +392,7 @@ fn a_broken_request_in_a_pipeline_ends_it_after_the_earlier_answers() {
     assert_eq!(server.total("broadcasts_total"), 1);
 
     // A smuggling attempt: the second head hides in a body whose length is contested.
-    let smuggle: &[u8] = b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /api/broadcast HTTP/1.1\r\nHost: x\r\n\r\n";
+    let smuggle: &[u8] = b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 44\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /api/broadcast HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let all = exchange(server.addr, smuggle);
     assert_eq!(statuses(&all), vec!["400"], "{all}");
     assert_eq!(server.total("broadcasts_total"), 1);
@@ -442,7 +443,8 @@ fn unknown_methods_on_known_paths_get_405() {
         ("M-SEARCH", "/ws", "GET"),
     ];
     for (method, path, allow) in cases {
-        let request = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let response = exchange(server.addr, request.as_bytes());
         assert_eq!(
             statuses(&response),
@@ -461,7 +463,7 @@ fn unknown_methods_on_known_paths_get_405() {
     // An unknown method on an unknown path is a 404, not a 405.
     let response = exchange(
         server.addr,
-        b"BREW /pot HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"BREW /pot HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(statuses(&response), vec!["404"], "{response}");
     assert_eq!(server.total("broadcasts_total"), 0);
@@ -730,11 +732,13 @@ fn head_on_get_routes_gets_the_headers_without_a_body() {
     for path in ["/healthz", "/api/stats", "/metrics"] {
         let get = exchange(
             server.addr,
-            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         );
         let head = exchange(
             server.addr,
-            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         );
         assert_eq!(statuses(&head), vec!["200"], "HEAD {path}: {head}");
         assert!(
@@ -759,14 +763,15 @@ fn head_on_get_routes_gets_the_headers_without_a_body() {
     // Pipelined: HEAD, then GET on the same connection.
     let all = exchange(
         server.addr,
-        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"HEAD /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nGET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert_eq!(statuses(&all), vec!["200", "200"], "{all}");
     // HEAD on a POST route is still 405, and on /ws too, both without a body.
     for path in ["/api/broadcast", "/ws"] {
         let response = exchange(
             server.addr,
-            format!("HEAD {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("HEAD {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
         );
         assert_eq!(statuses(&response), vec!["405"], "HEAD {path}: {response}");
         assert!(response.ends_with("\r\n\r\n"), "HEAD {path}: {response:?}");
@@ -870,7 +875,8 @@ fn secrets_are_never_logged_or_echoed() {
     ]);
     let mut seen = String::new();
     let send = |head: &str| {
-        let request = format!("{head}Host: x\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi");
+        let request =
+            format!("{head}Host: localhost\r\nConnection: close\r\nContent-Length: 2\r\n\r\nhi");
         exchange(server.addr, request.as_bytes())
     };
     for head in [
@@ -952,7 +958,7 @@ fn sockets_stuck_before_their_upgrade_are_bounded() {
 fn fresh_socket_is_refused(server: &Server) -> bool {
     let response = raw_exchange(
         server.addr,
-        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     response.is_empty()
 }

@@ -167,7 +167,7 @@ fn the_api_key_guards_the_api() {
     let send = |headers: &str| {
         raw_exchange(
             server.addr,
-            format!("POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n{headers}\r\nhi").as_bytes(),
+            format!("POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n{headers}\r\nhi").as_bytes(),
         )
     };
     let missing = send("");
@@ -185,7 +185,7 @@ fn the_api_key_guards_the_api() {
     assert!(send(&format!("Authorization: Bearer {API_KEY}\r\n")).starts_with("HTTP/1.1 200"));
     let stats = raw_exchange(
         server.addr,
-        b"GET /api/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /api/stats HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(stats.starts_with("HTTP/1.1 401"), "{stats}");
     // Health and metrics stay open for load balancers and scrapers.

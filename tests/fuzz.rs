@@ -673,6 +673,7 @@ fn classify_native(data: &[u8]) -> String {
             Op::Publish { .. } => "publish",
             Op::Ack { .. } => "ack",
             Op::Recover { .. } => "recover",
+            Op::Ping => "ping",
         }
         .into(),
         Err(e) => e.code.as_str().into(),

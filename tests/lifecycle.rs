@@ -1,5 +1,5 @@
-//! Process life: SIGTERM closes every client with 1001 and exits 0; two processes share a
-//! port; bad flags and a taken port are one clear line and a non-zero exit.
+//! Process life: SIGTERM closes every client with 1001 and exits 0; two processes of one
+//! Redis cluster share a port; bad flags and a taken port are one clear line and a non-zero exit.
 // Test code: an unwrap that fails is a failed test, not a panic reachable from input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -30,15 +30,22 @@ fn sigint_with_no_clients_exits_0() {
     assert_eq!(server.wait_exit(), Some(0));
 }
 
+/// Two processes of one Redis cluster (same prefix) may share a port; two standalone ones
+/// may not (tests/safety.rs).
 #[test]
 fn two_processes_on_one_port_both_accept() {
-    let a = Server::start(&["--shards", "1", "--cpus", "0"]);
+    let redis = common::redis::Redis::start();
+    let url = redis.url();
+    let a = Server::start(&["--shards", "1", "--cpus", "0", "--redis", &url]);
     let cpu_b = if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
         "1"
     } else {
         "0"
     };
-    let mut b = Server::start_on(&a.addr.to_string(), &["--shards", "1", "--cpus", cpu_b]);
+    let mut b = Server::start_on(
+        &a.addr.to_string(),
+        &["--shards", "1", "--cpus", cpu_b, "--redis", &url],
+    );
     assert_eq!(a.addr, b.addr);
     let mut clients: Vec<Client> = (0..64).map(|_| connect(&a)).collect();
     // Stop B: exactly the clients B accepted get its 1001; A's clients stay open.

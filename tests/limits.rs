@@ -24,7 +24,7 @@ fn body_over_the_limit_gets_413() {
 fn head_over_the_limit_gets_431() {
     let server = Server::start(&["--shards", "1", "--http-head-bytes-max", "1024"]);
     let big = "a".repeat(2000);
-    let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {big}\r\n\r\n");
     let response = raw_exchange(server.addr, request.as_bytes());
     assert!(response.starts_with("HTTP/1.1 431"), "{response}");
 }
@@ -37,18 +37,18 @@ fn unknown_paths_and_methods_get_json_errors() {
     assert!(body.contains("\"error\""), "{body}");
     let response = raw_exchange(
         server.addr,
-        b"GET /api/broadcast HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /api/broadcast HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(response.starts_with("HTTP/1.1 405"), "{response}");
     assert!(response.contains("Allow: POST"), "{response}");
     let response = raw_exchange(
         server.addr,
-        b"BREW /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"BREW /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(response.starts_with("HTTP/1.1 405"), "{response}");
     let response = raw_exchange(server.addr, b"this is not http\r\n\r\n");
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
-    let conflicting = b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let conflicting = b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
     let response = raw_exchange(server.addr, conflicting);
     assert!(response.starts_with("HTTP/1.1 400"), "{response}");
 }
@@ -58,7 +58,7 @@ fn keep_alive_serves_pipelined_requests_in_order() {
     let server = Server::start(&["--shards", "1"]);
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let requests = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhiGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let requests = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\nPOST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\n\r\nhiGET /nope HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     stream.write_all(requests).unwrap();
     let all = String::from_utf8(read_to_close(&mut stream)).unwrap();
     let statuses: Vec<&str> = all
@@ -74,7 +74,7 @@ fn chunked_and_expect_continue_bodies_are_accepted() {
     let server = Server::start(&["--shards", "1"]);
     let mut client = connect(&server);
     server.wait_for("client", |s| s["total"]["connections"].as_u64() == Some(1));
-    let chunked = b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
+    let chunked = b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n";
     let response = raw_exchange(server.addr, chunked);
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert_eq!(next_data(&mut client), Message::text("hello world"));
@@ -82,7 +82,7 @@ fn chunked_and_expect_continue_bodies_are_accepted() {
     let mut stream = TcpStream::connect(server.addr).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
     stream
-        .write_all(b"POST /api/broadcast HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .write_all(b"POST /api/broadcast HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut interim = [0u8; 25];
     stream.read_exact(&mut interim).unwrap();

@@ -274,6 +274,7 @@ fn check_finds_short_values_and_apply_fixes_them_once() {
     for (source, installed) in [
         ("limits.conf", "security/limits.d/60-volley.conf"),
         ("volley.service", "systemd/system/volley.service"),
+        ("volley.toml", "volley/volley.toml"),
     ] {
         assert_eq!(
             fs::read(tuning_dir().join(source)).unwrap(),

@@ -16,7 +16,9 @@ Steps, in order:
      fs.nr_open, which systemd raises at boot, on every reboot)
   3. /etc/security/limits.d/60-volley.conf from tuning/limits.conf (nofile for logins)
   4. /etc/systemd/system/volley.service from tuning/volley.service, then
-     systemctl daemon-reload. It does not enable or start the service.
+     systemctl daemon-reload. It does not enable or start the service. And
+     /etc/volley/volley.toml from tuning/volley.toml when there is none yet (never
+     overwritten: it is the operator's settings once installed).
   5. prints the CPU plan: which cores run shards (volley serve --cpus) and which take
      network interrupts. IRQ affinity is printed, never applied: it depends on the NIC
      and on irqbalance.
@@ -179,6 +181,14 @@ if install_file "$TUNING_DIR/volley.service" "$ETC_ROOT/systemd/system/volley.se
   fi
 fi
 
+# The config file is the operator's once installed: put it in place only when missing.
+volley_toml="$ETC_ROOT/volley/volley.toml"
+if [[ -f $volley_toml ]]; then
+  echo "# $volley_toml: present, kept as it is (compare with tuning/volley.toml)"
+else
+  install_file "$TUNING_DIR/volley.toml" "$volley_toml" || true
+fi
+
 echo
 echo "## 5. CPU plan (printed only)"
 cpus=${TUNING_CPUS:-$(getconf _NPROCESSORS_ONLN)}
@@ -197,7 +207,7 @@ if ((cpus > 2)); then
 $cpus CPUs: core 0 takes network interrupts, cores 1-$last run shards. One core for
 interrupts keeps softirq work (ACKs of a 128k broadcast, SYN storms) off the shards.
   shard cores: 1-$last, mask $shard_mask
-    add to ExecStart in volley.service: volley serve --listen 0.0.0.0:8080 --cpus 1-$last
+    add to /etc/volley/volley.toml: cpus = "1-$last" (the flag: --cpus 1-$last)
   IRQ core:    0, mask 0x1
     systemctl disable --now irqbalance    # it would move the IRQs back
     for irq in \$(awk '/$nic/ {sub(":", "", \$1); print \$1}' /proc/interrupts); do

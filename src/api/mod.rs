@@ -15,9 +15,11 @@ use std::rc::Rc;
 use serde_json::json;
 
 use crate::auth::{bearer, constant_time_eq};
+use crate::config::RECEIPT_RETENTION_S;
 use crate::envelope::Target;
 use crate::http::{self, Head};
 use crate::metrics::{self, Metrics};
+use crate::origin::{refused_message, Verdict};
 use crate::protocol::check_name;
 use crate::services::Services;
 
@@ -64,12 +66,70 @@ fn authorize(svc: &Services, head: &Head, peer: Option<SocketAddr>) -> Result<()
     }
 }
 
+/// Seconds a browser may cache a CORS preflight answer.
+const CORS_MAX_AGE_S: &str = "600";
+
+/// Inserts headers right after the status line of a complete response.
+fn insert_headers(response: &mut Vec<u8>, headers: &[(&str, &str)]) {
+    let Some(at) = response.windows(2).position(|w| w == b"\r\n") else {
+        return;
+    };
+    let mut extra = Vec::new();
+    for (name, value) in headers {
+        extra.extend_from_slice(b"\r\n");
+        extra.extend_from_slice(name.as_bytes());
+        extra.extend_from_slice(b": ");
+        extra.extend_from_slice(value.as_bytes());
+    }
+    response.splice(at..at, extra);
+}
+
+/// Every request that is not a WebSocket upgrade. Browser requests (an `Origin` or
+/// `Sec-Fetch-Site`) must come from this server's own pages or an origin listed in
+/// `--allowed-origins` (403 otherwise, API key or not); listed origins get CORS headers
+/// and their preflights answered.
 pub async fn route(
     svc: &Rc<Services>,
     head: &Head,
     body: &[u8],
     keep_alive: bool,
     peer: Option<SocketAddr>,
+) -> Vec<u8> {
+    let origin = head.header("origin");
+    let site = head.header("sec-fetch-site");
+    let verdict = svc
+        .ctx
+        .config
+        .origins
+        .api_origin(origin, site, head.header("host"));
+    let cors = match (verdict, origin) {
+        (Verdict::Refused, _) => {
+            return error(svc, 403, &refused_message(origin, site), keep_alive);
+        }
+        (Verdict::Listed, Some(origin)) if http_safe(origin) => Some(origin),
+        _ => None,
+    };
+    let mut response = route_checked(svc, head, body, keep_alive, peer, cors.is_some()).await;
+    if let Some(origin) = cors {
+        insert_headers(
+            &mut response,
+            &[("Access-Control-Allow-Origin", origin), ("Vary", "Origin")],
+        );
+    }
+    response
+}
+
+fn http_safe(value: &str) -> bool {
+    !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
+}
+
+async fn route_checked(
+    svc: &Rc<Services>,
+    head: &Head,
+    body: &[u8],
+    keep_alive: bool,
+    peer: Option<SocketAddr>,
+    cors: bool,
 ) -> Vec<u8> {
     // RFC 9110 §9.3.2: HEAD is GET without the content (the caller strips it).
     let method = match head.method.as_str() {
@@ -90,6 +150,24 @@ pub async fn route(
             return error(svc, 404, &message, keep_alive);
         }
     };
+    // A CORS preflight (Fetch §3.2.2) from a listed origin: which methods and headers
+    // the real request may use. The caller adds Access-Control-Allow-Origin.
+    if cors && method == "OPTIONS" && head.header("access-control-request-method").is_some() {
+        return http::response(
+            204,
+            "",
+            b"",
+            keep_alive,
+            &[
+                ("Access-Control-Allow-Methods", allowed),
+                (
+                    "Access-Control-Allow-Headers",
+                    "Authorization, Content-Type, X-API-Key",
+                ),
+                ("Access-Control-Max-Age", CORS_MAX_AGE_S),
+            ],
+        );
+    }
     if !allowed.split(", ").any(|m| m == method) {
         Metrics::inc(&svc.ctx.metrics.http_errors_total);
         let body = json!({ "error": format!("{} accepts only {allowed}", head.path) }).to_string();
@@ -191,6 +269,14 @@ pub async fn route(
         }
         (["api", "messages", _], _) => {
             let (delivered, acked) = svc.backend.receipt_total(&names[0], &svc.hub).await;
+            if delivered == 0 && acked == 0 {
+                // Receipts exist only for messages queued to someone, for a while.
+                let message = format!(
+                    "no receipt for message {:?}: unknown id, delivered to no connection, or older than {RECEIPT_RETENTION_S} s",
+                    names[0]
+                );
+                return error(svc, 404, &message, keep_alive);
+            }
             json_response(
                 200,
                 json!({ "id": names[0], "delivered": delivered, "acked": acked }),

@@ -184,6 +184,17 @@ pub async fn serve_http(svc: Rc<Services>, mut stream: TcpStream) -> Option<Upgr
             }
         };
         Metrics::inc(&svc.ctx.metrics.http_requests_total);
+        // Every path, /ws included: a rebound name must not reach the API or a socket.
+        // /healthz is exempt: load balancers check it with any Host (haproxy's check in
+        // deploy/ sends `Host: volley`) and it tells a page nothing.
+        let checked = head.path != "/healthz";
+        if let Err(message) = config.origins.host(head.header("host").filter(|_| checked)) {
+            Metrics::inc(&svc.ctx.metrics.http_errors_total);
+            let _ = stream
+                .write_all(&http::json_error(421, &message, false))
+                .await;
+            return None;
+        }
         if head.path == "/ws" {
             return upgrade::upgrade(&svc, stream, buf, &head).await;
         }

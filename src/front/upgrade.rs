@@ -1,6 +1,7 @@
 //! The WebSocket upgrade on `/ws`: the RFC 6455 checks (`ws::handshake`), who is
 //! connecting (a verified token, or `?user=` in open mode), what it speaks (`?protocol=`),
-//! what it resumes (`?resume=`), and a slot under `--max-connections`; then the 101.
+//! what it resumes (`?resume=`), its `Origin` ([`check_origin`], shared with every other
+//! WebSocket path), and a slot under `--max-connections`; then the 101.
 //!
 //! Called by `front::serve_http`; the accepted socket goes back to the shard as
 //! [`Upgraded`].
@@ -12,11 +13,12 @@ use glommio::net::TcpStream;
 use serde_json::json;
 
 use crate::auth;
-use crate::config::ClientAuth;
+use crate::config::{ClientAuth, Config};
 use crate::envelope::Target;
 use crate::http::{self, Head, Method};
 use crate::hub::Session;
 use crate::metrics::Metrics;
+use crate::origin;
 use crate::protocol::{check_name, Codec, Since};
 use crate::services::Services;
 use crate::ws::handshake;
@@ -72,6 +74,10 @@ pub async fn upgrade(
             return None;
         }
     };
+    if let Err((status, message)) = check_origin(&svc.ctx.config, head) {
+        let _ = stream.write_all(&refuse(status, &message, &[])).await;
+        return None;
+    }
     if !svc.ctx.is_accepting() {
         let _ = stream
             .write_all(&refuse(
@@ -121,6 +127,21 @@ pub async fn upgrade(
         session,
         resume,
     })
+}
+
+/// The `Origin` check every WebSocket path makes (`/ws`, socket.io): no `Origin` (not a
+/// browser), this server's own origin, or one in `--allowed-origins`; 403 otherwise.
+pub fn check_origin(config: &Config, head: &Head) -> Result<(), (u16, String)> {
+    let origin = head.header("origin");
+    if config
+        .origins
+        .websocket_origin(origin, head.header("host"))
+        .allowed()
+    {
+        Ok(())
+    } else {
+        Err((403, origin::refused_message(origin, None)))
+    }
 }
 
 /// A resume token: base64url (no padding) of a JSON object mapping channels to where the

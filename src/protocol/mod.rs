@@ -106,6 +106,9 @@ pub enum Decoded {
     Op(Request),
     /// Not an acceptable op: answered with the error and counted as a strike.
     Refused(OpError),
+    /// A codec-level message the codec answers itself (native `ping`): send this frame
+    /// back; no op, no strike.
+    Reply(Bytes),
 }
 
 /// A client protocol. Encoders are called once per delivery per codec (their frame is

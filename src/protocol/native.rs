@@ -120,6 +120,9 @@ pub enum Op<'a> {
         since: u64,
         epoch: Option<u64>,
     },
+    /// An application-level keepalive (a habit from other libraries): answered at once
+    /// with `{"type":"pong","ref":..}`, never a strike.
+    Ping,
 }
 
 impl Ref {
@@ -420,10 +423,11 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
                 epoch,
             })
         }
+        "ping" => Ok(Op::Ping),
         other => Err((
             ErrorCode::UnknownOp,
             format!(
-                "unknown op {:?}; this server knows join, leave, publish, ack and recover",
+                "unknown op {:?}; this server knows join, leave, publish, ack, recover and ping",
                 clip(other, 64)
             ),
         )),
@@ -680,6 +684,19 @@ pub fn encode_reply_ok(reference: Option<&Ref>, result: Option<&serde_json::Valu
     frame::encode(OpCode::Text, &reply_ok_json(reference, result))
 }
 
+/// The answer to `{"op":"ping"}`: `{"type":"pong","ref":..}` as a complete text frame,
+/// sent whether or not the ping had a ref (a ping exists to be answered).
+pub fn encode_pong(reference: Option<&Ref>) -> Bytes {
+    let mut out = Vec::with_capacity(32 + reference.map_or(0, Ref::json_len_max));
+    out.extend_from_slice(b"{\"type\":\"pong\",\"ref\":");
+    match reference {
+        Some(r) => r.write_json(&mut out),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    frame::encode(OpCode::Text, &out)
+}
+
 /// An error reply as a complete WebSocket text frame.
 pub fn encode_reply_err(reference: Option<&Ref>, code: ErrorCode, message: &str) -> Bytes {
     frame::encode(OpCode::Text, &reply_err_json(reference, code, message))
@@ -852,6 +869,7 @@ impl ClientCodec for Native {
                     return Decoded::Refused(refused(ErrorCode::BadField, "bad channel".into()))
                 }
             },
+            Op::Ping => return Decoded::Reply(encode_pong(reference.as_ref())),
         };
         Decoded::Op(super::Request { reference, op })
     }
@@ -931,6 +949,10 @@ fn fuzz_text(text: &str) {
                     }
                     Op::Ack { channel, .. } | Op::Recover { channel, .. } => {
                         assert!(Channel::parse(channel).is_some())
+                    }
+                    Op::Ping => {
+                        let pong = encode_pong(request.reference.as_ref());
+                        assert!(pong.len() > 2, "a pong is a whole frame");
                     }
                 }
                 let reply = reply_ok_json(request.reference.as_ref(), None);

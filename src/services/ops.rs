@@ -1,6 +1,6 @@
 //! The one place client ops are acted on, whatever codec carried them: decode each data
 //! message with the connection's codec, act on the neutral op (`ClientOp`), answer through
-//! the same codec, and count strikes (past `CLIENT_STRIKES_MAX`, 1008).
+//! the same codec, and count strikes (past `CLIENT_STRIKES_MAX` unforgiven, 1008).
 //!
 //! Called by `shard` after a connection's poll, outside any slab borrow, so an op may
 //! touch the index, other connections and start publishes.
@@ -8,7 +8,7 @@
 use std::rc::Rc;
 
 use super::{Refusal, Services};
-use crate::config::CLIENT_STRIKES_MAX;
+use crate::config::{CLIENT_STRIKES_MAX, CLIENT_STRIKE_DECAY_S};
 use crate::conn::{ConnKey, Inbound};
 use crate::envelope::Target;
 use crate::metrics::Metrics;
@@ -30,16 +30,18 @@ pub fn dispatch(svc: &Rc<Services>, key: ConnKey, inbound: Vec<Inbound>) {
             Decoded::Ignored => {}
             Decoded::Op(request) => handle(svc, key, request),
             Decoded::Refused(error) => reply_error(svc, key, error),
+            Decoded::Reply(frame) => svc.hub.send(key, frame),
         }
     }
 }
 
 /// Sends an error reply and counts a strike; too many strikes close the client with 1008.
 pub fn reply_error(svc: &Services, key: ConnKey, error: OpError) {
-    let Some((codec, strikes)) = svc.hub.with_session(key, |s| {
-        s.strikes = s.strikes.saturating_add(1);
-        (s.codec, s.strikes)
-    }) else {
+    let now_s = svc.ctx.now_s();
+    let Some((codec, strikes)) = svc
+        .hub
+        .with_session(key, |s| (s.codec, s.strike(now_s, CLIENT_STRIKE_DECAY_S)))
+    else {
         return;
     };
     if let Some(frame) = codec.get().reply_err(&error) {
