@@ -529,9 +529,10 @@ fn a_stalled_link_is_seen_within_seconds_and_answers_stay_true() {
         stalled_at.elapsed() < Duration::from_secs(8),
         "noticed in seconds"
     );
-    // While the links are down, a publish is refused at once: nothing was published.
-    let (status, body) = post(a.addr, "/api/broadcast", &[], "2");
-    assert_eq!(status, 503, "{body}");
+    // A publish now is refused (503: that shard's link is already down) or written into the
+    // stall (504: another shard's command link has not timed out yet); never a 200.
+    let (second, body) = post(a.addr, "/api/broadcast", &[], "2");
+    assert!(second == 503 || second == 504, "{second} {body}");
     proxy.set(Mode::Pass);
     proxy.cut();
     wait_health(&a, "ok", |h| h["status"] == "ok");
@@ -557,6 +558,6 @@ fn a_stalled_link_is_seen_within_seconds_and_answers_stay_true() {
     assert_eq!(retry.0, 200, "{}", retry.1);
     let mut outcomes = Outcomes::default();
     outcomes.by_n.insert(1, 200);
-    outcomes.by_n.insert(2, 503);
+    outcomes.by_n.insert(2, second);
     outcomes.check(&drain(&mut ann, Duration::from_secs(2)), "ann");
 }

@@ -132,6 +132,10 @@ fn pump(
                 {
                     std::thread::sleep(POLL);
                 }
+                // A cut connection loses what it held, as a broken network would.
+                if generation.load(Ordering::Relaxed) != born {
+                    break;
+                }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
                 }
