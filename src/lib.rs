@@ -20,7 +20,8 @@
 //!   history.rs       sans-IO bounded history and inbox stores
 //! broker/            Redis links only: client.rs (links, backoff, refcounted SUBSCRIBE),
 //!                    resp.rs (sans-IO RESP), keys.rs (every key name and Lua script)
-//! services/          user/room operations, broker and mesh messages, recovery (replays)
+//! services/          user/room operations, broker and mesh messages, recovery (replays),
+//!                    application hooks (hooks.rs: the webhook client and the neutral calls)
 //! protocol/          the client codec trait, sessions, the one place client ops are handled;
 //!                    ops.rs (neutral ops), native.rs (volley's JSON protocol)
 //! front/             HTTP transport (deadlines, keep-alive, pipelining) and the /ws upgrade
@@ -30,6 +31,7 @@
 //! ws/frame.rs        sans-IO frames: encode once, decode and unmask client frames, close codes
 //! envelope.rs        the MessagePack envelope published messages travel in between processes
 //! json.rs            the one strict "is this JSON" check
+//! hooks.rs           sans-IO application hooks: the webhook documents and HTTP client parsing
 //! auth.rs            sans-IO JWT verification (HS256, RS256) and API key comparison
 //! metrics.rs         per-shard counters, snapshots, JSON and Prometheus text
 //! ```
@@ -43,6 +45,7 @@ pub mod conn;
 pub mod ctx;
 pub mod envelope;
 pub mod front;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod json;
