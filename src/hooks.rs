@@ -45,6 +45,17 @@ pub const VISIBLE_HEADERS: [&str; 8] = [
     "x-request-id",
 ];
 
+/// The headers of `headers` (names lowercase, as `http::Head` holds them) a connect hook may
+/// see, in order: what a server keeps from the upgrade request for a later connect (a
+/// socket.io namespace CONNECT arrives after the upgrade).
+pub fn visible_headers(headers: &[(String, String)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| VISIBLE_HEADERS.contains(&name.as_str()))
+        .cloned()
+        .collect()
+}
+
 /// Header slots parsed in a webhook response head: more is a broken backend.
 const RESPONSE_HEADERS_MAX: usize = 64;
 
@@ -560,6 +571,13 @@ mod tests {
         assert_eq!(
             doc["headers"],
             json!({"user-agent": "test", "origin": "https://app"})
+        );
+        assert_eq!(
+            visible_headers(&headers),
+            vec![
+                ("user-agent".to_string(), "test".to_string()),
+                ("origin".to_string(), "https://app".to_string())
+            ]
         );
         assert!(!String::from_utf8(connect_json(
             "n1",

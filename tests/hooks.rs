@@ -197,7 +197,7 @@ fn a_hung_webhook_times_out_and_the_shard_keeps_serving() {
     });
     assert_eq!(server.broadcast(b"\"still here\""), 2);
     assert_eq!(next_json(&mut other)["data"], "still here");
-    let mut frames = vec![next_json(&mut slow), next_json(&mut slow)];
+    let mut frames = [next_json(&mut slow), next_json(&mut slow)];
     frames.sort_by_key(|f| f["type"] == "reply");
     assert_eq!(frames[0]["data"], "still here");
     let reply = &frames[1];
