@@ -308,8 +308,9 @@ impl Services {
     /// Sends a client event to the application. `event.socket.user` is filled in from the
     /// connection's session. Unless refused, the outcome's leaves then joins are applied to
     /// `key` (through `leave_room`/`join_room`, so permissions, limits, subscriptions and
-    /// presence apply) before it returns; what is left for the caller's codec is the
-    /// refusal, the emits and the ack. Room changes the connection may not make are
+    /// presence apply; in cluster mode it also waits, bounded, until Redis confirms the
+    /// new rooms' subscriptions) before it returns; what is left for the caller's codec is
+    /// the refusal, the emits and the ack. Room changes the connection may not make are
     /// logged and counted, and do not fail the call.
     pub async fn hook_event(
         self: &Rc<Self>,
@@ -329,6 +330,17 @@ impl Services {
             return Ok(outcome);
         }
         self.hook_apply_rooms(key, &outcome);
+        // Cluster mode: the caller's answer (the ack) means the joins hold, as a client
+        // join's reply does: a room push sent after it reaches the socket.
+        let pending: Vec<String> = outcome
+            .join
+            .iter()
+            .map(|room| format!("room:{room}"))
+            .filter(|channel| !self.backend.is_subscribed(channel))
+            .collect();
+        if !pending.is_empty() {
+            self.backend.wait_subscribed(&pending).await;
+        }
         Ok(outcome)
     }
 
