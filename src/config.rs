@@ -281,6 +281,8 @@ pub struct ServeArgs {
     /// environment variables win over it; it wins over the defaults.
     #[arg(long, env = "VOLLEY_CONFIG")]
     pub config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
 }
 
 /// How client tokens are checked, if at all.
@@ -424,6 +426,8 @@ pub struct Config {
     /// The tracing filter directives in force (`logging::directives`).
     pub log_filter: String,
     pub log_format: LogFormat,
+    /// Application hooks (`--app-webhook`); None when no webhook is set.
+    pub app_webhook: Option<WebhookConfig>,
 }
 
 /// A secret value: its `Debug` never shows it, so no log line or panic message can.
@@ -549,11 +553,13 @@ impl ServeArgs {
         self.check_stores()?;
         let origins = self.check_exposure(listen, &client_auth)?;
         let log_filter = self.check_logs()?;
+        let app_webhook = self.webhook.check_webhook()?;
         Ok(Config {
             log_filter,
             log_format: self.log_format,
             origins,
             insecure_open: self.insecure_open,
+            app_webhook,
             history_size: self.history_size,
             history_ttl_s: self.history_ttl_s,
             inbox_size: self.inbox_size,
@@ -903,6 +909,166 @@ impl ServeArgs {
     }
 }
 
+// ---------------------------------------------------------------------------------------
+// Application hooks (`--app-webhook`, docs/API.md "Application hooks").
+
+/// A client waits at most this long for what the application answers (its ack, or the
+/// refusal): long enough for a backend that writes to a database, short enough that a dead
+/// backend is an error the user sees within a few seconds, not a hung request.
+pub const APP_WEBHOOK_TIMEOUT_MS_DEFAULT: u64 = 5_000;
+/// Requests in flight to the webhook per shard, which is also the most sockets a shard opens
+/// to it: a typical app server (a few Node or gunicorn workers) serves a few dozen requests
+/// at once, and several shards share it.
+pub const APP_WEBHOOK_CONCURRENCY_MAX_DEFAULT: u32 = 16;
+/// Hook calls per shard waiting for one of those requests. Each costs one small task and the
+/// event's arguments; past it the client is refused at once instead of queueing behind a
+/// backend that cannot keep up.
+pub const APP_WEBHOOK_QUEUE_MAX_DEFAULT: u32 = 1_024;
+/// Largest webhook response body: it carries an ack and a few emits; more is a bug in the
+/// application, and a bound on what one answer can make a shard hold.
+pub const APP_WEBHOOK_RESPONSE_BYTES_MAX: usize = 256 * 1024;
+/// Largest webhook response head (status line and headers), as for requests.
+pub const APP_WEBHOOK_HEAD_BYTES_MAX: usize = 16 * 1024;
+/// A pooled connection idle this long is closed rather than reused: below Node's default
+/// `keepAliveTimeout` (5 s), so volley does not write into a socket the backend is closing.
+pub const APP_WEBHOOK_IDLE_MS: u64 = 4_000;
+
+/// `--app-webhook*` flags: where the application's hook endpoint is and how much of a shard
+/// it may cost.
+#[derive(Args, Clone, Default)]
+pub struct WebhookArgs {
+    /// Application hook endpoint, `http://host:port/path` (plain HTTP only: put it on
+    /// loopback or a private network). Client events volley does not know (native unknown
+    /// ops, socket.io events) are POSTed there; see docs/API.md "Application hooks".
+    #[arg(long)]
+    pub app_webhook: Option<String>,
+    /// Milliseconds a hook call may take, queueing included, before the client gets an
+    /// error.
+    #[arg(long, default_value_t = APP_WEBHOOK_TIMEOUT_MS_DEFAULT)]
+    pub app_webhook_timeout_ms: u64,
+    /// Webhook requests in flight per shard (= keep-alive sockets per shard).
+    #[arg(long, default_value_t = APP_WEBHOOK_CONCURRENCY_MAX_DEFAULT)]
+    pub app_webhook_concurrency_max: u32,
+    /// Hook calls per shard waiting for a free request slot; past it they are refused.
+    #[arg(long, default_value_t = APP_WEBHOOK_QUEUE_MAX_DEFAULT)]
+    pub app_webhook_queue_max: u32,
+}
+
+/// The checked webhook: its address resolved once at start, the bounds of its client.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    /// The URL as given, for logs and errors.
+    pub url: String,
+    pub addr: SocketAddr,
+    /// The `Host` header: `host[:port]` as written in the URL.
+    pub host: String,
+    /// The request target: the path and query, `/` when the URL has none.
+    pub path: String,
+    pub timeout: Duration,
+    pub concurrency_max: u32,
+    pub queue_max: u32,
+    pub response_bytes_max: usize,
+    pub head_bytes_max: usize,
+    pub idle: Duration,
+}
+
+/// Splits `http://host[:port][/path]` into (host header, host, port, path).
+pub fn parse_webhook_url(url: &str) -> Result<(String, String, u16, String), String> {
+    let rest = match url.split_once("://") {
+        Some(("http", rest)) => rest,
+        Some(("https", _)) => {
+            return Err(
+                "https is not supported: volley speaks plain HTTP to its webhook; \
+                 use http:// on loopback or a private network, or a local TLS proxy"
+                    .into(),
+            )
+        }
+        _ => return Err("must start with http://".into()),
+    };
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let path = if path.starts_with('?') {
+        format!("/{path}")
+    } else {
+        path.to_string()
+    };
+    if authority.contains('@') {
+        return Err("credentials in the URL are not supported".into());
+    }
+    if path.contains(['#', ' ', '\r', '\n']) {
+        return Err("the path must not contain '#', spaces or line breaks".into());
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
+            host,
+            port.parse::<u16>()
+                .map_err(|_| format!("port '{port}' is not a number"))?,
+        ),
+        _ => (authority, 80),
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.is_empty() {
+        return Err("no host".into());
+    }
+    Ok((authority.to_string(), bare.to_string(), port, path))
+}
+
+impl WebhookArgs {
+    /// The webhook URL and the bounds of its client, resolved once here.
+    fn check_webhook(&self) -> Result<Option<WebhookConfig>, ConfigError> {
+        let Some(url) = &self.app_webhook else {
+            return Ok(None);
+        };
+        let (authority, host, port, path) = parse_webhook_url(url).map_err(|e| {
+            ConfigError(format!(
+                "--app-webhook {url}: {e}; example: http://127.0.0.1:3000/volley"
+            ))
+        })?;
+        use std::net::ToSocketAddrs;
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| {
+                ConfigError(format!(
+                    "--app-webhook {url}: cannot resolve {host}:{port}; use an IP address or a name this host resolves (it is resolved once, at start)"
+                ))
+            })?;
+        if !(1..=600_000).contains(&self.app_webhook_timeout_ms) {
+            return err(format!(
+                "--app-webhook-timeout-ms {}: must be 1..=600000 (default {APP_WEBHOOK_TIMEOUT_MS_DEFAULT})",
+                self.app_webhook_timeout_ms
+            ));
+        }
+        if !(1..=1_024).contains(&self.app_webhook_concurrency_max) {
+            return err(format!(
+                "--app-webhook-concurrency-max {}: must be 1..=1024 requests per shard (default {APP_WEBHOOK_CONCURRENCY_MAX_DEFAULT})",
+                self.app_webhook_concurrency_max
+            ));
+        }
+        if self.app_webhook_queue_max > 100_000 {
+            return err(format!(
+                "--app-webhook-queue-max {}: at most 100000 waiting calls per shard (default {APP_WEBHOOK_QUEUE_MAX_DEFAULT}); 0 refuses whatever finds every request slot busy",
+                self.app_webhook_queue_max
+            ));
+        }
+        Ok(Some(WebhookConfig {
+            url: url.clone(),
+            addr,
+            host: authority,
+            path,
+            timeout: Duration::from_millis(self.app_webhook_timeout_ms),
+            concurrency_max: self.app_webhook_concurrency_max,
+            queue_max: self.app_webhook_queue_max,
+            response_bytes_max: APP_WEBHOOK_RESPONSE_BYTES_MAX,
+            head_bytes_max: APP_WEBHOOK_HEAD_BYTES_MAX,
+            idle: Duration::from_millis(APP_WEBHOOK_IDLE_MS),
+        }))
+    }
+}
+
 impl Config {
     /// A config for tests: loopback, ephemeral port, defaults elsewhere.
     // Not reachable from input: only tests and benches call this, with fixed arguments and
@@ -933,6 +1099,46 @@ mod tests {
         assert_eq!(config.shards, 2);
         assert_eq!(config.backlog, 4096);
         assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn webhook_urls() {
+        let split = |url| parse_webhook_url(url).unwrap();
+        assert_eq!(
+            split("http://127.0.0.1:3000/hooks?k=1"),
+            (
+                "127.0.0.1:3000".into(),
+                "127.0.0.1".into(),
+                3000,
+                "/hooks?k=1".into()
+            )
+        );
+        assert_eq!(
+            split("http://localhost"),
+            ("localhost".into(), "localhost".into(), 80, "/".into())
+        );
+        assert_eq!(split("http://[::1]:8/").1, "::1");
+        assert!(parse_webhook_url("https://a/")
+            .unwrap_err()
+            .contains("https is not supported"));
+        assert!(parse_webhook_url("a:1/x").is_err());
+        assert!(parse_webhook_url("http://u:p@a/").is_err());
+        let config = args(&["--app-webhook", "http://127.0.0.1:9/h"])
+            .validate(1)
+            .unwrap();
+        let hook = config.app_webhook.unwrap();
+        assert_eq!((hook.addr.port(), hook.path.as_str()), (9, "/h"));
+        assert!(args(&[]).validate(1).unwrap().app_webhook.is_none());
+        let e = args(&[
+            "--app-webhook",
+            "http://127.0.0.1:9/",
+            "--app-webhook-concurrency-max",
+            "0",
+        ])
+        .validate(1)
+        .err()
+        .unwrap();
+        assert!(e.0.contains("--app-webhook-concurrency-max 0"), "{e}");
     }
 
     #[test]

@@ -22,7 +22,8 @@
 //!   history.rs       sans-IO bounded history and inbox stores
 //! broker/            Redis links only: client.rs (links, backoff, refcounted SUBSCRIBE),
 //!                    resp.rs (sans-IO RESP), keys.rs (every key name and Lua script)
-//! services/          user/room operations, broker and mesh messages, recovery (replays)
+//! services/          user/room operations, broker and mesh messages, recovery (replays),
+//!                    application hooks (hooks.rs: the webhook client and the neutral calls)
 //! protocol/          the client codec trait, sessions, the one place client ops are handled;
 //!                    ops.rs (neutral ops), native.rs (volley's JSON protocol)
 //! front/             HTTP transport (deadlines, keep-alive, pipelining) and the /ws upgrade
@@ -33,6 +34,7 @@
 //! envelope.rs        the MessagePack envelope published messages travel in between processes
 //! json.rs            the one strict "is this JSON" check
 //! origin.rs          sans-IO Origin and Host checks (--allowed-origins, --allowed-hosts)
+//! hooks.rs           sans-IO application hooks: the webhook documents and HTTP client parsing
 //! auth.rs            sans-IO JWT verification (HS256, RS256) and API key comparison
 //! logging.rs         the tracing subscriber: --log-level, RUST_LOG, --log-format text|json
 //! metrics.rs         per-shard counters, snapshots, JSON and Prometheus text
@@ -48,6 +50,7 @@ pub mod conn;
 pub mod ctx;
 pub mod envelope;
 pub mod front;
+pub mod hooks;
 pub mod http;
 pub mod hub;
 pub mod json;

@@ -108,6 +108,20 @@ counters! {
     gap_replay_errors_total: "counter",
     /// Cluster mode: presence counters written again after Redis may have lost them.
     presence_resyncs_total: "counter",
+    /// Calls to --app-webhook (connects and events).
+    hook_calls_total: "counter",
+    /// Hook calls that gave the client an error (timeout, unreachable, bad answer, queue full).
+    hook_errors_total: "counter",
+    /// Hook calls past --app-webhook-timeout-ms.
+    hook_timeouts_total: "counter",
+    /// Hook calls refused at once because --app-webhook-queue-max calls were waiting.
+    hook_queue_full_total: "counter",
+    /// Sockets opened to the webhook (keep-alive: far fewer than calls).
+    hook_connections_total: "counter",
+    /// Connects and events the application refused.
+    hook_refusals_total: "counter",
+    /// Rooms a hook answer asked to join that the connection may not join.
+    hook_joins_refused_total: "counter",
 }
 
 impl Snapshot {

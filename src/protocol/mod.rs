@@ -128,6 +128,11 @@ pub trait ClientCodec {
     fn reply_err(&self, error: &OpError) -> Option<Bytes>;
     /// The marker that ends a channel's recovery, if this codec sends one.
     fn recovered(&self, recovered: &Recovered<'_>) -> Option<Bytes>;
+    /// An event the application emits to this client through its hook (`args` a JSON
+    /// array), if this codec carries events.
+    fn event(&self, _name: &str, _args: &serde_json::Value) -> Option<Bytes> {
+        None
+    }
 }
 
 /// The push-only codec: bare payloads, text (RFC 6455 §5.6 requires UTF-8) or binary.

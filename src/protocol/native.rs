@@ -792,6 +792,44 @@ pub fn message_json(
     out
 }
 
+/// An op this codec does not know, as an event for the application's hook: the name is the
+/// `op`, the one argument is the op object without `op` and `ref` (docs/PROTOCOL.md,
+/// "Application events"). A name that is no valid name stays the `unknown_op` error.
+fn event_op(text: &str, unknown: OpError, limits: &Limits) -> Decoded {
+    let Ok(mut object) = serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+    else {
+        return Decoded::Refused(unknown);
+    };
+    let name = match object.remove("op") {
+        Some(serde_json::Value::String(name))
+            if super::check_name(&name, limits.name_bytes_max).is_ok() =>
+        {
+            name
+        }
+        _ => return Decoded::Refused(unknown),
+    };
+    object.remove("ref");
+    Decoded::Op(super::Request {
+        reference: unknown.reference,
+        op: ClientOp::Event {
+            name,
+            args: serde_json::Value::Array(vec![serde_json::Value::Object(object)]),
+        },
+    })
+}
+
+/// The JSON text of an event the application emits: `{"type":"event","event":..,"args":[..]}`.
+pub fn event_json(name: &str, args: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(48 + name.len());
+    out.extend_from_slice(b"{\"type\":\"event\",\"event\":");
+    write_json_str(&mut out, name);
+    out.extend_from_slice(b",\"args\":");
+    // Writing a Value into a Vec cannot fail (see `reply_ok_json`).
+    let _ = serde_json::to_writer(&mut out, args);
+    out.push(b'}');
+    out
+}
+
 /// The native codec: JSON text frames (docs/PROTOCOL.md).
 pub struct Native;
 
@@ -825,6 +863,7 @@ impl ClientCodec for Native {
         };
         let request = match decode_op(text, &limits) {
             Ok(request) => request,
+            Err(e) if e.code == ErrorCode::UnknownOp => return event_op(text, e, &limits),
             Err(e) => return Decoded::Refused(e),
         };
         let reference = request.reference;
@@ -889,6 +928,10 @@ impl ClientCodec for Native {
             error.code,
             &error.message,
         ))
+    }
+
+    fn event(&self, name: &str, args: &serde_json::Value) -> Option<Bytes> {
+        Some(frame::encode(OpCode::Text, &event_json(name, args)))
     }
 
     fn recovered(&self, recovered: &Recovered<'_>) -> Option<Bytes> {
@@ -1318,6 +1361,45 @@ mod tests {
         assert_eq!(err(&deep).code, ErrorCode::BadJson);
         let deep_unknown = format!(r#"{{"ref":1,"x":{}}}"#, "[".repeat(100_000));
         assert_eq!(err(&deep_unknown).reference, Some(Ref::Int(1)));
+    }
+
+    #[test]
+    fn unknown_ops_become_events_for_the_application() {
+        let limits = OpLimits {
+            name_bytes_max: 8,
+            data_bytes_max: 64,
+        };
+        let decode = |text: &str| Native.decode(&Inbound::Text(text.into()), &limits);
+        let Decoded::Op(request) = decode(r#"{"op":"chat","text":"hi","ref":7}"#) else {
+            panic!("an unknown op is an event")
+        };
+        assert_eq!(request.reference, Some(Ref::Int(7)));
+        assert_eq!(
+            request.op,
+            ClientOp::Event {
+                name: "chat".into(),
+                args: json!([{"text": "hi"}])
+            }
+        );
+        for bad in [
+            r#"{"op":"much too long"}"#,
+            r#"{"op":""}"#,
+            r#"{"op":"a\u0000"}"#,
+        ] {
+            let Decoded::Refused(e) = decode(bad) else {
+                panic!("{bad} is refused")
+            };
+            assert_eq!(e.code, ErrorCode::UnknownOp, "{bad}");
+        }
+        let Decoded::Refused(e) = decode(r#"{"op":"join"}"#) else {
+            panic!("a known op keeps its checks")
+        };
+        assert_eq!(e.code, ErrorCode::BadField);
+        let frame = Native.event("hi", &json!([1, "a\u{2028}"])).unwrap();
+        assert_eq!(
+            frame_json(&frame),
+            json!({"type": "event", "event": "hi", "args": [1, "a\u{2028}"]})
+        );
     }
 
     #[test]

@@ -37,6 +37,13 @@ pub enum ClientOp {
         target: Target,
         since: Since,
     },
+    /// An event volley does not handle itself, for the application (`--app-webhook`);
+    /// refused as `unknown_op` when no webhook is set. The reply carries the hook's ack.
+    Event {
+        name: String,
+        /// A JSON array: the event's arguments.
+        args: serde_json::Value,
+    },
 }
 
 /// Where a client is in a channel: the last seq it saw, and the epoch of the numbering that

@@ -10,6 +10,7 @@
 //! and broker loops). Every task it starts goes through `ctx.tasks`.
 
 pub mod gaps;
+pub mod hooks;
 pub mod ops;
 pub mod recovery;
 
@@ -46,17 +47,20 @@ pub struct Services {
     gaps: gaps::Gaps,
     /// A presence resync task is running (one at a time).
     presence_resync_running: Cell<bool>,
+    /// This shard's client to `--app-webhook`, when one is set.
+    webhook: Option<hooks::Webhook>,
 }
 
 impl Services {
     pub fn new(ctx: Rc<Ctx>, hub: Rc<Hub>, backend: Rc<Backend>) -> Services {
         Services {
-            ctx,
             hub,
             backend,
             envelope_error_logged_s: Cell::new(None),
             gaps: gaps::Gaps::default(),
             presence_resync_running: Cell::new(false),
+            webhook: ctx.config.app_webhook.clone().map(hooks::Webhook::new),
+            ctx,
         }
     }
 

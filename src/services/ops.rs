@@ -53,6 +53,17 @@ pub fn reply_error(svc: &Services, key: ConnKey, error: OpError) {
     }
 }
 
+/// Sends an error reply without counting a strike: for failures that are not the client's
+/// (the application's webhook is down, or refused what it asked).
+pub fn send_error(svc: &Services, key: ConnKey, error: &OpError) {
+    let Some(codec) = svc.hub.codec(key) else {
+        return;
+    };
+    if let Some(frame) = codec.get().reply_err(error) {
+        svc.hub.send(key, frame);
+    }
+}
+
 /// Sends a success reply, if the connection's codec sends one.
 pub fn reply_ok(
     svc: &Services,
@@ -123,6 +134,16 @@ pub fn handle(svc: &Rc<Services>, key: ConnKey, request: Request) {
                 return;
             }
             svc.client_publish(key, reference, target, data);
+        }
+        ClientOp::Event { name, args } => {
+            if !svc.has_hooks() {
+                let message = format!(
+                    "unknown op {name:?}; this server knows join, leave, publish, ack and recover, and has no application webhook (--app-webhook) for others"
+                );
+                refuse(svc, key, reference, (ErrorCode::UnknownOp, message));
+                return;
+            }
+            svc.client_event(key, reference, name, args);
         }
     }
 }
