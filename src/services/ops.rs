@@ -138,7 +138,7 @@ pub fn handle(svc: &Rc<Services>, key: ConnKey, request: Request) {
         ClientOp::Event { name, args } => {
             if !svc.has_hooks() {
                 let message = format!(
-                    "unknown op {name:?}; this server knows join, leave, publish, ack and recover, and has no application webhook (--app-webhook) for others"
+                    "unknown op {name:?}; this server knows join, leave, publish, ack, recover and ping, and has no application webhook (--app-webhook) for others"
                 );
                 refuse(svc, key, reference, (ErrorCode::UnknownOp, message));
                 return;
