@@ -231,6 +231,7 @@ impl Shard {
             glommio::timer::sleep(SWEEP_INTERVAL).await;
             let now_s = self.ctx.tick();
             self.backend.tick(now_s);
+            self.svc.tick();
             self.hub.expire_receipts(now_s);
             let ping_due = now_s >= next_ping_s;
             if ping_due {
@@ -248,7 +249,7 @@ impl Shard {
             }
             next_full_s = now_s + full_every_s;
             self.backend.expire(now_s);
-            self.svc.tick();
+            self.svc.prune();
             self.hub.sweep(now_s, ping_due);
         }
     }

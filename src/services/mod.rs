@@ -34,6 +34,11 @@ use crate::protocol::{check_name, ErrorCode, OpError, Ref};
 /// An op refused: the code and the words the client gets.
 pub type Refusal = (ErrorCode, String);
 
+/// How long a catch-up after a reconnect keeps trying to read the history while Redis
+/// cannot answer (the command link reconnects with a backoff of at most 2 s).
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Pause between those tries.
+const CATCH_UP_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 /// At most one log line per this many seconds for undecodable Redis messages.
 const ENVELOPE_ERROR_LOG_INTERVAL_S: u32 = 10;
 
@@ -496,11 +501,11 @@ impl Services {
         };
         let limit = self.ctx.config.history_size.max(1);
         let since = if mark.epoch.is_some() { mark.seq } else { 0 };
-        let mut replay = self.backend.history(&target, since, limit).await;
+        let mut replay = self.history_when_possible(&target, since, limit).await;
         if let Ok(r) = &replay {
             // The numbering restarted while the link was down: catch up on the new one.
             if mark.epoch.is_some() && r.epoch != mark.epoch && since > 0 {
-                replay = self.backend.history(&target, 0, limit).await;
+                replay = self.history_when_possible(&target, 0, limit).await;
             }
         }
         match replay {
@@ -536,6 +541,29 @@ impl Services {
         self.release(&channel);
     }
 
+    /// A history read for a catch-up, retried while Redis cannot answer yet: the subscriber
+    /// link often comes back before the command link (still in its backoff), and giving up
+    /// then would lose what the channel got while it was down. Live messages of the channel
+    /// wait meanwhile (bounded by `gaps`).
+    async fn history_when_possible(
+        &self,
+        target: &Target,
+        since: u64,
+        limit: usize,
+    ) -> Result<crate::mesh::Replay, crate::backend::Error> {
+        let deadline = std::time::Instant::now() + CATCH_UP_WAIT;
+        loop {
+            match self.backend.history(target, since, limit).await {
+                Err(crate::backend::Error::Unavailable(_) | crate::backend::Error::Unknown(_))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    glommio::timer::sleep(CATCH_UP_RETRY).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Ends a channel's catch-up: what arrived live meanwhile goes out, without what the
     /// catch-up already delivered.
     fn release(&self, channel: &[u8]) {
@@ -544,14 +572,22 @@ impl Services {
         }
     }
 
-    /// Every few seconds: forget the positions of channels no longer subscribed, and write
-    /// presence counters again when Redis may have lost them.
-    pub fn tick(self: &Rc<Self>) {
+    /// Every few seconds: forget the positions of channels no longer subscribed.
+    pub fn prune(&self) {
         let Some(redis) = &self.backend.redis else {
             return;
         };
         self.gaps
             .prune(|channel| std::str::from_utf8(channel).is_ok_and(|c| redis.broker.wants(c)));
+    }
+
+    /// Every second: write presence counters again when Redis may have lost them (soon
+    /// after a reconnect: until then, the publish script may take an online user for an
+    /// offline one and keep a message in the inbox as well).
+    pub fn tick(self: &Rc<Self>) {
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
         if redis.presence_needs_resync() && !self.presence_resync_running.get() {
             self.presence_resync_running.set(true);
             let svc = self.clone();
