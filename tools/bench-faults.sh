@@ -4,7 +4,7 @@
 #
 # Usage: tools/bench-faults.sh [--runs 2] [--clients 40] [--rate 10] [--scenarios 1,2,3,4,5,6]
 #                              [--hang-s 8] [--hold-s 8] [--presence-ttl-s 15]
-#                              [--timeout-s 600] [--volley-bin PATH] [--no-build]
+#                              [--timeout-s 900] [--volley-bin PATH] [--no-build]
 #                              [--strict] [--json] [--keep-logs]
 #
 #   Each run starts its own redis-server (--save "" --appendonly no) on a free 127.0.0.1
@@ -39,7 +39,8 @@
 #   --hang-s S          how long Redis stays stopped in scenario 1 (default 8)
 #   --hold-s S          how long scenarios 4 and 5 hold the fault (default 8)
 #   --presence-ttl-s S  volley --presence-ttl-s (default 15, volley's default)
-#   --timeout-s T       hard limit for all runs after the build (default 600)
+#   --timeout-s T       hard limit for all runs after the build (default 900; a run takes
+#                       2-5 minutes: each scenario settles for at most 40 s)
 #   --volley-bin PATH   server binary (default target/release/volley, built if missing)
 #   --no-build          never run cargo build
 #   --strict            exit 1 when a message answered 200 was lost, duplicated or out of
@@ -59,7 +60,7 @@ SCENARIOS=1,2,3,4,5,6
 HANG_S=8
 HOLD_S=8
 PRESENCE_TTL_S=15
-TIMEOUT_S=600
+TIMEOUT_S=900
 VOLLEY_BIN=""
 BUILD=1
 STRICT=0

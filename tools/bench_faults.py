@@ -162,6 +162,7 @@ class Client:
         self.out_of_order = []    # (t, channel, seq, epoch)
         self.seq_gaps = []        # (t, channel, after, got)
         self.bad_frames = 0
+        self.connect_errors = {}  # failed connects, by reason
 
     def token(self):
         pos = dict(self.pos)
@@ -169,6 +170,8 @@ class Client:
             pos["room:r"] = 0
         if not pos:
             return None
+        # Just the seq where no epoch was given (a server without epochs).
+        pos = {ch: (p[0] if isinstance(p, list) and p[1] is None else p) for ch, p in pos.items()}
         raw = json.dumps(pos, separators=(",", ":")).encode()
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
@@ -255,8 +258,10 @@ class Client:
                             break
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - any end of a connection means reconnect
-                pass
+            except Exception as e:  # noqa: BLE001 - any end of a connection means reconnect
+                if not opened:
+                    why = re.sub(r"\d+", "N", f"{type(e).__name__}: {e}")[:120]
+                    self.connect_errors[why] = self.connect_errors.get(why, 0) + 1
             self.connected = False
             if run.stopping:
                 return
@@ -672,9 +677,14 @@ class Run:
         await asyncio.gather(*tasks, return_exceptions=True)
         rows = [self.report(w) for w in windows]
         stray = sum(1 for c in self.clients for n in c.got if n not in self.msgs)
+        connect_errors = {}
+        for c in self.clients:
+            for why, k in c.connect_errors.items():
+                connect_errors[why] = connect_errors.get(why, 0) + k
         return {"scenarios": rows, "clients": a.clients, "rate": a.rate,
                 "messages_total": len(self.msgs), "deliveries_of_unknown_messages": stray,
                 "client_connects": sum(c.connects for c in self.clients),
+                "client_connect_errors": connect_errors,
                 "presence_ttl_s": a.presence_ttl_s}
 
 
@@ -704,7 +714,7 @@ def parse():
     p.add_argument("--pubsub-kills", type=int, default=3)
     p.add_argument("--pre-s", type=float, default=3.0)
     p.add_argument("--post-s", type=float, default=3.0)
-    p.add_argument("--settle-s", type=float, default=60.0)
+    p.add_argument("--settle-s", type=float, default=40.0)
     p.add_argument("--tail-s", type=float, default=2.0)
     p.add_argument("--retry-s", type=float, default=30.0)
     p.add_argument("--presence-ttl-s", type=int, default=15)
