@@ -215,7 +215,8 @@ else
         python3 - "${REPORTS[$k]}" "$(( k + 1 ))" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
-print(f"Run {sys.argv[2]}: load average {r['load_average_before']} before, {r['load_average_after']} after.")
+print(f"Run {sys.argv[2]}: load average {r['load_average_before']} before, {r['load_average_after']} after; "
+      f"{r['client_connects']} client connections, failed connects: {r['client_connect_errors'] or 0}.")
 for s in r["scenarios"]:
     notes = []
     if s["health_reasons"]:
@@ -227,6 +228,8 @@ for s in r["scenarios"]:
         notes.append(f"{s['retried_then_200_duplicate_true']} retries answered 200 with duplicate:true")
     if s["unknown_recipients"]:
         notes.append(f"504/no answer at the end: delivered to {s['unknown_delivered']} of {s['unknown_recipients']} recipients")
+    if s["lost_by_kind"] or s["duplicates_by_kind"]:
+        notes.append(f"lost by kind {s['lost_by_kind']}, duplicates by kind {s['duplicates_by_kind']}")
     if s["lost_examples"]:
         notes.append("lost, e.g.: " + json.dumps(s["lost_examples"][:3]))
     if s["health_polls_unanswered"]:

@@ -560,6 +560,8 @@ class Run:
         expected = delivered = lost = dups = 0
         last_needed = None
         lost_detail = []
+        lost_by_kind = {}
+        dup_by_kind = {}
         bad = {"refused_delivered": 0, "unknown_delivered_twice": 0,
                "unknown_delivered": 0, "unknown_recipients": 0}
         late_dup = 0
@@ -572,10 +574,13 @@ class Run:
                     if times:
                         delivered += 1
                         dups += len(times) - 1
+                        if len(times) > 1:
+                            dup_by_kind[r["kind"]] = dup_by_kind.get(r["kind"], 0) + len(times) - 1
                         if r["t0"] < w["t_heal"]:
                             last_needed = max(last_needed or 0, times[0])
                     else:
                         lost += 1
+                        lost_by_kind[r["kind"]] = lost_by_kind.get(r["kind"], 0) + 1
                         if len(lost_detail) < 20:
                             lost_detail.append({"n": r["n"], "kind": r["kind"], "client": c.user,
                                                 "seq": r["seq"], "epoch": r["epoch"],
@@ -633,7 +638,8 @@ class Run:
             "retried_then_200_duplicate_true": late_dup,
             "deliveries_expected": expected, "deliveries_delivered": delivered,
             "lost": lost, "duplicates": dups, "out_of_order": ooo, "seq_gaps_seen_live": gaps,
-            "lost_examples": lost_detail,
+            "lost_examples": lost_detail, "lost_by_kind": lost_by_kind,
+            "duplicates_by_kind": dup_by_kind,
             "refused_but_delivered": bad["refused_delivered"],
             "unknown_recipients": bad["unknown_recipients"],
             "unknown_delivered": bad["unknown_delivered"],
