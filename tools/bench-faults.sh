@@ -216,7 +216,9 @@ else
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"Run {sys.argv[2]}: load average {r['load_average_before']} before, {r['load_average_after']} after; "
-      f"{r['client_connects']} client connections, failed connects: {r['client_connect_errors'] or 0}.")
+      f"{r['client_connects']} client connections, failed connects: {r['client_connect_errors'] or 0}; "
+      f"offline-inbox entries left at the end (every user online, every user message acked): "
+      f"{r['inbox_entries_left'] or 0}.")
 for s in r["scenarios"]:
     notes = []
     if s["health_reasons"]:

@@ -48,7 +48,7 @@ def free_port():
 
 
 def resp(port, *commands, timeout=1.0):
-    """Sends RESP commands on one connection; returns the raw replies (str)."""
+    """Sends RESP commands on one connection; returns the replies, each as RESP text."""
     wire = b""
     for args in commands:
         wire += b"*%d\r\n" % len(args)
@@ -57,20 +57,21 @@ def resp(port, *commands, timeout=1.0):
             wire += b"$%d\r\n%s\r\n" % (len(a), a)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(wire)
-        out = b""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except socket.timeout:
-                break
-            if not chunk:
-                break
-            out += chunk
-            # One reply line per command is enough for what we send.
-            if out.count(b"\r\n") >= len(commands) and not out.startswith(b"$"):
-                break
-        return out.decode(errors="replace")
+        f = s.makefile("rb")
+
+        def reply():
+            line = f.readline()
+            if not line:
+                raise OSError("redis closed the connection")
+            kind, rest = line[:1], line[1:].strip()
+            if kind in (b"*", b"%", b"~") and int(rest) >= 0:
+                n = int(rest) * (2 if kind == b"%" else 1)
+                return line + b"".join(reply() for _ in range(n))
+            if kind == b"$" and int(rest) >= 0:
+                return line + f.read(int(rest) + 2)
+            return line
+
+        return "".join(reply().decode(errors="replace") for _ in commands)
 
 
 # --- HTTP: one request per connection ------------------------------------------------------
@@ -165,11 +166,10 @@ class Client:
         self.connect_errors = {}  # failed connects, by reason
 
     def token(self):
-        pos = dict(self.pos)
-        if self.joined and "room:r" not in pos:
-            pos["room:r"] = 0
-        if not pos:
-            return None
+        # Every channel it receives, 0 where it has seen nothing yet: a message sent to it
+        # while it was away is then replayed even if it was the channel's first.
+        pos = {"all": 0, f"user:{self.user}": 0, "room:r": 0}
+        pos.update(self.pos)
         # Just the seq where no epoch was given (a server without epochs).
         pos = {ch: (p[0] if isinstance(p, list) and p[1] is None else p) for ch, p in pos.items()}
         raw = json.dumps(pos, separators=(",", ":")).encode()
@@ -287,6 +287,7 @@ class Run:
         self.n = 0
         self.tag = f"{os.getpid()}-{int(time.time())}"
         self.pub_tasks = set()
+        self.publishing = True
 
     # processes ----------------------------------------------------------------------------
     def note_pid(self, pid, what):
@@ -433,7 +434,7 @@ class Run:
     async def publisher(self):
         period = 1.0 / self.a.rate
         nxt = now()
-        while not self.stopping:
+        while not self.stopping and self.publishing:
             self.n += 1
             task = asyncio.create_task(self.publish_one(self.n))
             self.pub_tasks.add(task)
@@ -465,6 +466,20 @@ class Run:
             if status != "no answer":
                 latest[name] = status
         return all(latest.get(n.name) == "ok" for n in self.nodes if n.alive)
+
+    def inbox_entries(self):
+        """Entries left in the offline inboxes at the end (every client is online and acks
+        its user messages, so a non-empty inbox is a message stored for an online user)."""
+        try:
+            raw = resp(self.redis_port, ["KEYS", "volley:inbox:*"], timeout=2)
+            keys = [l for l in raw.split("\r\n") if l.startswith("volley:inbox:")]
+            if not keys:
+                return {}
+            raw = resp(self.redis_port, *[["HLEN", k] for k in keys], timeout=2)
+            counts = [int(l[1:]) for l in raw.split("\r\n") if l.startswith(":")]
+            return {k: c for k, c in zip(keys, counts) if c}
+        except (OSError, ValueError) as e:
+            return {"error": str(e)}
 
     # scenarios -------------------------------------------------------------------------------
     async def fault(self, sc):
@@ -675,9 +690,16 @@ class Run:
         windows = []
         for sc in a.scenarios:
             windows.append(await self.scenario(sc))
-        self.stopping = True
+        # The last publishes finish and are delivered before the clients stop reading.
+        self.publishing = False
         if self.pub_tasks:
             await asyncio.wait(list(self.pub_tasks), timeout=a.retry_s + 20)
+        deadline = now() + a.settle_s
+        while self.undelivered(0, now() + 1)[0] and now() < deadline:
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(a.tail_s)
+        inboxes = await asyncio.to_thread(self.inbox_entries)
+        self.stopping = True
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -691,7 +713,8 @@ class Run:
                 "messages_total": len(self.msgs), "deliveries_of_unknown_messages": stray,
                 "client_connects": sum(c.connects for c in self.clients),
                 "client_connect_errors": connect_errors,
-                "presence_ttl_s": a.presence_ttl_s}
+                "presence_ttl_s": a.presence_ttl_s,
+                "inbox_entries_left": inboxes}
 
 
 SCENARIOS = {
