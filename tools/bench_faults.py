@@ -596,9 +596,12 @@ class Run:
                     else:
                         lost += 1
                         lost_by_kind[r["kind"]] = lost_by_kind.get(r["kind"], 0) + 1
-                        if len(lost_detail) < 20:
+                        if sum(1 for d in lost_detail if d["kind"] == r["kind"]) < 20:
                             lost_detail.append({"n": r["n"], "kind": r["kind"], "client": c.user,
+                                                "node": self.nodes[c.home].name,
                                                 "seq": r["seq"], "epoch": r["epoch"],
+                                                "published_after_heal_s":
+                                                    round(r["t_final"] - w["t_heal"], 2),
                                                 "answers": r["answers"]})
                 if r["duplicate"]:
                     late_dup += 1
