@@ -576,6 +576,7 @@ class Run:
         last_needed = None
         lost_detail = []
         lost_by_kind = {}
+        worst_lag = None          # the longest wait from a 200 answer to a delivery
         dup_by_kind = {}
         bad = {"refused_delivered": 0, "unknown_delivered_twice": 0,
                "unknown_delivered": 0, "unknown_recipients": 0}
@@ -588,6 +589,9 @@ class Run:
                     times = c.got.get(r["n"], [])
                     if times:
                         delivered += 1
+                        lag = times[0] - r["t_final"]
+                        if worst_lag is None or lag > worst_lag:
+                            worst_lag = lag
                         dups += len(times) - 1
                         if len(times) > 1:
                             dup_by_kind[r["kind"]] = dup_by_kind.get(r["kind"], 0) + len(times) - 1
@@ -668,6 +672,7 @@ class Run:
             "ok_after_s": None if ok_at is None else round(ok_at - w["t_fault"], 2),
             "health_reasons": reasons, "health_polls_unanswered": unanswered,
             "caught_up_after_heal_s": None if caught is None else round(caught, 2),
+            "worst_delivery_after_200_s": None if worst_lag is None else round(max(0.0, worst_lag), 2),
             "settled": w["settled"] is not None,
             "log_lines": w["log_lines"],
         }
@@ -785,8 +790,9 @@ def report(files, out=sys.stdout):
         out.write("| scenario | messages: final 200 / 502 / 503 / 504 (answers 200 / 502 / 503 / "
                   "504 / no answer) | deliveries expected / delivered | lost | dup | out of order "
                   "| `recovered:false` (why) | degraded after / ok after | every client had "
-                  "every message, after the heal | volley log lines |\n")
-        out.write("|---|---|---|---|---|---|---|---|---|---|\n")
+                  "every message, after the heal | longest wait, 200 answer to delivery "
+                  "| volley log lines |\n")
+        out.write("|---|---|---|---|---|---|---|---|---|---|---|\n")
         for s in r["scenarios"]:
             f, a = s["final"], s["answers"]
             unk = f.get("504", 0) + f.get("not sent", 0)
@@ -812,6 +818,7 @@ def report(files, out=sys.stdout):
                 f"{'**' + str(s['duplicates']) + '**' if s['duplicates'] else 0} | "
                 f"{'**' + str(s['out_of_order']) + '**' if s['out_of_order'] else 0} | {rf} | "
                 f"{fmt_s(s['degraded_after_s'])} / {fmt_s(s['ok_after_s'])} | {caught} | "
+                f"{fmt_s(s.get('worst_delivery_after_200_s')) if s['lost'] == 0 else 'never (lost)'} | "
                 f"{lines}{'; ' + '; '.join(extra) if extra else ''} |\n")
         out.write("\n")
 
