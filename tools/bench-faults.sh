@@ -158,7 +158,7 @@ cleanup() {
     fi
     stop_leftovers
     if [[ -n "$WATCHDOG_PID" ]]; then kill -TERM "$WATCHDOG_PID" 2>/dev/null || true; fi
-    if (( KEEP_LOGS )) || (( rc != 0 && rc != 1 )); then log "logs kept in $LOGS"; else rm -rf "$LOGS"; fi
+    if (( KEEP_LOGS )) || (( rc != 0 )); then log "logs kept in $LOGS"; else rm -rf "$LOGS"; fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -236,7 +236,7 @@ for s in r["scenarios"]:
         notes.append("lost, e.g.: " + json.dumps(s["lost_examples"][:3]))
     if s["health_polls_unanswered"]:
         notes.append(f"{s['health_polls_unanswered']} /healthz polls unanswered in 3 s")
-    notes.append(f"client drops {s['client_drops']}, recovered:true {s['recovered_true']} (replayed {s['replayed']}), live seq gaps {s['seq_gaps_seen_live']}, log lines {s['log_lines']}")
+    notes.append(f"client drops {s['client_drops']}, recovered:true {s['recovered_true']} (replayed {s['replayed']}), seq gaps seen live (a new epoch not starting at 1 included) {s['seq_gaps_seen_live']}, log lines {s['log_lines']}")
     print(f"- scenario {s['scenario']}: " + "; ".join(notes))
 print()
 PY

@@ -197,6 +197,9 @@ class Client:
         elif epoch in state[2]:
             self.out_of_order.append((t, ch, seq, epoch))
         else:
+            # A new numbering starts at 1 (docs/PROTOCOL.md): a first seq past 1 is a gap.
+            if seq > 1:
+                self.seq_gaps.append((t, ch, 0, seq))
             state[2].add(state[0])
             state[0], state[1] = epoch, seq
         cur = self.pos.get(ch)
