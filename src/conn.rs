@@ -159,6 +159,36 @@ impl ShardDeflate {
         }
     }
 
+    /// The compressed frame of one echoed message (`--echo-path`), whatever its size: every
+    /// echo on a deflate connection goes compressed, so a conformance run exercises the
+    /// compressor on every message (and the kosoku runner, which hands uncompressed messages
+    /// on a deflate connection to Autobahn's cases as `str`, sees only compressed ones; see
+    /// docs/CONFORMANCE.md). A message larger than the client's `server_max_window_bits`
+    /// window goes as stored DEFLATE blocks, which hold no back-reference at all.
+    pub fn compress_echo(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        fits_window: bool,
+        metrics: &Metrics,
+    ) -> Bytes {
+        Metrics::inc(&metrics.frames_compressed_total);
+        if !fits_window {
+            return deflate::encode_compressed(opcode, &deflate::stored_blocks(payload));
+        }
+        let level = self.level;
+        let compressor = self
+            .compressor
+            .get_or_insert_with(|| Box::new(Compressor::new(level)));
+        match compressor.compress(payload) {
+            Ok(compressed) => deflate::encode_compressed(opcode, &compressed),
+            Err(_) => {
+                Metrics::inc(&metrics.compress_errors_total);
+                deflate::encode_compressed(opcode, &deflate::stored_blocks(payload))
+            }
+        }
+    }
+
     /// Inflates one compressed client message (RFC 7692 §7.2.2) into the shard's buffer, at
     /// most `inflated_bytes_max` bytes (1009 beyond), UTF-8 checked for text (1007).
     fn inflate(
@@ -291,7 +321,7 @@ impl Outbox {
 }
 
 /// Queues the echo of one data message (`--echo-path`), compressed when the connection
-/// negotiated deflate and the message is worth it. The queue's limits are checked by the
+/// negotiated deflate (`ShardDeflate::compress_echo`). The queue's limits are checked by the
 /// caller after the read, as for Pongs.
 fn echo(
     outbox: &mut Outbox,
@@ -302,12 +332,12 @@ fn echo(
     data: &[u8],
 ) {
     let opcode = if text { OpCode::Text } else { OpCode::Binary };
-    let compressed = if wire.compressed_fits(data.len()) {
-        deflate.compress(opcode, data, metrics)
+    if wire.deflate {
+        let fits_window = wire.compressed_fits(data.len());
+        outbox.push(deflate.compress_echo(opcode, data, fits_window, metrics));
     } else {
-        None
-    };
-    outbox.push(compressed.unwrap_or_else(|| frame::encode(opcode, data)));
+        outbox.push(frame::encode(opcode, data));
+    }
 }
 
 /// One upgraded WebSocket connection. `S` is whatever its owner keeps beside the socket

@@ -728,6 +728,31 @@ pub fn compress_message(payload: &[u8], level: Level) -> Result<Bytes, Error> {
     Compressor::new(level).compress(payload)
 }
 
+/// Largest stored (uncompressed) DEFLATE block: its LEN field is 16 bits (RFC 1951 §3.2.4).
+const STORED_BLOCK_BYTES_MAX: usize = 0xFFFF;
+
+/// `payload` as raw DEFLATE stored blocks, without the final `00 00 ff ff` (RFC 7692
+/// §7.2.1): valid compressed data for any window size, since it holds no back-reference.
+/// The empty message is the single byte `00` (§7.2.3.6).
+pub fn stored_blocks(payload: &[u8]) -> Vec<u8> {
+    let blocks = payload.len().div_ceil(STORED_BLOCK_BYTES_MAX);
+    let mut out = Vec::with_capacity(payload.len() + 5 * blocks + 1);
+    for chunk in payload.chunks(STORED_BLOCK_BYTES_MAX) {
+        // BFINAL 0, BTYPE 00, padded to the byte; then LEN and NLEN, little-endian.
+        let len = chunk.len() as u16;
+        out.push(0x00);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(chunk);
+    }
+    // The receiver appends 00 00 ff ff, an empty stored block: it completes our last block
+    // header for an empty message, and follows the last stored block otherwise.
+    if payload.is_empty() {
+        out.push(0x00);
+    }
+    out
+}
+
 /// Encodes one unfragmented server frame whose payload is `compressed`
 /// (RFC 6455 §5.2 with RSV1, the "Per-Message Compressed" bit of RFC 7692
 /// §6, set on it).
@@ -1364,6 +1389,20 @@ mod tests {
             }
         }
         assert!(compressor.scratch.capacity() <= SCRATCH_KEEP_BYTES_MAX);
+    }
+
+    #[test]
+    fn stored_blocks_inflate_to_the_payload() {
+        for len in [0usize, 1, 300, 65_535, 65_536, 200_000] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let stored = stored_blocks(&payload);
+            assert_eq!(reference_inflate(&stored), payload, "len {len}");
+            let mut out = Vec::new();
+            Inflater::default()
+                .message(false, &stored, 1 << 20, &mut out)
+                .unwrap();
+            assert_eq!(out, payload, "len {len}");
+        }
     }
 
     #[test]
