@@ -58,7 +58,7 @@
 //!   scratch buffer that keeps at most [`SCRATCH_KEEP_BYTES_MAX`] between
 //!   messages.
 //!
-//! # Wiring (for the handshake, fanout and conn; not done here)
+//! # Wiring (done: `front::upgrade`, `hub::frames`, `conn`, `config::WireArgs`)
 //! 1. **Handshake** (`shard`/`api`, after `ws::handshake::check` succeeds): call
 //!    `deflate::negotiate(head.headers_named("sec-websocket-extensions"), &policy)`.
 //!    On `Some(agreement)`, insert the line
@@ -1807,9 +1807,8 @@ mod tests {
     /// A real client: python `websockets` (17.4 here) negotiates with our
     /// answer, decodes our compressed frames and echoes each message, which
     /// it compresses itself; our `Inflater` must give the message back.
+    /// Needs python3 with `websockets`, which tools/test.sh installs.
     #[test]
-    #[ignore = "needs python3 with `websockets` (pip install websockets); \
-                run: cargo test --lib ws::deflate -- --ignored"]
     fn python_websockets_client_accepts_our_frames() {
         use std::io::{Read as _, Write as _};
         use std::net::TcpListener;
