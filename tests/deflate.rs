@@ -4,6 +4,9 @@
 //! neighbour keeps receiving; RSV1 without the extension is 1002; `--compression off`
 //! declines.
 
+// Helpers outside #[test] fns: a failed unwrap there is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{Read, Write};
