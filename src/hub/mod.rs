@@ -431,7 +431,10 @@ impl Hub {
                     Metrics::inc(&metrics.idle_closes_total);
                     conn.close(close_code::GOING_AWAY, "idle timeout", &self.limits, now_s);
                 }
-                ConnState::Open if ping_due => {
+                // Conformance echo connections are not pinged: the kosoku runner drops the
+                // data message that follows a Ping under permessage-deflate (seen on the wire,
+                // docs/CONFORMANCE.md), and an Autobahn client is never idle anyway.
+                ConnState::Open if ping_due && !conn.wire().echo => {
                     conn.push(self.ping_frame.clone(), &self.limits, metrics, now_s);
                 }
                 ConnState::Open => {}
