@@ -1001,4 +1001,29 @@ mod tests {
         assert_eq!(config.shards, 1);
         assert_eq!(config.cpus, Some(vec![1]));
     }
+
+    #[test]
+    fn wire_flags_are_checked() {
+        let config = args(&[]).validate(2).unwrap();
+        assert_eq!(config.wire.compression, Compression::On);
+        assert_eq!(config.wire.compression_min_bytes, 256);
+        assert_eq!(config.wire.echo_path, None);
+        let e = args(&["--compression-level", "10"])
+            .validate(2)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("--compression-level 10"), "{e}");
+        let e = args(&["--echo-path", "echo"]).validate(2).unwrap_err().0;
+        assert!(e.contains("--echo-path"), "{e}");
+        let e = args(&["--echo-path", "/ws"]).validate(2).unwrap_err().0;
+        assert!(e.contains("other than"), "{e}");
+        let public = ["--listen", "0.0.0.0:8080", "--echo-path", "/echo"];
+        let e = args(&public).validate(2).unwrap_err().0;
+        assert!(e.contains("--echo-path-public"), "{e}");
+        let forced = [&public[..], &["--echo-path-public"]].concat();
+        let config = args(&forced).validate(2).unwrap();
+        assert_eq!(config.wire.echo_path.as_deref(), Some("/echo"));
+        let off = args(&["--compression", "off"]).validate(2).unwrap();
+        assert_eq!(off.wire.compression, Compression::Off);
+    }
 }
