@@ -283,6 +283,78 @@ pub struct ServeArgs {
     pub config: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub webhook: WebhookArgs,
+    /// The wire: permessage-deflate and the conformance echo path (their own block).
+    #[command(flatten)]
+    pub wire: WireArgs,
+}
+
+/// Whether `/ws` negotiates permessage-deflate (RFC 7692).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    /// Decline every offer: no connection is compressed.
+    Off,
+    /// Accept offers that allow no context takeover on our side (every browser's does).
+    On,
+}
+
+/// On: a broadcast is deflated once per shard and codec, so its cost does not grow with
+/// the recipients, and a negotiated connection holds no deflate state while idle (the
+/// agreement fits in the slab entry's padding). The costs are one ~312 KiB compressor per
+/// shard, allocated on its first compressed delivery, ~8 us per compressed delivery, and
+/// ~5 us per compressed client message (BENCHMARKS.md, "permessage-deflate").
+pub const COMPRESSION_DEFAULT: Compression = Compression::On;
+/// Payloads below this go plain: at ~300 bytes DEFLATE without context saves ~24%, below
+/// ~256 bytes the fixed ~6 us reset buys a few bytes (BENCHMARKS.md, "permessage-deflate").
+pub const COMPRESSION_MIN_BYTES_DEFAULT: usize = 256;
+/// Level 1: within a few bytes of level 6 on short JSON, 20-50% less CPU (BENCHMARKS.md).
+pub const COMPRESSION_LEVEL_DEFAULT: u8 = 1;
+/// Largest `--compression-min-bytes`: a larger threshold than any message is `--compression off`.
+pub const COMPRESSION_MIN_BYTES_MAX: usize = 64 << 20;
+
+/// permessage-deflate and the conformance echo endpoint.
+#[derive(Args, Debug, Clone)]
+pub struct WireArgs {
+    /// Negotiate permessage-deflate (RFC 7692) at the `/ws` upgrade.
+    #[arg(long, value_enum, default_value_t = COMPRESSION_DEFAULT)]
+    pub compression: Compression,
+    /// Messages whose payload is smaller than this are sent uncompressed.
+    #[arg(long, default_value_t = COMPRESSION_MIN_BYTES_DEFAULT)]
+    pub compression_min_bytes: usize,
+    /// DEFLATE level, 0 (stored) to 9 (smallest, slowest).
+    #[arg(long, default_value_t = COMPRESSION_LEVEL_DEFAULT)]
+    pub compression_level: u8,
+    /// Serve a WebSocket echo endpoint at this path, for conformance runs (Autobahn);
+    /// off by default, and only when listening on loopback unless --echo-path-public.
+    #[arg(long)]
+    pub echo_path: Option<String>,
+    /// Allow --echo-path on a non-loopback listen address (anyone could then use the
+    /// server as a free echo service).
+    #[arg(long)]
+    pub echo_path_public: bool,
+}
+
+/// Checked `WireArgs`.
+#[derive(Debug, Clone)]
+pub struct WireConfig {
+    pub compression: Compression,
+    pub compression_min_bytes: usize,
+    pub compression_level: crate::ws::deflate::Level,
+    /// What `/ws` agrees to (no client context takeover, so idle connections hold no
+    /// inflate state and one shard-wide inflater serves every connection).
+    pub deflate_policy: crate::ws::deflate::Policy,
+    pub echo_path: Option<String>,
+}
+
+impl Default for WireConfig {
+    fn default() -> Self {
+        WireConfig {
+            compression: COMPRESSION_DEFAULT,
+            compression_min_bytes: COMPRESSION_MIN_BYTES_DEFAULT,
+            compression_level: crate::ws::deflate::Level::FAST,
+            deflate_policy: crate::ws::deflate::Policy::default(),
+            echo_path: None,
+        }
+    }
 }
 
 /// How client tokens are checked, if at all.
@@ -428,6 +500,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Application hooks (`--app-webhook`); None when no webhook is set.
     pub app_webhook: Option<WebhookConfig>,
+    pub wire: WireConfig,
 }
 
 /// A secret value: its `Debug` never shows it, so no log line or panic message can.
@@ -554,7 +627,9 @@ impl ServeArgs {
         let origins = self.check_exposure(listen, &client_auth)?;
         let log_filter = self.check_logs()?;
         let app_webhook = self.webhook.check_webhook()?;
+        let wire = self.check_wire(&listen)?;
         Ok(Config {
+            wire,
             log_filter,
             log_format: self.log_format,
             origins,
@@ -871,6 +946,51 @@ impl ServeArgs {
             ));
         }
         Ok(())
+    }
+
+    /// permessage-deflate and the echo path.
+    fn check_wire(&self, listen: &SocketAddr) -> Result<WireConfig, ConfigError> {
+        let w = &self.wire;
+        let Some(compression_level) = crate::ws::deflate::Level::new(w.compression_level) else {
+            return err(format!(
+                "--compression-level {}: must be 0..=9 (1 is fast and compresses short JSON \
+                 as well as 6)",
+                w.compression_level
+            ));
+        };
+        if w.compression_min_bytes > COMPRESSION_MIN_BYTES_MAX {
+            return err(format!(
+                "--compression-min-bytes {}: must be at most {COMPRESSION_MIN_BYTES_MAX}; \
+                 use --compression off to compress nothing",
+                w.compression_min_bytes
+            ));
+        }
+        if let Some(path) = &w.echo_path {
+            let reserved = ["/ws", "/socket.io/"];
+            if !path.starts_with('/')
+                || path.contains(['?', '#', ' '])
+                || reserved.contains(&path.as_str())
+            {
+                return err(format!(
+                    "--echo-path {path:?}: must be a plain path starting with '/', other than \
+                     /ws, e.g. /echo"
+                ));
+            }
+            if !listen.ip().is_loopback() && !w.echo_path_public {
+                return err(format!(
+                    "--echo-path {path} with --listen {listen}: the echo endpoint is for \
+                     conformance runs on loopback; listen on 127.0.0.1, or add \
+                     --echo-path-public to serve it to everyone"
+                ));
+            }
+        }
+        Ok(WireConfig {
+            compression: w.compression,
+            compression_min_bytes: w.compression_min_bytes,
+            compression_level,
+            deflate_policy: crate::ws::deflate::Policy::default(),
+            echo_path: w.echo_path.clone(),
+        })
     }
 
     /// History, inboxes, presence and HTTP sessions.
@@ -1236,5 +1356,30 @@ mod tests {
         let config = args(&["--cpus", "1"]).validate(2).unwrap();
         assert_eq!(config.shards, 1);
         assert_eq!(config.cpus, Some(vec![1]));
+    }
+
+    #[test]
+    fn wire_flags_are_checked() {
+        let config = args(&[]).validate(2).unwrap();
+        assert_eq!(config.wire.compression, Compression::On);
+        assert_eq!(config.wire.compression_min_bytes, 256);
+        assert_eq!(config.wire.echo_path, None);
+        let e = args(&["--compression-level", "10"])
+            .validate(2)
+            .unwrap_err()
+            .0;
+        assert!(e.contains("--compression-level 10"), "{e}");
+        let e = args(&["--echo-path", "echo"]).validate(2).unwrap_err().0;
+        assert!(e.contains("--echo-path"), "{e}");
+        let e = args(&["--echo-path", "/ws"]).validate(2).unwrap_err().0;
+        assert!(e.contains("other than"), "{e}");
+        let public = ["--listen", "0.0.0.0:8080", "--echo-path", "/echo"];
+        let e = args(&public).validate(2).unwrap_err().0;
+        assert!(e.contains("--echo-path-public"), "{e}");
+        let forced = [&public[..], &["--echo-path-public"]].concat();
+        let config = args(&forced).validate(2).unwrap();
+        assert_eq!(config.wire.echo_path.as_deref(), Some("/echo"));
+        let off = args(&["--compression", "off"]).validate(2).unwrap();
+        assert_eq!(off.wire.compression, Compression::Off);
     }
 }

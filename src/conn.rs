@@ -14,6 +14,8 @@
 //! + waker clone held in `Conn::waker` (a refcount, no allocation)           0 B
 //! + outbound queue: `VecDeque::new()` does not allocate and is reset
 //!   to it when drained; the decoder's `Partial` exists only mid-message     0 B
+//! + permessage-deflate: `Wire` (3 B) sits in padding; no deflate state per
+//!   connection (one compressor and one inflater per shard, `ShardDeflate`)  0 B
 //! + allocator rounding                                                  ~ 100 B
 //!   The kernel's socket buffers come on top and are outside RSS (tuning/ keeps them small).
 
@@ -29,6 +31,7 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
 use crate::metrics::Metrics;
+use crate::ws::deflate::{self, Agreement, Compressor, Inflater, Level};
 use crate::ws::frame::{self, close_code, Decoder, Event, OpCode};
 
 /// Reads per poll before the task yields, so one flooding client cannot starve a shard.
@@ -66,6 +69,143 @@ pub enum ConnState {
     Dead,
 }
 
+/// What the upgrade agreed about a connection's wire. 3 bytes: it lives in `Conn`'s padding,
+/// so a compressed connection costs no more memory than a plain one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Wire {
+    /// permessage-deflate was negotiated (RFC 7692): RSV1 is allowed on the client's first
+    /// data frames, and compressed frames may be sent.
+    pub deflate: bool,
+    /// The client asked `server_max_window_bits=N` (RFC 7692 §7.1.2.1): N, else 0. Our
+    /// compressor always uses a 32 KiB window, so only messages of at most 2^N bytes are sent
+    /// compressed to it (`deflate::Agreement::compressed_fits`).
+    pub server_window_bits: u8,
+    /// A conformance echo connection (`--echo-path`): its data messages are sent back and
+    /// never reach the codec.
+    pub echo: bool,
+}
+
+impl Wire {
+    pub fn new(agreement: Option<&Agreement>, echo: bool) -> Wire {
+        // The policy never grants client context takeover, so one shard-wide inflater with a
+        // fresh state per message serves every connection.
+        debug_assert!(agreement.is_none_or(|a| !a.client_context_takeover));
+        Wire {
+            deflate: agreement.is_some(),
+            server_window_bits: agreement.and_then(|a| a.server_window_bits).unwrap_or(0),
+            echo,
+        }
+    }
+
+    /// Whether a message of `payload_len` bytes may go to this connection compressed.
+    pub fn compressed_fits(self, payload_len: usize) -> bool {
+        self.deflate
+            && (self.server_window_bits == 0 || payload_len <= 1usize << self.server_window_bits)
+    }
+}
+
+/// The shard's permessage-deflate state, shared by all its connections: one compressor (for
+/// deliveries and echoes) and one inflater (for client messages). Clients never keep a
+/// context (we answer `client_no_context_takeover`) and neither do we, so nothing of it
+/// belongs to a connection.
+pub struct ShardDeflate {
+    /// ~312 KiB of miniz_oxide state, allocated on the first compressed message, so a shard
+    /// that never meets a deflate client never pays for it.
+    compressor: Option<Box<Compressor>>,
+    level: Level,
+    /// Payloads below this go plain (`--compression-min-bytes`).
+    pub min_bytes: usize,
+    /// Idle: 16 bytes and no heap; its 43 KiB state lives only while inflating a message.
+    inflater: Inflater,
+    /// The inflated message; capacity above `INFLATED_KEEP_BYTES_MAX` is given back after use.
+    inflated: Vec<u8>,
+}
+
+/// The shard's inflate buffer keeps at most this much capacity between messages, so one
+/// large client message does not pin its size.
+const INFLATED_KEEP_BYTES_MAX: usize = 64 * 1024;
+
+impl ShardDeflate {
+    pub fn new(level: Level, min_bytes: usize) -> ShardDeflate {
+        ShardDeflate {
+            compressor: None,
+            level,
+            min_bytes,
+            inflater: Inflater::default(),
+            inflated: Vec::new(),
+        }
+    }
+
+    /// The compressed frame of one message, or None when it should go plain: below the
+    /// threshold, not smaller compressed, or a compressor failure (counted; our bug).
+    pub fn compress(&mut self, opcode: OpCode, payload: &[u8], metrics: &Metrics) -> Option<Bytes> {
+        if !deflate::worth_compressing(payload.len(), self.min_bytes) {
+            return None;
+        }
+        let level = self.level;
+        let compressor = self
+            .compressor
+            .get_or_insert_with(|| Box::new(Compressor::new(level)));
+        match compressor.encode_frame(opcode, payload) {
+            Ok(Some(frame)) => {
+                Metrics::inc(&metrics.frames_compressed_total);
+                Some(frame)
+            }
+            Ok(None) => None,
+            Err(_) => {
+                Metrics::inc(&metrics.compress_errors_total);
+                None
+            }
+        }
+    }
+
+    /// The compressed frame of one echoed message (`--echo-path`), whatever its size: every
+    /// echo on a deflate connection goes compressed, so a conformance run exercises the
+    /// compressor on every message (and the kosoku runner, which hands uncompressed messages
+    /// on a deflate connection to Autobahn's cases as `str`, sees only compressed ones; see
+    /// docs/CONFORMANCE.md). A message larger than the client's `server_max_window_bits`
+    /// window goes as stored DEFLATE blocks, which hold no back-reference at all.
+    pub fn compress_echo(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        fits_window: bool,
+        metrics: &Metrics,
+    ) -> Bytes {
+        Metrics::inc(&metrics.frames_compressed_total);
+        if !fits_window {
+            return deflate::encode_compressed(opcode, &deflate::stored_blocks(payload));
+        }
+        let level = self.level;
+        let compressor = self
+            .compressor
+            .get_or_insert_with(|| Box::new(Compressor::new(level)));
+        match compressor.compress(payload) {
+            Ok(compressed) => deflate::encode_compressed(opcode, &compressed),
+            Err(_) => {
+                Metrics::inc(&metrics.compress_errors_total);
+                deflate::encode_compressed(opcode, &deflate::stored_blocks(payload))
+            }
+        }
+    }
+
+    /// Inflates one compressed client message (RFC 7692 §7.2.2) into the shard's buffer, at
+    /// most `inflated_bytes_max` bytes (1009 beyond), UTF-8 checked for text (1007).
+    fn inflate(
+        &mut self,
+        text: bool,
+        payload: &[u8],
+        inflated_bytes_max: usize,
+    ) -> Result<&[u8], deflate::Error> {
+        if self.inflated.capacity() > INFLATED_KEEP_BYTES_MAX {
+            self.inflated = Vec::new();
+        }
+        self.inflater
+            .message(text, payload, inflated_bytes_max, &mut self.inflated)?;
+        Ok(&self.inflated)
+    }
+}
+
 /// Limits a connection is checked against, copied from `Config` once per shard.
 #[derive(Debug, Clone)]
 pub struct ConnLimits {
@@ -85,6 +225,7 @@ pub struct PollEnv<'a> {
     pub now_s: u32,
     /// Client data messages read in this poll, for the shard to dispatch afterwards.
     pub inbound: &'a mut Vec<Inbound>,
+    pub deflate: &'a mut ShardDeflate,
 }
 
 /// Frames waiting to be written, oldest first. The frames are shared handles: the same
@@ -179,6 +320,26 @@ impl Outbox {
     }
 }
 
+/// Queues the echo of one data message (`--echo-path`), compressed when the connection
+/// negotiated deflate (`ShardDeflate::compress_echo`). The queue's limits are checked by the
+/// caller after the read, as for Pongs.
+fn echo(
+    outbox: &mut Outbox,
+    wire: Wire,
+    deflate: &mut ShardDeflate,
+    metrics: &Metrics,
+    text: bool,
+    data: &[u8],
+) {
+    let opcode = if text { OpCode::Text } else { OpCode::Binary };
+    if wire.deflate {
+        let fits_window = wire.compressed_fits(data.len());
+        outbox.push(deflate.compress_echo(opcode, data, fits_window, metrics));
+    } else {
+        outbox.push(frame::encode(opcode, data));
+    }
+}
+
 /// One upgraded WebSocket connection. `S` is whatever its owner keeps beside the socket
 /// (the hub keeps the client's session there, for locality); `conn` never looks at it.
 pub struct Conn<S> {
@@ -189,6 +350,8 @@ pub struct Conn<S> {
     last_rx_s: u32,
     /// Shard clock second after which a closing connection is cut off.
     deadline_s: u32,
+    /// permessage-deflate and echo, as agreed at the upgrade.
+    wire: Wire,
     decoder: Decoder,
     outbox: Outbox,
     /// The task's waker, so `push` can wake a writer that is parked on a read.
@@ -202,13 +365,14 @@ pub struct Conn<S> {
 const _: () = assert!(std::mem::size_of::<Conn<()>>() <= 208);
 
 impl<S> Conn<S> {
-    pub fn new(stream: TcpStream, generation: u32, now_s: u32, session: S) -> Conn<S> {
+    pub fn new(stream: TcpStream, generation: u32, now_s: u32, wire: Wire, session: S) -> Conn<S> {
         Conn {
             stream,
             generation,
             state: ConnState::Open,
             last_rx_s: now_s,
             deadline_s: 0,
+            wire,
             decoder: Decoder::new(),
             outbox: Outbox::default(),
             waker: None,
@@ -223,6 +387,10 @@ impl<S> Conn<S> {
 
     pub fn generation(&self) -> u32 {
         self.generation
+    }
+
+    pub fn wire(&self) -> Wire {
+        self.wire
     }
 
     pub fn state(&self) -> ConnState {
@@ -362,6 +530,7 @@ impl<S> Conn<S> {
         metrics: &Metrics,
         now_s: u32,
         inbound: &mut Vec<Inbound>,
+        deflate: &mut ShardDeflate,
     ) {
         self.last_rx_s = now_s;
         match self.state {
@@ -370,10 +539,47 @@ impl<S> Conn<S> {
             _ => return,
         }
         let open = self.state == ConnState::Open;
+        let wire = self.wire;
         let outbox = &mut self.outbox;
         let mut peer_close: Option<Option<u16>> = None;
+        let mut inflate_error: Option<deflate::Error> = None;
+        let inflated_bytes_max = limits.decode.message_bytes_max;
         let mut on_event = |event: Event<'_>| -> ControlFlow<()> {
             match event {
+                // RFC 7692 §7.2.2: inflate, then it is the message it would have been plain.
+                Event::Compressed { text, payload } if open => {
+                    let data = match deflate.inflate(text, payload, inflated_bytes_max) {
+                        Ok(data) => data,
+                        Err(e) => {
+                            inflate_error = Some(e);
+                            return ControlFlow::Break(());
+                        }
+                    };
+                    if wire.echo {
+                        // The compressor and the inflated buffer are both the shard's: copy
+                        // the message out before compressing the echo.
+                        let data = data.to_vec();
+                        echo(outbox, wire, deflate, metrics, text, &data);
+                    } else if text {
+                        // `inflate` checked UTF-8 for text; a failure here cannot happen
+                        // but is answered as the client's error, never a panic.
+                        match std::str::from_utf8(data) {
+                            Ok(text) => inbound.push(Inbound::Text(text.into())),
+                            Err(_) => {
+                                inflate_error = Some(deflate::Error::InvalidUtf8);
+                                return ControlFlow::Break(());
+                            }
+                        }
+                    } else {
+                        inbound.push(Inbound::Binary(data.len()));
+                    }
+                }
+                Event::Text(text) if open && wire.echo => {
+                    echo(outbox, wire, deflate, metrics, true, text.as_bytes())
+                }
+                Event::Binary(data) if open && wire.echo => {
+                    echo(outbox, wire, deflate, metrics, false, data)
+                }
                 Event::Text(text) if open => inbound.push(Inbound::Text(text.into())),
                 Event::Binary(data) if open => inbound.push(Inbound::Binary(data.len())),
                 // RFC 6455 §5.5.2: answer a Ping with a Pong carrying the same payload.
@@ -387,7 +593,15 @@ impl<S> Conn<S> {
             }
             ControlFlow::Continue(())
         };
-        let result = self.decoder.feed(input, &limits.decode, &mut on_event);
+        let result = self
+            .decoder
+            .feed_ext(input, &limits.decode, wire.deflate, &mut on_event);
+        if let Some(e) = inflate_error {
+            // The decoder stopped at the Break; it must not be fed again.
+            self.decoder = Decoder::new();
+            self.fail(e.close_code(), &e.to_string(), limits, metrics, now_s);
+            return;
+        }
         if let Err(e) = result {
             self.fail(e.close_code(), &e.to_string(), limits, metrics, now_s);
             return;
@@ -404,8 +618,11 @@ impl<S> Conn<S> {
             self.state = ConnState::Finishing;
             self.deadline_s = now_s + limits.close_timeout_s;
         }
-        if self.state == ConnState::Open && self.outbox.bytes as usize > limits.outbound_bytes_max {
-            // Pongs the client never reads: it is flooding pings without reading.
+        let over_frames = wire.echo && self.outbox.len() > limits.outbound_frames_max;
+        if self.state == ConnState::Open
+            && (over_frames || self.outbox.bytes as usize > limits.outbound_bytes_max)
+        {
+            // Pongs (or echoes) the client never reads: it floods without reading.
             self.close_slow(limits, metrics, now_s);
         }
     }
@@ -433,7 +650,14 @@ impl<S> Conn<S> {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Ready(Ok(n)) => {
                         let input = &mut env.read_buf[..n];
-                        self.on_input(input, env.limits, env.metrics, env.now_s, env.inbound);
+                        self.on_input(
+                            input,
+                            env.limits,
+                            env.metrics,
+                            env.now_s,
+                            env.inbound,
+                            env.deflate,
+                        );
                         if !matches!(
                             self.state,
                             ConnState::Open | ConnState::CloseSent | ConnState::Draining

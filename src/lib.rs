@@ -27,10 +27,12 @@
 //! protocol/          the client codec trait, sessions, the one place client ops are handled;
 //!                    ops.rs (neutral ops), native.rs (volley's JSON protocol)
 //! front/             HTTP transport (deadlines, keep-alive, pipelining) and the /ws upgrade
+//!                    (plus the opt-in --echo-path upgrade for conformance runs)
 //! api/               the HTTP routes by area: publish, presence, history, stats
 //! http.rs            sans-IO HTTP/1.1 request heads, bodies and responses
 //! ws/handshake.rs    sans-IO RFC 6455 upgrade checks and the 101 response
 //! ws/frame.rs        sans-IO frames: encode once, decode and unmask client frames, close codes
+//! ws/deflate.rs      sans-IO RFC 7692 permessage-deflate: negotiation, compress once, inflate capped
 //! envelope.rs        the MessagePack envelope published messages travel in between processes
 //! json.rs            the one strict "is this JSON" check
 //! origin.rs          sans-IO Origin and Host checks (--allowed-origins, --allowed-hosts)

@@ -64,6 +64,11 @@ counters! {
     /// Message frames encoded for deliveries: one per codec in use per delivery per shard
     /// (encode once), however many recipients share it.
     frames_encoded_total: "counter",
+    /// permessage-deflate frames made for deliveries and echoes: one per codec per delivery
+    /// per shard, shared by every recipient that negotiated deflate.
+    frames_compressed_total: "counter",
+    /// Compressions that failed (our bug; the plain frame was sent instead).
+    compress_errors_total: "counter",
     /// WebSocket frames written to clients.
     frames_sent_total: "counter",
     /// Bytes written to WebSocket clients.

@@ -117,9 +117,10 @@ impl Shard {
             mut early,
             session,
             resume,
+            wire,
         } = upgraded;
         let take_inbox = session.user.is_some() && self.ctx.config.inbox_size > 0;
-        let (key, inbound, _) = self.hub.insert(stream, &mut early, session);
+        let (key, inbound, _) = self.hub.insert(stream, &mut early, wire, session);
         self.svc.connected(key);
         glommio::spawn_local(ConnTask {
             shard: self.clone(),

@@ -6,7 +6,9 @@
 #
 # The project's test command (README.md, .ci/run). Installs what the tests need when it is
 # missing on this machine, then runs every test of the workspace:
-#   - python3 `websockets` package: the third-party WebSocket client in tests/third_party_client.rs
+#   - python3 `websockets` package: the third-party WebSocket client in tests/third_party_client.rs,
+#     tests/deflate.rs and the ws::deflate unit test
+#   - python3 `kosoku` package: the Autobahn|Testsuite runner of tests/autobahn.rs
 #   - redis-server (Debian package): the cluster tests in tests/redis.rs start their own
 #   - python3 `redis` and `msgpack` packages: tools/publish_redis.py, run by tests/redis.rs
 #   - haproxy, nginx and openssl (Debian packages): tests/proxies.rs runs the deploy/ recipes
@@ -62,6 +64,12 @@ for module in websockets redis msgpack; do
         pip_install "$module"
     fi
 done
+# kosoku: the Autobahn|Testsuite cases with a Rust runner (no Docker, no Python 2), run by
+# tests/autobahn.rs against volley's --echo-path.
+if ! python3 -c "import kosoku" >/dev/null 2>&1; then
+    echo "tools/test.sh: installing the python 'kosoku' package (tests/autobahn.rs)" >&2
+    pip_install kosoku
+fi
 
 if [ -n "$install_only" ]; then
     exit 0

@@ -198,6 +198,9 @@ pub async fn serve_http(svc: Rc<Services>, mut stream: TcpStream) -> Option<Upgr
         if head.path == "/ws" {
             return upgrade::upgrade(&svc, stream, buf, &head).await;
         }
+        if config.wire.echo_path.as_deref() == Some(head.path.as_str()) {
+            return upgrade::upgrade_as(&svc, stream, buf, &head, true).await;
+        }
         let body_deadline = Instant::now() + config.http_body_timeout;
         let (body, used) =
             match read_body(&svc, &mut stream, &mut buf, &head, &limits, body_deadline).await {

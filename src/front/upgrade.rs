@@ -13,7 +13,8 @@ use glommio::net::TcpStream;
 use serde_json::json;
 
 use crate::auth;
-use crate::config::{ClientAuth, Config};
+use crate::config::{ClientAuth, Compression, Config};
+use crate::conn::Wire;
 use crate::envelope::Target;
 use crate::http::{self, Head, Method};
 use crate::hub::Session;
@@ -21,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::origin;
 use crate::protocol::{check_name, Codec, Since};
 use crate::services::Services;
-use crate::ws::handshake;
+use crate::ws::{deflate, handshake};
 
 /// Longest `?resume=` token: room names are short, and rooms per connection are bounded.
 const RESUME_TOKEN_BYTES_MAX: usize = 16 * 1024;
@@ -33,15 +34,29 @@ pub struct Upgraded {
     pub early: Vec<u8>,
     pub session: Session,
     pub resume: Vec<(Target, Since)>,
+    /// permessage-deflate as agreed in the 101, and whether this is an echo connection.
+    pub wire: Wire,
 }
 
 /// `GET /ws`: check the upgrade, reserve a connection slot, answer 101, hand the socket
 /// over. None when it was refused (the answer is written).
 pub async fn upgrade(
     svc: &Rc<Services>,
+    stream: TcpStream,
+    buf: Vec<u8>,
+    head: &Head,
+) -> Option<Upgraded> {
+    upgrade_as(svc, stream, buf, head, false).await
+}
+
+/// The upgrade of `/ws`, or of `--echo-path` with `echo` (a conformance echo connection:
+/// same checks, same slab and queue limits, its messages echoed instead of handled).
+pub async fn upgrade_as(
+    svc: &Rc<Services>,
     mut stream: TcpStream,
     mut buf: Vec<u8>,
     head: &Head,
+    echo: bool,
 ) -> Option<Upgraded> {
     let refuse = |status: u16, message: &str, extra: &[(&str, &str)]| {
         Metrics::inc(&svc.ctx.metrics.http_errors_total);
@@ -111,8 +126,22 @@ pub async fn upgrade(
             .await;
         return None;
     }
+    // RFC 7692 §5: accept one offer or none; an offer we cannot take is declined by
+    // answering without the extension, never by failing the handshake.
+    let wire_config = &svc.ctx.config.wire;
+    let agreement = match wire_config.compression {
+        Compression::On => deflate::negotiate(
+            head.headers_named("sec-websocket-extensions"),
+            &wire_config.deflate_policy,
+        ),
+        Compression::Off => None,
+    };
+    let extensions = agreement.as_ref().map(deflate::Agreement::response_value);
     if stream
-        .write_all(&handshake::response_101(&accept))
+        .write_all(&handshake::response_101_with(
+            &accept,
+            extensions.as_deref(),
+        ))
         .await
         .is_err()
     {
@@ -126,6 +155,7 @@ pub async fn upgrade(
         early,
         session,
         resume,
+        wire: Wire::new(agreement.as_ref(), echo),
     })
 }
 

@@ -2,18 +2,29 @@
 //! and only if some recipient speaks that codec; every recipient of that codec then gets
 //! the same `Bytes` (a refcount bump, never a copy).
 //!
+//! permessage-deflate: beside each codec's plain frame sits its compressed variant, deflated
+//! at most once per delivery with the shard's compressor and shared by every recipient of
+//! that codec that negotiated deflate (`for_conn`). Replayed and stored frames stay plain
+//! (RFC 7692 §6: compression is per message, plain is always allowed).
+//!
 //! Knows no wire format: it asks the connection's codec (`protocol::ClientCodec`) to encode.
 //! Used by `Hub::deliver` and by `services::recovery` for replayed messages.
 
 use bytes::Bytes;
 
+use crate::conn::{ShardDeflate, Wire};
 use crate::envelope::Target;
 use crate::mesh::{Delivery, Stored};
+use crate::metrics::Metrics;
 use crate::protocol::{Codec, Message};
+use crate::ws::frame;
 
 pub struct Frames<'a> {
     delivery: &'a Delivery,
     cache: [Option<Bytes>; Codec::COUNT],
+    /// Per codec: not tried yet (None), tried (Some): the compressed frame and the plain
+    /// payload's length (for `Wire::compressed_fits`), or None when it goes plain.
+    compressed: [Option<Option<(Bytes, usize)>>; Codec::COUNT],
     encoded: u32,
 }
 
@@ -22,6 +33,7 @@ impl<'a> Frames<'a> {
         Frames {
             delivery,
             cache: Default::default(),
+            compressed: Default::default(),
             encoded: 0,
         }
     }
@@ -45,6 +57,32 @@ impl<'a> Frames<'a> {
         self.encoded += 1;
         *slot = Some(frame.clone());
         frame
+    }
+
+    /// The frame of this delivery for a connection of `codec` with `wire`: the compressed
+    /// variant when it negotiated deflate and the message is worth compressing and fits its
+    /// window, else the plain frame. Either is encoded once per delivery.
+    pub fn for_conn(
+        &mut self,
+        codec: Codec,
+        wire: Wire,
+        deflate: &mut ShardDeflate,
+        metrics: &Metrics,
+    ) -> Bytes {
+        let plain = self.for_codec(codec);
+        if !wire.deflate {
+            return plain;
+        }
+        let slot = &mut self.compressed[codec.index()];
+        let compressed = slot.get_or_insert_with(|| {
+            let (opcode, payload) = frame::server_frame_payload(&plain)?;
+            let frame = deflate.compress(opcode, payload, metrics)?;
+            Some((frame, payload.len()))
+        });
+        match compressed {
+            Some((frame, payload_len)) if wire.compressed_fits(*payload_len) => frame.clone(),
+            _ => plain,
+        }
     }
 
     /// How many frames were encoded so far (one per codec used, at most).

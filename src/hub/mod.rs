@@ -27,7 +27,7 @@ use slab::Slab;
 use crate::config::WRITE_SCRATCH_BYTES;
 use crate::config::{READ_SCRATCH_BYTES, RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S};
 use crate::conn::Inbound;
-use crate::conn::{Conn, ConnKey, ConnLimits, ConnState, PollEnv};
+use crate::conn::{Conn, ConnKey, ConnLimits, ConnState, PollEnv, ShardDeflate, Wire};
 use crate::ctx::Ctx;
 use crate::envelope::Target;
 use crate::mesh::{Delivery, Presence};
@@ -64,6 +64,9 @@ pub struct Hub {
     receipts: RefCell<Receipts>,
     /// Slow-consumer closes already logged, and when: one log line per interval at most.
     slow_logged: Cell<(u64, u32)>,
+    /// permessage-deflate for every connection of this shard: one compressor (allocated on
+    /// first use), one inflater; no per-connection deflate state.
+    deflate: RefCell<ShardDeflate>,
 }
 
 /// What a removed connection leaves behind, for the services to update interest,
@@ -104,6 +107,10 @@ impl Hub {
             index: RefCell::new(Index::default()),
             receipts: RefCell::new(Receipts::new(RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S)),
             slow_logged: Cell::new((0, 0)),
+            deflate: RefCell::new(ShardDeflate::new(
+                config.wire.compression_level,
+                config.wire.compression_min_bytes,
+            )),
             ctx,
         }
     }
@@ -129,16 +136,25 @@ impl Hub {
         &self,
         stream: TcpStream,
         early: &mut [u8],
+        wire: Wire,
         session: Session,
     ) -> (ConnKey, Vec<Inbound>, Change) {
         let now_s = self.ctx.now_s();
         let generation = self.next_generation.get();
         self.next_generation.set(generation.wrapping_add(1));
         let user = session.user.clone();
-        let mut conn = Conn::new(stream, generation, now_s, session);
+        let mut conn = Conn::new(stream, generation, now_s, wire, session);
         let mut inbound = Vec::new();
         if !early.is_empty() {
-            conn.on_input(early, &self.limits, &self.ctx.metrics, now_s, &mut inbound);
+            let mut deflate = self.deflate.borrow_mut();
+            conn.on_input(
+                early,
+                &self.limits,
+                &self.ctx.metrics,
+                now_s,
+                &mut inbound,
+                &mut deflate,
+            );
         }
         let index = self.conns.borrow_mut().insert(conn);
         let key = ConnKey {
@@ -196,7 +212,9 @@ impl Hub {
         }
         let mut read_buf = self.read_buf.borrow_mut();
         let mut write_buf = self.write_buf.borrow_mut();
+        let mut deflate = self.deflate.borrow_mut();
         let mut env = PollEnv {
+            deflate: &mut deflate,
             read_buf: &mut read_buf,
             write_buf: &mut write_buf,
             limits: &self.limits,
@@ -265,8 +283,13 @@ impl Hub {
         let mut conns = self.conns.borrow_mut();
         let mut channel: Option<String> = None;
         let limits = &self.limits;
+        let mut deflate = self.deflate.borrow_mut();
         let mut push = |conn: &mut Conn<Session>| {
-            let frame = frames.for_codec(conn.session.codec);
+            // Conformance echo connections take part in no delivery.
+            if conn.wire().echo {
+                return;
+            }
+            let frame = frames.for_conn(conn.session.codec, conn.wire(), &mut deflate, metrics);
             if let Some(recovering) = conn.session.recovering.as_mut() {
                 let channel = channel.get_or_insert_with(|| delivery.publish.target.to_string());
                 match recovering.admit(channel, delivery.seq, &frame) {
@@ -312,6 +335,7 @@ impl Hub {
         }
         drop(index);
         drop(conns);
+        drop(deflate);
         Metrics::add(&metrics.frames_encoded_total, frames.encoded() as u64);
         // Receipts only where something was delivered: a shard with no recipient keeps no
         // entry (the table is bounded, and empty entries would evict real ones).
@@ -439,7 +463,10 @@ impl Hub {
                     Metrics::inc(&metrics.idle_closes_total);
                     conn.close(close_code::GOING_AWAY, "idle timeout", &self.limits, now_s);
                 }
-                ConnState::Open if ping_due => {
+                // Conformance echo connections are not pinged: the kosoku runner drops the
+                // data message that follows a Ping under permessage-deflate (seen on the wire,
+                // docs/CONFORMANCE.md), and an Autobahn client is never idle anyway.
+                ConnState::Open if ping_due && !conn.wire().echo => {
                     conn.push(self.ping_frame.clone(), &self.limits, metrics, now_s);
                 }
                 ConnState::Open => {}

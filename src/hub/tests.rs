@@ -81,7 +81,12 @@ fn a_delivery_to_two_codecs_is_encoded_once_per_codec() {
         ] {
             let (server, client) = socket(&listener).await;
             clients.push(client);
-            let (key, inbound, _) = hub.insert(server, &mut [], session(codec, None));
+            let (key, inbound, _) = hub.insert(
+                server,
+                &mut [],
+                crate::conn::Wire::default(),
+                session(codec, None),
+            );
             assert!(inbound.is_empty());
             keys.push((key, codec));
         }
@@ -130,8 +135,18 @@ fn users_and_rooms_route_only_to_their_members() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (a, _ca) = socket(&listener).await;
         let (b, _cb) = socket(&listener).await;
-        let (ann, _, _) = hub.insert(a, &mut [], session(Codec::Raw, Some("ann")));
-        let (bob, _, _) = hub.insert(b, &mut [], session(Codec::Raw, Some("bob")));
+        let (ann, _, _) = hub.insert(
+            a,
+            &mut [],
+            crate::conn::Wire::default(),
+            session(Codec::Raw, Some("ann")),
+        );
+        let (bob, _, _) = hub.insert(
+            b,
+            &mut [],
+            crate::conn::Wire::default(),
+            session(Codec::Raw, Some("bob")),
+        );
         hub.join("lobby", bob);
         assert_eq!(
             hub.deliver(&delivery(Target::User("ann".into()), 1, "1")),
@@ -161,7 +176,12 @@ fn the_recovery_seam_holds_back_then_releases_in_order() {
         let hub = Hub::new(ctx.clone());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (server, _client) = socket(&listener).await;
-        let (key, _, _) = hub.insert(server, &mut [], session(Codec::Raw, None));
+        let (key, _, _) = hub.insert(
+            server,
+            &mut [],
+            crate::conn::Wire::default(),
+            session(Codec::Raw, None),
+        );
         hub.with_session(key, |s| {
             s.recovering
                 .get_or_insert_with(Box::<Recovering>::default)
@@ -205,7 +225,12 @@ fn the_local_backend_numbers_stores_and_replays() {
         let room = Target::Room("r".into());
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let (server, _client) = socket(&listener).await;
-        let (key, _, _) = hub.insert(server, &mut [], session(Codec::Raw, None));
+        let (key, _, _) = hub.insert(
+            server,
+            &mut [],
+            crate::conn::Wire::default(),
+            session(Codec::Raw, None),
+        );
         hub.join("r", key);
         for n in 1..=5u64 {
             let publish = Publish {

@@ -13,6 +13,12 @@
 //!   with every read; on `Err` it sends [`encode_close`] with
 //!   [`Error::close_code`] and drops the connection.
 //!
+//! permessage-deflate (RFC 7692) touches this module in one place: with
+//! [`Decoder::feed_ext`]`(.., rsv1_allowed = true, ..)`, a data message whose
+//! first frame has RSV1 set is assembled like any other (bounded by
+//! `message_bytes_max` compressed) and handed out as [`Event::Compressed`],
+//! unchecked; `ws::deflate` inflates it. Everything else stays as in RFC 6455.
+//!
 //! Memory: an idle [`Decoder`] is one null pointer. Bytes are copied into its
 //! boxed state only when a read ends inside a frame or inside a fragmented
 //! message, and that box is freed as soon as the message completes.
@@ -167,6 +173,31 @@ pub fn encode(opcode: OpCode, payload: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
+/// The opcode and payload of one unfragmented server frame that [`encode`]
+/// made, or `None` when `frame` is not one (fragmented, RSV bits set, masked,
+/// or its length disagrees). `hub::frames` uses it to compress a codec's frame
+/// without asking the codec for its payload again.
+pub fn server_frame_payload(frame: &[u8]) -> Option<(OpCode, &[u8])> {
+    let (&b0, rest) = frame.split_first()?;
+    let (&b1, rest) = rest.split_first()?;
+    if b0 & 0xF0 != 0x80 || b1 & 0x80 != 0 {
+        return None;
+    }
+    let opcode = OpCode::from_u8(b0 & 0x0F)?;
+    let (len, payload) = match b1 {
+        126 => {
+            let (len, payload) = rest.split_first_chunk::<2>()?;
+            (u64::from(u16::from_be_bytes(*len)), payload)
+        }
+        127 => {
+            let (len, payload) = rest.split_first_chunk::<8>()?;
+            (u64::from_be_bytes(*len), payload)
+        }
+        n => (u64::from(n), rest),
+    };
+    (payload.len() as u64 == len).then_some((opcode, payload))
+}
+
 /// Encodes a Close frame with `code` and a human-readable `reason`
 /// (RFC 6455 §5.5.1). The reason is cut at a char boundary so the payload
 /// stays within the 125-byte control-frame limit and stays valid UTF-8.
@@ -194,7 +225,9 @@ pub enum Error {
     /// RFC 6455 §5.1: "a client MUST mask all frames that it sends to the
     /// server"; close with 1002.
     Unmasked,
-    /// RFC 6455 §5.2: RSV1-3 set without a negotiated extension; close with 1002.
+    /// RFC 6455 §5.2: RSV1-3 set without a negotiated extension, or RSV1 on a
+    /// continuation or control frame of a connection that negotiated
+    /// permessage-deflate (RFC 7692 §6.1); close with 1002.
     ReservedBits,
     /// RFC 6455 §5.2: opcode 0x3-0x7 or 0xB-0xF; close with 1002.
     ReservedOpcode(u8),
@@ -301,6 +334,12 @@ pub enum Event<'a> {
     Ping(&'a [u8]),
     /// RFC 6455 §5.5.3: a Pong may be unsolicited; treat it as a heartbeat.
     Pong(&'a [u8]),
+    /// RFC 7692 §6: a complete data message whose first frame had RSV1 set
+    /// (only on a connection that negotiated permessage-deflate). `payload`
+    /// is the joined DEFLATE data, not yet inflated and not checked for UTF-8:
+    /// the caller inflates it (`ws::deflate::Inflater::message`), which checks
+    /// the size cap and, for text, UTF-8.
+    Compressed { text: bool, payload: &'a [u8] },
     /// RFC 6455 §5.5.1: the client is closing. `None` when the payload was
     /// empty, else the (valid) code and the UTF-8 reason. Answer with a Close
     /// and stop reading.
@@ -373,6 +412,9 @@ struct ControlFrame {
 #[derive(Debug)]
 struct Message {
     text: bool,
+    /// RFC 7692 §6: the first frame had RSV1 set, so `payload` is DEFLATE
+    /// data: no UTF-8 check here, the inflater does it.
+    compressed: bool,
     /// The unmasked payload of every fragment so far. Its capacity follows
     /// the bytes that actually arrived, so a header that merely claims a large
     /// length costs nothing until the bytes come.
@@ -387,9 +429,10 @@ struct Message {
 }
 
 impl Message {
-    fn new(text: bool) -> Self {
+    fn new(text: bool, compressed: bool) -> Self {
         Message {
             text,
+            compressed,
             payload: Vec::new(),
             utf8: Utf8Stream::default(),
             frame: None,
@@ -399,7 +442,7 @@ impl Message {
 
     /// Appends unmasked payload bytes, checking UTF-8 as they come.
     fn append(&mut self, chunk: &[u8]) -> Result<(), Error> {
-        if self.text {
+        if self.text && !self.compressed {
             self.utf8.push(chunk)?;
         }
         self.payload.extend_from_slice(chunk);
@@ -411,6 +454,12 @@ impl Message {
         self,
         on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, Error> {
+        if self.compressed {
+            return Ok(on_event(Event::Compressed {
+                text: self.text,
+                payload: &self.payload,
+            }));
+        }
         if !self.text {
             return Ok(on_event(Event::Binary(&self.payload)));
         }
@@ -435,6 +484,9 @@ struct DataFrame {
 #[derive(Debug)]
 struct Header {
     fin: bool,
+    /// RFC 7692 §6: the Per-Message Compressed bit; only ever true on the
+    /// first frame of a data message when RSV1 was allowed.
+    rsv1: bool,
     opcode: OpCode,
     mask: [u8; 4],
     len: u64,
@@ -445,15 +497,22 @@ struct Header {
 /// Returns `Ok(None)` when more bytes are needed, and the header with its
 /// length in bytes otherwise. Each rule is checked as soon as the byte it
 /// depends on is present, so a bad frame fails before its header completes.
-fn parse_header(bytes: &[u8]) -> Result<Option<(Header, usize)>, Error> {
+fn parse_header(bytes: &[u8], rsv1_allowed: bool) -> Result<Option<(Header, usize)>, Error> {
     let Some(&b0) = bytes.first() else {
         return Ok(None);
     };
-    // RFC 6455 §5.2: "MUST be 0 unless an extension is negotiated".
-    if b0 & 0x70 != 0 {
+    // RFC 6455 §5.2: "MUST be 0 unless an extension is negotiated". RSV2 and
+    // RSV3 have no extension here.
+    if b0 & 0x30 != 0 {
         return Err(Error::ReservedBits);
     }
     let opcode = OpCode::from_u8(b0 & 0x0F).ok_or(Error::ReservedOpcode(b0 & 0x0F))?;
+    // RFC 7692 §6.1: RSV1 only with permessage-deflate negotiated, and then
+    // only on the first frame of a data message.
+    let rsv1 = b0 & 0x40 != 0;
+    if rsv1 && (!rsv1_allowed || opcode.is_control() || opcode == OpCode::Continuation) {
+        return Err(Error::ReservedBits);
+    }
     let fin = b0 & 0x80 != 0;
     // RFC 6455 §5.5: "Control frames themselves MUST NOT be fragmented."
     if opcode.is_control() && !fin {
@@ -500,6 +559,7 @@ fn parse_header(bytes: &[u8]) -> Result<Option<(Header, usize)>, Error> {
     Ok(Some((
         Header {
             fin,
+            rsv1,
             opcode,
             mask,
             len,
@@ -654,7 +714,21 @@ impl Decoder {
         limits: &Limits,
         on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
     ) -> Result<(), Error> {
-        match self.run(input, limits, on_event) {
+        self.feed_ext(input, limits, false, on_event)
+    }
+
+    /// [`Decoder::feed`] for a connection that may have negotiated
+    /// permessage-deflate: with `rsv1_allowed`, a data message whose first
+    /// frame has RSV1 set comes out as [`Event::Compressed`]; without it, RSV1
+    /// is [`Error::ReservedBits`] (1002) as on any connection.
+    pub fn feed_ext(
+        &mut self,
+        input: &mut [u8],
+        limits: &Limits,
+        rsv1_allowed: bool,
+        on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
+    ) -> Result<(), Error> {
+        match self.run(input, limits, rsv1_allowed, on_event) {
             Ok(ControlFlow::Continue(())) => {
                 if self.partial.as_deref().is_some_and(Partial::is_empty) {
                     self.partial = None;
@@ -691,6 +765,7 @@ impl Decoder {
         &mut self,
         mut rest: &mut [u8],
         limits: &Limits,
+        rsv1_allowed: bool,
         on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, Error> {
         loop {
@@ -712,7 +787,7 @@ impl Decoder {
             }
 
             // 2. The next header.
-            let Some(header) = self.take_header(&mut rest)? else {
+            let Some(header) = self.take_header(&mut rest, rsv1_allowed)? else {
                 return Ok(ControlFlow::Continue(()));
             };
             let len = self.check_sequence(&header, limits)?;
@@ -741,9 +816,9 @@ impl Decoder {
                     });
                 }
                 OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                    let message = partial
-                        .message
-                        .get_or_insert_with(|| Message::new(header.opcode == OpCode::Text));
+                    let message = partial.message.get_or_insert_with(|| {
+                        Message::new(header.opcode == OpCode::Text, header.rsv1)
+                    });
                     message.fragments += 1;
                     message.frame = Some(DataFrame {
                         fin: header.fin,
@@ -758,12 +833,16 @@ impl Decoder {
 
     /// Takes the next frame header from a pending partial header and/or the
     /// front of `rest`; stashes an incomplete one and returns `None`.
-    fn take_header(&mut self, rest: &mut &mut [u8]) -> Result<Option<Header>, Error> {
+    fn take_header(
+        &mut self,
+        rest: &mut &mut [u8],
+        rsv1_allowed: bool,
+    ) -> Result<Option<Header>, Error> {
         if let Some(partial) = self.partial.as_deref_mut().filter(|p| p.head_len > 0) {
             let have = partial.head_len;
             let take = (HEADER_BYTES_MAX - have).min(rest.len());
             partial.head[have..have + take].copy_from_slice(&rest[..take]);
-            return match parse_header(&partial.head[..have + take])? {
+            return match parse_header(&partial.head[..have + take], rsv1_allowed)? {
                 Some((header, header_len)) => {
                     partial.head_len = 0;
                     advance(rest, header_len - have);
@@ -776,7 +855,7 @@ impl Decoder {
                 }
             };
         }
-        match parse_header(rest)? {
+        match parse_header(rest, rsv1_allowed)? {
             Some((header, header_len)) => {
                 advance(rest, header_len);
                 Ok(Some(header))
@@ -839,6 +918,12 @@ impl Decoder {
             }
             // The common case: a whole unfragmented message, no copy at all.
             OpCode::Text | OpCode::Binary if header.fin => {
+                if header.rsv1 {
+                    return Ok(on_event(Event::Compressed {
+                        text: header.opcode == OpCode::Text,
+                        payload,
+                    }));
+                }
                 if header.opcode == OpCode::Binary {
                     return Ok(on_event(Event::Binary(payload)));
                 }
@@ -849,9 +934,9 @@ impl Decoder {
             // Binary, and that one is for Continuation.
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 let partial = self.partial.get_or_insert_with(|| Box::new(Partial::new()));
-                let message = partial
-                    .message
-                    .get_or_insert_with(|| Message::new(header.opcode == OpCode::Text));
+                let message = partial.message.get_or_insert_with(|| {
+                    Message::new(header.opcode == OpCode::Text, header.rsv1)
+                });
                 message.fragments += 1;
                 message.append(payload)?;
                 match partial.message.take() {
@@ -921,20 +1006,25 @@ pub fn fuzz_one(data: &[u8]) {
     let limits = Limits {
         message_bytes_max: 64,
     };
-    let whole = fuzz_decode(data, &limits, |_| data.len().max(1));
-    let bytewise = fuzz_decode(data, &limits, |_| 1);
-    assert_eq!(
-        whole, bytewise,
-        "split into single bytes changed the outcome"
-    );
     // Split sizes driven by the data itself, so mutated inputs also mutate the splits.
     let seed = data.first().copied().unwrap_or(0);
-    let jagged = fuzz_decode(data, &limits, |i| usize::from(seed ^ (i as u8)) % 17 + 1);
-    assert_eq!(whole, jagged, "jagged split changed the outcome");
+    // Both kinds of connection: without and with permessage-deflate (RSV1).
+    for rsv1_allowed in [false, true] {
+        let whole = fuzz_decode(data, &limits, rsv1_allowed, |_| data.len().max(1));
+        let bytewise = fuzz_decode(data, &limits, rsv1_allowed, |_| 1);
+        assert_eq!(
+            whole, bytewise,
+            "split into single bytes changed the outcome"
+        );
+        let jagged = fuzz_decode(data, &limits, rsv1_allowed, |i| {
+            usize::from(seed ^ (i as u8)) % 17 + 1
+        });
+        assert_eq!(whole, jagged, "jagged split changed the outcome");
+    }
     let small = Limits {
         message_bytes_max: 3,
     };
-    let _ = fuzz_decode(data, &small, |i| i % 5 + 1);
+    let _ = fuzz_decode(data, &small, seed & 1 == 1, |i| i % 5 + 1);
 }
 
 /// What a fuzz run saw: events in an owned form, then the close code of the
@@ -944,6 +1034,7 @@ type FuzzOutcome = (Vec<(u8, Vec<u8>)>, Option<u16>);
 fn fuzz_decode(
     data: &[u8],
     limits: &Limits,
+    rsv1_allowed: bool,
     mut chunk_len: impl FnMut(usize) -> usize,
 ) -> FuzzOutcome {
     let mut input = data.to_vec();
@@ -955,6 +1046,7 @@ fn fuzz_decode(
         let (kind, bytes) = match event {
             Event::Text(t) => (1, t.as_bytes().to_vec()),
             Event::Binary(b) => (2, b.to_vec()),
+            Event::Compressed { text, payload } => (0x40 | u8::from(text), payload.to_vec()),
             Event::Ping(b) => (9, b.to_vec()),
             Event::Pong(b) => (10, b.to_vec()),
             Event::Close(None) => (8, Vec::new()),
@@ -976,7 +1068,8 @@ fn fuzz_decode(
     let mut call = 0;
     while start < input.len() && !closed.get() {
         let end = input.len().min(start + chunk_len(call).max(1));
-        if let Err(err) = decoder.feed(&mut input[start..end], limits, &mut on_event) {
+        let chunk = &mut input[start..end];
+        if let Err(err) = decoder.feed_ext(chunk, limits, rsv1_allowed, &mut on_event) {
             assert!(decoder.is_idle(), "decoder keeps buffers after an error");
             return (events, Some(err.close_code()));
         }
@@ -1033,6 +1126,7 @@ mod tests {
         Ping(Vec<u8>),
         Pong(Vec<u8>),
         Close(Option<(u16, String)>),
+        Compressed(bool, Vec<u8>),
     }
 
     fn own(event: Event<'_>) -> Owned {
@@ -1042,7 +1136,87 @@ mod tests {
             Event::Ping(b) => Owned::Ping(b.to_vec()),
             Event::Pong(b) => Owned::Pong(b.to_vec()),
             Event::Close(c) => Owned::Close(c.map(|(code, reason)| (code, reason.to_owned()))),
+            Event::Compressed { text, payload } => Owned::Compressed(text, payload.to_vec()),
         }
+    }
+
+    /// Decodes `data` on a connection that negotiated permessage-deflate, in
+    /// one read and byte by byte (both must agree).
+    fn decode_rsv1(data: &[u8]) -> (Vec<Owned>, Result<(), Error>) {
+        let mut outcomes = Vec::new();
+        for step in [data.len().max(1), 1] {
+            let mut buf = data.to_vec();
+            let mut decoder = Decoder::new();
+            let mut events = Vec::new();
+            let mut result = Ok(());
+            for chunk in buf.chunks_mut(step) {
+                result = decoder.feed_ext(chunk, &LIMITS, true, &mut |e| {
+                    events.push(own(e));
+                    ControlFlow::Continue(())
+                });
+                if result.is_err() {
+                    break;
+                }
+            }
+            outcomes.push((events, result));
+        }
+        assert_eq!(outcomes[0], outcomes[1], "split changed the outcome");
+        outcomes.swap_remove(0)
+    }
+
+    #[test]
+    fn server_frame_payload_inverts_encode() {
+        for len in [0usize, 1, 125, 126, 65_535, 65_536] {
+            let payload = vec![7u8; len];
+            let frame = encode(OpCode::Text, &payload);
+            assert_eq!(
+                server_frame_payload(&frame),
+                Some((OpCode::Text, &payload[..]))
+            );
+            assert_eq!(server_frame_payload(&frame[..frame.len() - 1]), None);
+        }
+        assert_eq!(server_frame_payload(&client_frame(true, 1, b"x")), None);
+        assert_eq!(server_frame_payload(&[0x01, 0x00]), None, "not FIN");
+    }
+
+    #[test]
+    fn rsv1_only_with_deflate_and_only_on_first_data_frames() {
+        // Not valid UTF-8 and not checked: it is DEFLATE data.
+        let whole = client_frame_with(0x80 | 0x40 | 1, &[0xff, 0xfe], MASK, 0);
+        assert_eq!(
+            decode_rsv1(&whole),
+            (vec![Owned::Compressed(true, vec![0xff, 0xfe])], Ok(()))
+        );
+        // Without the extension the same frame is a protocol error (1002).
+        assert_eq!(decode_err(&whole), Error::ReservedBits);
+        assert_eq!(Error::ReservedBits.close_code(), 1002);
+        // Fragmented: RSV1 on the first frame only, payloads joined.
+        let mut data = client_frame_with(0x40 | 2, b"ab", MASK, 0);
+        data.extend(client_frame(false, 0, b"cd"));
+        data.extend(client_frame(true, 9, b"p"));
+        data.extend(client_frame(true, 0, b"e"));
+        assert_eq!(
+            decode_rsv1(&data),
+            (
+                vec![
+                    Owned::Ping(b"p".to_vec()),
+                    Owned::Compressed(false, b"abcde".to_vec())
+                ],
+                Ok(())
+            )
+        );
+        // RFC 7692 §6.1: never on a continuation or a control frame.
+        let mut data = client_frame(false, 1, b"a");
+        data.extend(client_frame_with(0x80 | 0x40, b"b", MASK, 0));
+        assert_eq!(decode_rsv1(&data).1, Err(Error::ReservedBits));
+        let ping = client_frame_with(0x80 | 0x40 | 9, b"", MASK, 0);
+        assert_eq!(decode_rsv1(&ping).1, Err(Error::ReservedBits));
+        // RSV2 and RSV3 stay reserved.
+        let rsv2 = client_frame_with(0x80 | 0x20 | 1, b"x", MASK, 0);
+        assert_eq!(decode_rsv1(&rsv2).1, Err(Error::ReservedBits));
+        // A plain text message on a deflate connection is still checked.
+        let bad = client_frame(true, 1, &[0xff]);
+        assert_eq!(decode_rsv1(&bad).1, Err(Error::InvalidUtf8));
     }
 
     const LIMITS: Limits = Limits {

@@ -190,11 +190,21 @@ fn base64_value(b: u8) -> Option<u8> {
 /// The 101 response that completes the handshake (RFC 6455 §4.2.2 (5)).
 /// No subprotocol or extension is selected, so neither header is sent.
 pub fn response_101(accept: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(128);
+    response_101_with(accept, None)
+}
+
+/// [`response_101`] with a `Sec-WebSocket-Extensions` line when `extensions`
+/// is set (RFC 6455 §9.1, RFC 7692 §5: the one offer the server accepted).
+pub fn response_101_with(accept: &str, extensions: Option<&str>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128 + extensions.map_or(0, str::len));
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
     );
     out.extend_from_slice(accept.as_bytes());
+    if let Some(extensions) = extensions {
+        out.extend_from_slice(b"\r\nSec-WebSocket-Extensions: ");
+        out.extend_from_slice(extensions.as_bytes());
+    }
     out.extend_from_slice(b"\r\n\r\n");
     out
 }
