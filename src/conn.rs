@@ -46,7 +46,9 @@ pub struct ConnKey {
 #[derive(Debug)]
 pub enum Inbound {
     Text(Box<str>),
-    Binary(usize),
+    /// A binary message's bytes (socket.io attachments need them; the native codec only
+    /// refuses binary, so it reads the length).
+    Binary(Box<[u8]>),
 }
 
 /// Where a connection is in its life. Only `Open` connections receive published messages.
@@ -375,7 +377,7 @@ impl<S> Conn<S> {
         let mut on_event = |event: Event<'_>| -> ControlFlow<()> {
             match event {
                 Event::Text(text) if open => inbound.push(Inbound::Text(text.into())),
-                Event::Binary(data) if open => inbound.push(Inbound::Binary(data.len())),
+                Event::Binary(data) if open => inbound.push(Inbound::Binary(data.into())),
                 // RFC 6455 §5.5.2: answer a Ping with a Pong carrying the same payload.
                 Event::Ping(payload) if open => outbox.push(frame::encode(OpCode::Pong, payload)),
                 // RFC 6455 §5.5.3: a Pong may be unsolicited; receiving anything is proof of life.

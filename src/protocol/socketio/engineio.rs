@@ -516,6 +516,19 @@ impl Sid {
         Sid(text)
     }
 
+    /// The sid a request names, if it is one [`Sid::new`] could have made.
+    pub fn parse(text: &str) -> Option<Sid> {
+        owner_shard(text)?;
+        let mut raw = [0u8; SID_CHARS];
+        raw.copy_from_slice(text.as_bytes());
+        Some(Sid(raw))
+    }
+
+    /// The shard the sid names.
+    pub fn owner(&self) -> u16 {
+        owner_shard(self.as_str()).unwrap_or(0)
+    }
+
     pub fn as_str(&self) -> &str {
         // base64url output is ASCII.
         std::str::from_utf8(&self.0).unwrap_or_default()
