@@ -101,6 +101,9 @@ counters! {
     /// Short tasks (publishes, replays, room events) refused because the shard ran
     /// `SHARD_TASKS_MAX` of them already.
     tasks_refused_total: "counter",
+    /// socket.io polling requests and upgrade steps this shard forwarded over the mesh to
+    /// the shard that owns their session (the sid names it).
+    socketio_forwarded_total: "counter",
 }
 
 impl Snapshot {

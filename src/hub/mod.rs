@@ -264,7 +264,13 @@ impl Hub {
             .borrow()
             .iter()
             .filter(|(_, p)| {
-                p.closed || (!p.getting && now_s.saturating_sub(p.last_rx_s) >= idle_s)
+                let connect_late =
+                    p.session.sio.as_ref().is_some_and(|s| {
+                        s.connect_deadline_s != 0 && now_s >= s.connect_deadline_s
+                    });
+                p.closed
+                    || connect_late
+                    || (!p.getting && now_s.saturating_sub(p.last_rx_s) >= idle_s)
             })
             .map(|(i, p)| ConnKey {
                 index: i as u32 | POLL_BIT,

@@ -549,6 +549,7 @@ pub async fn polling_request(svc: &Rc<Services>, sid: Sid, post: bool, body: Vec
         return reply_error(RequestError::UnknownSid);
     }
     let (reply, answer) = futures_channel::oneshot::channel();
+    Metrics::inc(&svc.ctx.metrics.socketio_forwarded_total);
     let msg = ShardMsg::SioPolling {
         sid,
         post,
@@ -696,6 +697,7 @@ async fn upgrade_request(
         return None;
     }
     let (reply, answer) = futures_channel::oneshot::channel();
+    Metrics::inc(&svc.ctx.metrics.socketio_forwarded_total);
     let msg = ShardMsg::SioUpgrade { sid, step, reply };
     svc.ctx.peers.send_to(owner, msg).await.ok()?;
     answer.await.ok().flatten()
