@@ -22,8 +22,10 @@
 //!                    resp.rs (sans-IO RESP), keys.rs (every key name and Lua script)
 //! services/          user/room operations, broker and mesh messages, recovery (replays)
 //! protocol/          the client codec trait, sessions, the one place client ops are handled;
-//!                    ops.rs (neutral ops), native.rs (volley's JSON protocol)
-//! front/             HTTP transport (deadlines, keep-alive, pipelining) and the /ws upgrade
+//!                    ops.rs (neutral ops), native.rs (volley's JSON protocol), socketio/
+//!                    (Engine.IO, Socket.IO, redis-adapter formats, the socket.io codec)
+//! front/             HTTP transport (deadlines, keep-alive, pipelining), the /ws upgrade,
+//!                    socketio.rs (Engine.IO handshake, WebSocket upgrade, polling requests)
 //! api/               the HTTP routes by area: publish, presence, history, stats
 //! http.rs            sans-IO HTTP/1.1 request heads, bodies and responses
 //! ws/handshake.rs    sans-IO RFC 6455 upgrade checks and the 101 response
