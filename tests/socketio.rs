@@ -369,3 +369,59 @@ fn a_client_that_never_connects_a_namespace_is_dropped() {
     assert_eq!(status, 400);
     let _ = std::io::stdout().flush();
 }
+
+#[test]
+fn wait_ack_counts_socketio_acks_across_two_processes_through_redis() {
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    // ann: a native connection on A and a socket.io client on B, which acks every push.
+    let mut ann_a = connect_native(a.addr, "user=ann");
+    let mut child = Command::new("node")
+        .current_dir(client_dir())
+        .args([
+            "scenarios.js",
+            "acker",
+            &format!("http://{}", b.addr),
+            "ann",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = stdout.next().unwrap().unwrap();
+    assert!(ready.contains("ready"), "{ready}");
+    redis.wait_numsub("volley:user:ann", 2);
+    let acker = std::thread::spawn(move || {
+        let message = next_message(&mut ann_a);
+        send_op(
+            &mut ann_a,
+            json!({"op": "ack", "channel": message["channel"], "seq": message["seq"]}),
+        );
+        ann_a
+    });
+    let (status, answer) = request(
+        a.addr,
+        "POST",
+        "/api/users/ann/messages?wait=ack&timeout_ms=10000",
+        br#"{"sign":"here"}"#,
+    );
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["delivered"].as_u64(), answer["acked"].as_u64()),
+        (Some(2), Some(2)),
+        "one native and one socket.io ack: {answer}"
+    );
+    assert_eq!(answer["timed_out"], false);
+    let got = stdout.next().unwrap().unwrap();
+    assert!(got.contains("\"sign\":\"here\""), "{got}");
+    let _ = acker.join().unwrap();
+    let id = answer["id"].as_str().unwrap();
+    let (_, receipt) = request(b.addr, "GET", &format!("/api/messages/{id}"), b"");
+    let receipt: Value = serde_json::from_str(&receipt).unwrap();
+    assert_eq!(receipt["acked"], 2, "{receipt}");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}

@@ -133,6 +133,17 @@ const scenarios = {
     s.close();
   },
 
+  // A user's socket that acks every push until stdin closes; prints each message.
+  async acker(user) {
+    const s = io(url, { transports: ["websocket"], auth: { user } });
+    await connected(s);
+    s.on("message", (msg, ack) => { out({ message: msg }); ack(); });
+    out({ ready: true });
+    process.stdin.resume();
+    await new Promise((r) => process.stdin.on("end", r));
+    s.close();
+  },
+
   // Hostile input on raw Engine.IO WebSockets; a neighbour socket.io client must still
   // get a broadcast afterwards.
   async abuse() {
