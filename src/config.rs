@@ -963,6 +963,32 @@ mod tests {
     }
 
     #[test]
+    fn socketio_flags() {
+        let config = args(&[]).validate(2).unwrap().socketio;
+        assert_eq!(config.path, "/socket.io/");
+        assert_eq!(config.namespaces, vec![(0, "/".to_string())]);
+        assert_eq!(config.idle_timeout_s(), 25 + 20);
+        let config = args(&["--socketio-path", "/rt", "--socketio-namespace", "/chat"])
+            .validate(2)
+            .unwrap()
+            .socketio;
+        assert_eq!(config.path, "/rt/");
+        let chat = config.namespace("/chat").unwrap();
+        assert_eq!(crate::protocol::socketio::namespace_name(chat), "/chat");
+        assert_eq!(config.namespace("/nope"), None);
+        for bad in [
+            &["--socketio-namespace", "chat"][..],
+            &["--socketio-namespace", "/a,b"],
+            &["--socketio-path", "socket.io"],
+            &["--socketio-ping-interval-ms", "10"],
+            &["--socketio-max-payload", "1"],
+        ] {
+            let error = args(bad).validate(2).unwrap_err().0;
+            assert!(error.starts_with(bad[0]), "{error}");
+        }
+    }
+
+    #[test]
     fn cpu_lists() {
         assert_eq!(parse_cpu_list("0,1").unwrap(), vec![0, 1]);
         assert_eq!(parse_cpu_list("0-3").unwrap(), vec![0, 1, 2, 3]);

@@ -393,20 +393,25 @@ fn wait_ack_counts_socketio_acks_across_two_processes_through_redis() {
     let ready = stdout.next().unwrap().unwrap();
     assert!(ready.contains("ready"), "{ready}");
     redis.wait_numsub("volley:user:ann", 2);
-    let acker = std::thread::spawn(move || {
-        let message = next_message(&mut ann_a);
-        send_op(
-            &mut ann_a,
-            json!({"op": "ack", "channel": message["channel"], "seq": message["seq"]}),
-        );
-        ann_a
+    // The publisher waits for every ack; the native client acks only after the socket.io
+    // client got (and acked) its copy, so the answer cannot settle on the native ack alone
+    // before B has reported its delivery.
+    let publisher = std::thread::spawn(move || {
+        request(
+            a.addr,
+            "POST",
+            "/api/users/ann/messages?wait=ack&timeout_ms=10000",
+            br#"{"sign":"here"}"#,
+        )
     });
-    let (status, answer) = request(
-        a.addr,
-        "POST",
-        "/api/users/ann/messages?wait=ack&timeout_ms=10000",
-        br#"{"sign":"here"}"#,
+    let got = stdout.next().unwrap().unwrap();
+    assert!(got.contains("\"sign\":\"here\""), "{got}");
+    let message = next_message(&mut ann_a);
+    send_op(
+        &mut ann_a,
+        json!({"op": "ack", "channel": message["channel"], "seq": message["seq"]}),
     );
+    let (status, answer) = publisher.join().unwrap();
     let answer: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(
@@ -415,9 +420,6 @@ fn wait_ack_counts_socketio_acks_across_two_processes_through_redis() {
         "one native and one socket.io ack: {answer}"
     );
     assert_eq!(answer["timed_out"], false);
-    let got = stdout.next().unwrap().unwrap();
-    assert!(got.contains("\"sign\":\"here\""), "{got}");
-    let _ = acker.join().unwrap();
     let id = answer["id"].as_str().unwrap();
     let (_, receipt) = request(b.addr, "GET", &format!("/api/messages/{id}"), b"");
     let receipt: Value = serde_json::from_str(&receipt).unwrap();

@@ -35,6 +35,7 @@ use crate::envelope::Target;
 use crate::mesh::{Delivery, Presence};
 use crate::metrics::Metrics;
 use crate::protocol::socketio::engineio::Sid;
+use crate::protocol::socketio::session::socket_owner;
 use crate::protocol::Codec;
 use crate::ws::frame::{self, close_code, OpCode};
 use frames::Frames;
@@ -429,7 +430,33 @@ impl Hub {
                 &[][..]
             }
             Target::User(user) => index.user_conns(user),
-            Target::Room(room) => index.room_conns(room),
+            Target::Room(room) => {
+                // A socket.io socket id names its connection (no index entry).
+                let socket = socket_owner(room)
+                    .filter(|&(shard, _, _)| usize::from(shard) == self.ctx.id)
+                    .map(|(_, index, generation)| ConnKey { index, generation });
+                if let Some(key) = socket {
+                    let owns = |session: &Session| {
+                        session.sio.as_ref().is_some_and(|s| {
+                            s.sockets.iter().any(|(_, id)| id.as_str() == room.as_str())
+                        })
+                    };
+                    if key.index & POLL_BIT != 0 {
+                        let at = (key.index & !POLL_BIT) as usize;
+                        if polls
+                            .get(at)
+                            .is_some_and(|p| p.generation == key.generation && owns(&p.session))
+                        {
+                            poll_keys.push(key);
+                        }
+                    } else if let Some(conn) = conns.get_mut(key.index as usize) {
+                        if conn.generation() == key.generation && owns(&conn.session) {
+                            push(conn);
+                        }
+                    }
+                }
+                index.room_conns(room)
+            }
         };
         for key in keys {
             if key.index & POLL_BIT != 0 {

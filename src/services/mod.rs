@@ -75,6 +75,7 @@ impl Services {
     /// A connection left the hub: unsubscribe, update presence, tell its rooms.
     pub fn disconnected(self: &Rc<Self>, removed: Removed) {
         self.backend.interest("all", false);
+        socketio::released(self, &removed);
         let user = removed.session.user.as_deref();
         if let Some(user) = user {
             let channel = format!("user:{user}");

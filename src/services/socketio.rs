@@ -26,7 +26,7 @@ use crate::protocol::socketio::engineio::{self, PacketType as EioType, Sid, SID_
 use crate::protocol::socketio::engineio::{Open, PayloadLimits, Queued, RequestError};
 use crate::protocol::socketio::packet::{self, PacketType};
 use crate::protocol::socketio::session::Partial;
-use crate::protocol::socketio::session::SioState;
+use crate::protocol::socketio::session::{socket_id, SioState, HELD_MAX};
 use crate::protocol::socketio::{namespace_name, Value};
 use crate::protocol::{check_name, ClientOp, Codec, ErrorCode, OpError, Request};
 use crate::ws::frame::close_code;
@@ -59,6 +59,21 @@ fn unix_now_s() -> u64 {
 
 /// Handles one message a socket.io connection sent; a protocol violation closes it.
 pub fn on_inbound(svc: &Rc<Services>, key: ConnKey, inbound: Inbound) {
+    // A WebSocket taking over a polling session holds what it gets until it has the
+    // session's namespaces (the hand-over may wait for another shard).
+    let inbound = match svc.hub.with_session(key, |s| hold(s, inbound)) {
+        Some(Hold::Pass(inbound)) => inbound,
+        Some(Hold::Held) | None => return,
+        Some(Hold::Overflow) => {
+            Metrics::inc(&svc.ctx.metrics.protocol_error_closes_total);
+            svc.hub.close(
+                key,
+                close_code::POLICY,
+                "too many packets during the upgrade",
+            );
+            return;
+        }
+    };
     let result = match inbound {
         Inbound::Text(text) => on_text(svc, key, &text),
         Inbound::Binary(data) => on_attachment(svc, key, Bytes::from(Vec::from(data))),
@@ -67,6 +82,26 @@ pub fn on_inbound(svc: &Rc<Services>, key: ConnKey, inbound: Inbound) {
         Metrics::inc(&svc.ctx.metrics.protocol_error_closes_total);
         svc.hub.close(key, close_code::POLICY, &reason);
     }
+}
+
+enum Hold {
+    /// Not handing over: handle it now.
+    Pass(Inbound),
+    Held,
+    /// Past `HELD_MAX`: close the client.
+    Overflow,
+}
+
+/// Holds `inbound` while the connection is being handed its polling session.
+fn hold(session: &mut Session, inbound: Inbound) -> Hold {
+    let Some(held) = session.sio.as_mut().and_then(|s| s.held.as_mut()) else {
+        return Hold::Pass(inbound);
+    };
+    if held.len() >= HELD_MAX {
+        return Hold::Overflow;
+    }
+    held.push(inbound);
+    Hold::Held
 }
 
 fn on_text(svc: &Rc<Services>, key: ConnKey, text: &str) -> Result<(), String> {
@@ -91,6 +126,11 @@ fn on_eio_packet(
                 Ok(())
             }
             EioType::Upgrade => {
+                svc.hub.with_session(key, |s| {
+                    if let Some(sio) = s.sio.as_mut() {
+                        sio.held = Some(Box::default());
+                    }
+                });
                 upgrade_step(svc, key, SioUpgradeStep::Take);
                 Ok(())
             }
@@ -239,12 +279,21 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
         send_packet(svc, key, &packet::encode_connect_error(name, &message));
         return;
     }
-    let socket = random_sid(svc.ctx.id);
+    let spare = random_sid(svc.ctx.id);
+    let random = spare.as_str().as_bytes();
+    let socket = socket_id(
+        svc.ctx.id as u16,
+        key.index,
+        key.generation,
+        [random[16], random[17], random[18], random[19]],
+    );
     let added = svc
         .hub
         .with_session(key, |s| {
             let first = s.sio.as_ref()?.sockets.is_empty();
             let sio = s.sio.as_mut()?;
+            // Almost every connection uses one namespace: do not reserve four.
+            sio.sockets.reserve_exact(1);
             sio.sockets.push((nsp, socket));
             sio.connect_deadline_s = 0;
             if first {
@@ -257,7 +306,9 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
     if added.is_none() {
         return;
     }
-    svc.join_unchecked(key, socket.as_str());
+    // The room named by the socket id: the hub finds the connection from the id itself
+    // (no index entry); Redis still needs to know this process wants the room.
+    socket_interest(svc, socket.as_str(), true);
     send_packet(svc, key, &packet::encode_connect(name, socket.as_str()));
 }
 
@@ -318,7 +369,32 @@ fn disconnect(svc: &Rc<Services>, key: ConnKey, nsp: u8, socket: Sid) {
             }
         }
     });
-    let _ = svc.leave_room(key, socket.as_str());
+    // An adopted connection has its socket ids as ordinary rooms.
+    if svc.leave_room(key, socket.as_str()).is_err() {
+        socket_interest(svc, socket.as_str(), false);
+    }
+}
+
+/// A socket.io connection left the hub: drop the interest in its socket id rooms that were
+/// not index rooms (those, `Services::disconnected` already left).
+pub fn released(svc: &Services, removed: &crate::hub::Removed) {
+    let Some(sio) = &removed.session.sio else {
+        return;
+    };
+    for (_, socket) in &sio.sockets {
+        if !removed
+            .rooms
+            .iter()
+            .any(|(room, _)| &**room == socket.as_str())
+        {
+            socket_interest(svc, socket.as_str(), false);
+        }
+    }
+}
+
+/// Cluster mode: this process wants (or no longer wants) a socket id's room.
+pub fn socket_interest(svc: &Services, socket: &str, add: bool) {
+    svc.backend.interest(&format!("room:{socket}"), add);
 }
 
 /// An ACK of a server push: the ack id names (channel, seq) among the channels this
@@ -789,14 +865,26 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
     for room in &snapshot.rooms {
         svc.join_unchecked(key, room);
     }
-    svc.hub.with_session(key, |s| {
-        if let Some(sio) = s.sio.as_mut() {
+    // The socket ids name the polling session's key, not this connection's: they become
+    // ordinary rooms here (the only sockets that cost an index entry).
+    for (_, socket) in &snapshot.sockets {
+        svc.join_unchecked(key, socket.as_str());
+    }
+    let held = svc
+        .hub
+        .with_session(key, |s| {
+            s.codec = Codec::SocketIo(snapshot.codec_nsp);
+            let sio = s.sio.as_mut()?;
             sio.sockets = snapshot.sockets;
             sio.connect_deadline_s = 0;
-        }
-        s.codec = Codec::SocketIo(snapshot.codec_nsp);
-    });
+            sio.held.take()
+        })
+        .flatten();
     for frame in snapshot.queued {
         svc.hub.send(key, frame);
+    }
+    // What the client sent during the hand-over, now that its namespaces are known.
+    for inbound in held.map(|h| *h).unwrap_or_default() {
+        on_inbound(svc, key, inbound);
     }
 }

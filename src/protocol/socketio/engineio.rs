@@ -543,6 +543,11 @@ impl fmt::Debug for Sid {
 
 /// The shard that owns `sid`, or `None` if it is not a sid [`Sid::new`] made.
 pub fn owner_shard(sid: &str) -> Option<u16> {
+    sid_parts(sid).map(|(shard, _)| shard)
+}
+
+/// The shard and the random bytes of a sid [`Sid::new`] made.
+pub fn sid_parts(sid: &str) -> Option<(u16, [u8; SID_RANDOM_BYTES])> {
     if sid.len() != SID_CHARS {
         return None;
     }
@@ -553,7 +558,9 @@ pub fn owner_shard(sid: &str) -> Option<u16> {
     if n != raw.len() || raw[0] != SID_TAG {
         return None;
     }
-    Some(u16::from_be_bytes([raw[1], raw[2]]))
+    let mut random = [0u8; SID_RANDOM_BYTES];
+    random.copy_from_slice(&raw[3..]);
+    Some((u16::from_be_bytes([raw[1], raw[2]]), random))
 }
 
 /// Decodes arbitrary bytes as a polling body, a text packet and a sid; must never panic.
