@@ -226,7 +226,8 @@ pub async fn polling(svc: &Rc<Services>, head: &Head, body: Vec<u8>, keep_alive:
         // check_request lets a WebSocket handshake through only as an upgrade.
         Action::Handshake { .. } => sio::reply_error(RequestError::BadRequest),
         Action::Session { sid, transport, .. } => {
-            if transport != Transport::Polling {
+            let get_or_post = matches!(head.method, Method::Get | Method::Post);
+            if transport != Transport::Polling || !get_or_post {
                 sio::reply_error(RequestError::BadRequest)
             } else {
                 match sio::parse_sid(sid) {
