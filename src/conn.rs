@@ -8,7 +8,8 @@
 //! `hub` owns the slab, `shard` the task and `ctx` the clock; `conn` never spawns or sleeps.
 //!
 //! Per-connection memory while idle (the 1 KiB budget of DESIGN.md), summed:
-//!   size_of::<Conn<Session>>() in the slab (asserted in `hub`)             248 B
+//!   size_of::<Conn<Session>>() in the slab (asserted in `hub`; 8 B of it
+//!   the socket.io state pointer, None for native connections)             256 B
 //! + the task: glommio header + `shard::conn_task` future (asserted)     ~ 100 B
 //! + glommio's armed read `Source` (Rc<RefCell<InnerSource>>)            ~ 200 B
 //! + waker clone held in `Conn::waker` (a refcount, no allocation)           0 B
