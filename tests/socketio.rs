@@ -427,3 +427,39 @@ fn wait_ack_counts_socketio_acks_across_two_processes_through_redis() {
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn a_client_resumes_a_room_from_volleys_history() {
+    let server = Server::start(&["--shards", "2"]);
+    let lines = scenario(&server, "resume", &[]);
+    let published = line(&lines, "published")["published"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(line(&lines, "join")["join"], json!({"ok": true}));
+    let done = line(&lines, "recovered");
+    let recovered = &done["recovered"];
+    assert_eq!(
+        (
+            &recovered["recovered"],
+            &recovered["replayed"],
+            &recovered["seq"]
+        ),
+        (&json!(true), &json!(2), &json!(3)),
+        "{recovered}"
+    );
+    // The replay is messages 2 and 3 as ordinary message events, with their ids.
+    let replayed = done["replayed"].as_array().unwrap();
+    let seen: Vec<(Value, Value)> = replayed
+        .iter()
+        .map(|m| (m["_volley"]["seq"].clone(), m["_volley"]["id"].clone()))
+        .collect();
+    let expected: Vec<(Value, Value)> = published[1..]
+        .iter()
+        .map(|p| (p["seq"].clone(), p["id"].clone()))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(line(&lines, "recover")["recover"], json!({"ok": true}));
+    let other = &line(&lines, "recover_other")["recover_other"];
+    assert_eq!(other["error"]["code"], "forbidden", "{other}");
+}

@@ -133,6 +133,26 @@ const scenarios = {
     s.close();
   },
 
+  // Resume with volley's history: three messages published while away, then
+  // `join {room, since: 1}` replays 2 and 3 and ends with a `recovered` event.
+  async resume() {
+    const published = [];
+    for (const n of [1, 2, 3]) {
+      published.push((await post("/api/rooms/hist/messages", JSON.stringify({ n }))).body);
+    }
+    out({ published });
+    const s = io(url, { transports: ["websocket"] });
+    await connected(s);
+    const got = [];
+    s.on("message", (msg) => got.push(msg));
+    const recovered = new Promise((r) => s.once("recovered", r));
+    out({ join: await s.emitWithAck("join", { room: "hist", since: 1 }) });
+    out({ recovered: await recovered, replayed: got });
+    out({ recover: await s.emitWithAck("recover", { channel: "room:hist", since: 3 }) });
+    out({ recover_other: await s.emitWithAck("recover", { channel: "room:elsewhere", since: 0 }) });
+    s.close();
+  },
+
   // A user's socket that acks every push until stdin closes; prints each message.
   async acker(user) {
     const s = io(url, { transports: ["websocket"], auth: { user } });
