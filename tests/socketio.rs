@@ -463,3 +463,40 @@ fn a_client_resumes_a_room_from_volleys_history() {
     let other = &line(&lines, "recover_other")["recover_other"];
     assert_eq!(other["error"]["code"], "forbidden", "{other}");
 }
+
+#[test]
+fn polling_sessions_are_bounded_and_allow_one_pending_get() {
+    let server = Server::start(&["--shards", "1", "--socketio-polling-sessions-max", "2"]);
+    let first = handshake(&server);
+    let _second = handshake(&server);
+    let (status, body) = polling(&server, "GET", "", b"");
+    assert_eq!(
+        status, 503,
+        "a third polling session on a full shard: {body}"
+    );
+    assert!(body.contains("--socketio-polling-sessions-max"), "{body}");
+
+    assert_eq!(
+        polling(&server, "POST", &format!("&sid={first}"), b"40").1,
+        "ok"
+    );
+    assert!(polling(&server, "GET", &format!("&sid={first}"), b"")
+        .1
+        .starts_with("40{"));
+    // A GET waits for packets; a second GET meanwhile is an error that ends the session,
+    // and the waiting one is released with a close packet. Whichever arrives first waits.
+    let addr = server.addr;
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={first}");
+    let other = path.clone();
+    let one = std::thread::spawn(move || request(addr, "GET", &path, b""));
+    let two = request(addr, "GET", &other, b"");
+    let mut answers = vec![one.join().unwrap(), two];
+    answers.sort();
+    assert_eq!(
+        answers,
+        vec![
+            (200, "1".to_string()),
+            (400, r#"{"code":3,"message":"Bad request"}"#.to_string()),
+        ]
+    );
+}
