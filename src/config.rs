@@ -286,6 +286,8 @@ pub struct ServeArgs {
     /// The wire: permessage-deflate and the conformance echo path (their own block).
     #[command(flatten)]
     pub wire: WireArgs,
+    #[command(flatten)]
+    pub socketio: SocketIoArgs,
 }
 
 /// Whether `/ws` negotiates permessage-deflate (RFC 7692).
@@ -501,6 +503,7 @@ pub struct Config {
     /// Application hooks (`--app-webhook`); None when no webhook is set.
     pub app_webhook: Option<WebhookConfig>,
     pub wire: WireConfig,
+    pub socketio: SocketIoConfig,
 }
 
 /// A secret value: its `Debug` never shows it, so no log line or panic message can.
@@ -628,7 +631,9 @@ impl ServeArgs {
         let log_filter = self.check_logs()?;
         let app_webhook = self.webhook.check_webhook()?;
         let wire = self.check_wire(&listen)?;
+        let socketio = self.socketio.validate()?;
         Ok(Config {
+            socketio,
             wire,
             log_filter,
             log_format: self.log_format,
@@ -1189,6 +1194,178 @@ impl WebhookArgs {
     }
 }
 
+/// socket.io's own default ping interval (engine.io `pingInterval`): clients expect it.
+pub const SOCKETIO_PING_INTERVAL_MS_DEFAULT: u32 = 25_000;
+/// socket.io's default `pingTimeout`: how long after a ping a client may take to pong.
+pub const SOCKETIO_PING_TIMEOUT_MS_DEFAULT: u32 = 20_000;
+/// socket.io's default `maxHttpBufferSize` (1e6): the largest polling body or message read.
+pub const SOCKETIO_MAX_PAYLOAD_DEFAULT: u32 = 1_000_000;
+/// socket.io's default `connectTimeout`: a client that never sends CONNECT is dropped.
+pub const SOCKETIO_CONNECT_TIMEOUT_MS_DEFAULT: u32 = 45_000;
+/// socket.io-parser's default bound on attachments per packet (10): a real client's
+/// binary event rarely holds more, and each pending attachment is buffered.
+pub const SOCKETIO_ATTACHMENTS_MAX: u32 = 10;
+/// Namespaces besides `/`: each is one more frame-cache slot per delivery (`Codec::COUNT`).
+pub const SOCKETIO_NAMESPACES_MAX: usize = crate::protocol::socketio::NAMESPACES_MAX - 1;
+/// Longest namespace name: names are identifiers like `/chat`, not data.
+pub const SOCKETIO_NAMESPACE_BYTES_MAX: usize = 128;
+/// Packets one polling POST body may carry: socket.io-client batches what it has queued,
+/// a handful at a time; thousands are a flood.
+pub const SOCKETIO_PAYLOAD_PACKETS_MAX: usize = 256;
+/// Polling sessions one shard keeps at once (they wait for a WebSocket upgrade or live on
+/// long-polling); past it new polling handshakes get 503.
+pub const SOCKETIO_POLLING_SESSIONS_MAX_DEFAULT: u32 = 16_384;
+
+/// socket.io flags (Engine.IO 4 and Socket.IO 5 on the same port as `/ws`).
+#[derive(Args, Clone, Debug)]
+pub struct SocketIoArgs {
+    /// Path socket.io clients connect to (socket.io-client's `path` option).
+    #[arg(long, default_value = "/socket.io/")]
+    pub socketio_path: String,
+    /// Milliseconds between Engine.IO pings the server sends (rounded up to the 1 s sweep).
+    #[arg(long, default_value_t = SOCKETIO_PING_INTERVAL_MS_DEFAULT)]
+    pub socketio_ping_interval_ms: u32,
+    /// Milliseconds a client has to answer a ping before it is dropped.
+    #[arg(long, default_value_t = SOCKETIO_PING_TIMEOUT_MS_DEFAULT)]
+    pub socketio_ping_timeout_ms: u32,
+    /// Largest polling body / WebSocket message a socket.io client may send, in bytes.
+    #[arg(long, default_value_t = SOCKETIO_MAX_PAYLOAD_DEFAULT)]
+    pub socketio_max_payload: u32,
+    /// Milliseconds a socket.io client has to CONNECT to a namespace after the handshake.
+    #[arg(long, default_value_t = SOCKETIO_CONNECT_TIMEOUT_MS_DEFAULT)]
+    pub socketio_connect_timeout_ms: u32,
+    /// A namespace clients may CONNECT to besides `/` (repeatable), e.g. `/chat`.
+    #[arg(long = "socketio-namespace")]
+    pub socketio_namespaces: Vec<String>,
+    /// Polling sessions one shard holds at once (503 for new polling handshakes past it).
+    #[arg(long, default_value_t = SOCKETIO_POLLING_SESSIONS_MAX_DEFAULT)]
+    pub socketio_polling_sessions_max: u32,
+}
+
+/// Checked socket.io settings.
+#[derive(Debug, Clone)]
+pub struct SocketIoConfig {
+    /// Ends with `/`; requests whose path is this (or this without the final `/`) are
+    /// Engine.IO's.
+    pub path: String,
+    pub ping_interval_ms: u32,
+    pub ping_timeout_ms: u32,
+    pub max_payload_bytes: u32,
+    pub connect_timeout_ms: u32,
+    /// `/` first, then `--socketio-namespace` values; a namespace's index here is its
+    /// index in `protocol::socketio::namespace_name` (interned at validate).
+    pub namespaces: Vec<(u8, String)>,
+    pub attachments_max: u32,
+    pub payload_packets_max: usize,
+    pub polling_sessions_max: u32,
+}
+
+impl SocketIoConfig {
+    /// The interned index of a namespace clients may CONNECT to.
+    pub fn namespace(&self, name: &str) -> Option<u8> {
+        self.namespaces
+            .iter()
+            .find(|(_, n)| n == name)
+            .map(|(i, _)| *i)
+    }
+
+    /// Seconds between server pings, rounded up to whole sweep seconds.
+    pub fn ping_interval_s(&self) -> u32 {
+        self.ping_interval_ms.div_ceil(1000).max(1)
+    }
+
+    /// Seconds of silence after which a client is dropped: a ping interval, then the
+    /// pong timeout, each rounded up (the sweep runs once a second).
+    pub fn idle_timeout_s(&self) -> u32 {
+        self.ping_interval_s() + self.ping_timeout_ms.div_ceil(1000).max(1)
+    }
+}
+
+impl SocketIoArgs {
+    fn validate(&self) -> Result<SocketIoConfig, ConfigError> {
+        let path = &self.socketio_path;
+        if !path.starts_with('/') || path.len() > 256 || path.contains(['?', '#', ' ']) {
+            return err(format!(
+                "--socketio-path {path}: must start with / and hold no ?, # or space, e.g. /socket.io/"
+            ));
+        }
+        let path = if path.ends_with('/') {
+            path.clone()
+        } else {
+            format!("{path}/")
+        };
+        for (flag, value) in [
+            (
+                "--socketio-ping-interval-ms",
+                self.socketio_ping_interval_ms,
+            ),
+            ("--socketio-ping-timeout-ms", self.socketio_ping_timeout_ms),
+            (
+                "--socketio-connect-timeout-ms",
+                self.socketio_connect_timeout_ms,
+            ),
+        ] {
+            if !(1000..=3_600_000).contains(&value) {
+                return err(format!(
+                    "{flag} {value}: must be 1000..=3600000 (the server's sweep runs once a second)"
+                ));
+            }
+        }
+        if !(1024..=64 << 20).contains(&self.socketio_max_payload) {
+            return err(format!(
+                "--socketio-max-payload {}: must be 1024..=67108864 bytes",
+                self.socketio_max_payload
+            ));
+        }
+        if self.socketio_namespaces.len() > SOCKETIO_NAMESPACES_MAX {
+            return err(format!(
+                "--socketio-namespace given {} times: at most {SOCKETIO_NAMESPACES_MAX} namespaces besides /",
+                self.socketio_namespaces.len()
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.socketio_polling_sessions_max) {
+            return err(format!(
+                "--socketio-polling-sessions-max {}: must be 1..=1048576",
+                self.socketio_polling_sessions_max
+            ));
+        }
+        let mut namespaces = Vec::new();
+        for name in std::iter::once("/").chain(self.socketio_namespaces.iter().map(String::as_str))
+        {
+            let bad = !name.starts_with('/')
+                || name.len() > SOCKETIO_NAMESPACE_BYTES_MAX
+                || name.contains(',')
+                || name.chars().any(char::is_control);
+            if bad {
+                return err(format!(
+                    "--socketio-namespace {name:?}: must start with /, hold no comma or control character, and be at most {SOCKETIO_NAMESPACE_BYTES_MAX} bytes, e.g. /chat"
+                ));
+            }
+            if namespaces.iter().any(|(_, n)| n == name) {
+                continue;
+            }
+            let index = crate::protocol::socketio::intern_namespace(name).ok_or_else(|| {
+                ConfigError(format!(
+                    "--socketio-namespace {name}: this process already knows {} namespaces",
+                    crate::protocol::socketio::NAMESPACES_MAX
+                ))
+            })?;
+            namespaces.push((index, name.to_string()));
+        }
+        Ok(SocketIoConfig {
+            path,
+            ping_interval_ms: self.socketio_ping_interval_ms,
+            ping_timeout_ms: self.socketio_ping_timeout_ms,
+            max_payload_bytes: self.socketio_max_payload,
+            connect_timeout_ms: self.socketio_connect_timeout_ms,
+            namespaces,
+            attachments_max: SOCKETIO_ATTACHMENTS_MAX,
+            payload_packets_max: SOCKETIO_PAYLOAD_PACKETS_MAX,
+            polling_sessions_max: self.socketio_polling_sessions_max,
+        })
+    }
+}
+
 impl Config {
     /// A config for tests: loopback, ephemeral port, defaults elsewhere.
     // Not reachable from input: only tests and benches call this, with fixed arguments and
@@ -1259,6 +1436,32 @@ mod tests {
         .err()
         .unwrap();
         assert!(e.0.contains("--app-webhook-concurrency-max 0"), "{e}");
+    }
+
+    #[test]
+    fn socketio_flags() {
+        let config = args(&[]).validate(2).unwrap().socketio;
+        assert_eq!(config.path, "/socket.io/");
+        assert_eq!(config.namespaces, vec![(0, "/".to_string())]);
+        assert_eq!(config.idle_timeout_s(), 25 + 20);
+        let config = args(&["--socketio-path", "/rt", "--socketio-namespace", "/chat"])
+            .validate(2)
+            .unwrap()
+            .socketio;
+        assert_eq!(config.path, "/rt/");
+        let chat = config.namespace("/chat").unwrap();
+        assert_eq!(crate::protocol::socketio::namespace_name(chat), "/chat");
+        assert_eq!(config.namespace("/nope"), None);
+        for bad in [
+            &["--socketio-namespace", "chat"][..],
+            &["--socketio-namespace", "/a,b"],
+            &["--socketio-path", "socket.io"],
+            &["--socketio-ping-interval-ms", "10"],
+            &["--socketio-max-payload", "1"],
+        ] {
+            let error = args(bad).validate(2).unwrap_err().0;
+            assert!(error.starts_with(bad[0]), "{error}");
+        }
     }
 
     #[test]
@@ -1373,7 +1576,14 @@ mod tests {
         assert!(e.contains("--echo-path"), "{e}");
         let e = args(&["--echo-path", "/ws"]).validate(2).unwrap_err().0;
         assert!(e.contains("other than"), "{e}");
-        let public = ["--listen", "0.0.0.0:8080", "--echo-path", "/echo"];
+        // --insecure-open: open mode on a public address is refused for its own reason.
+        let public = [
+            "--listen",
+            "0.0.0.0:8080",
+            "--insecure-open",
+            "--echo-path",
+            "/echo",
+        ];
         let e = args(&public).validate(2).unwrap_err().0;
         assert!(e.contains("--echo-path-public"), "{e}");
         let forced = [&public[..], &["--echo-path-public"]].concat();

@@ -8,7 +8,8 @@
 //! `hub` owns the slab, `shard` the task and `ctx` the clock; `conn` never spawns or sleeps.
 //!
 //! Per-connection memory while idle (the 1 KiB budget of DESIGN.md), summed:
-//!   size_of::<Conn<Session>>() in the slab (asserted in `hub`)             248 B
+//!   size_of::<Conn<Session>>() in the slab (asserted in `hub`; 8 B of it
+//!   the socket.io state pointer, None for native connections)             256 B
 //! + the task: glommio header + `shard::conn_task` future (asserted)     ~ 100 B
 //! + glommio's armed read `Source` (Rc<RefCell<InnerSource>>)            ~ 200 B
 //! + waker clone held in `Conn::waker` (a refcount, no allocation)           0 B
@@ -49,7 +50,9 @@ pub struct ConnKey {
 #[derive(Debug)]
 pub enum Inbound {
     Text(Box<str>),
-    Binary(usize),
+    /// A binary message's bytes (socket.io attachments need them; the native codec only
+    /// refuses binary, so it reads the length).
+    Binary(Box<[u8]>),
 }
 
 /// Where a connection is in its life. Only `Open` connections receive published messages.
@@ -571,7 +574,7 @@ impl<S> Conn<S> {
                             }
                         }
                     } else {
-                        inbound.push(Inbound::Binary(data.len()));
+                        inbound.push(Inbound::Binary(data.into()));
                     }
                 }
                 Event::Text(text) if open && wire.echo => {
@@ -581,7 +584,7 @@ impl<S> Conn<S> {
                     echo(outbox, wire, deflate, metrics, false, data)
                 }
                 Event::Text(text) if open => inbound.push(Inbound::Text(text.into())),
-                Event::Binary(data) if open => inbound.push(Inbound::Binary(data.len())),
+                Event::Binary(data) if open => inbound.push(Inbound::Binary(data.into())),
                 // RFC 6455 §5.5.2: answer a Ping with a Pong carrying the same payload.
                 Event::Ping(payload) if open => outbox.push(frame::encode(OpCode::Pong, payload)),
                 // RFC 6455 §5.5.3: a Pong may be unsolicited; receiving anything is proof of life.

@@ -25,8 +25,10 @@
 //! services/          user/room operations, broker and mesh messages, recovery (replays),
 //!                    application hooks (hooks.rs: the webhook client and the neutral calls)
 //! protocol/          the client codec trait, sessions, the one place client ops are handled;
-//!                    ops.rs (neutral ops), native.rs (volley's JSON protocol)
-//! front/             HTTP transport (deadlines, keep-alive, pipelining) and the /ws upgrade
+//!                    ops.rs (neutral ops), native.rs (volley's JSON protocol), socketio/
+//!                    (Engine.IO, Socket.IO, redis-adapter formats, the socket.io codec)
+//! front/             HTTP transport (deadlines, keep-alive, pipelining), the /ws upgrade,
+//!                    socketio.rs (Engine.IO handshake, WebSocket upgrade, polling requests)
 //!                    (plus the opt-in --echo-path upgrade for conformance runs)
 //! api/               the HTTP routes by area: publish, presence, history, stats
 //! http.rs            sans-IO HTTP/1.1 request heads, bodies and responses

@@ -76,8 +76,56 @@ pub struct Presence {
     pub users: Vec<String>,
 }
 
+/// socket.io: the answer to a polling request, made on the session's owner shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SioReply {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
+}
+
+/// socket.io: a polling session handed over to the shard of its new WebSocket at the end
+/// of an upgrade: who it is, its rooms and namespace sockets, and what it had not fetched.
+#[derive(Debug, Default)]
+pub struct SioSnapshot {
+    pub user: Option<String>,
+    pub claims: Option<crate::auth::Claims>,
+    pub rooms: Vec<String>,
+    pub sockets: Vec<(u8, crate::protocol::socketio::engineio::Sid)>,
+    /// The namespace its pushes went out on.
+    pub codec_nsp: u8,
+    /// Frames queued for its next GET (WebSocket frames, as every codec makes them).
+    pub queued: Vec<Bytes>,
+}
+
+/// The steps of a polling session's upgrade to WebSocket, as its owner sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SioUpgradeStep {
+    /// The upgrade request arrived: does the session exist? (an empty snapshot if so)
+    Check,
+    /// `2probe` arrived on the WebSocket: release the pending GET with a noop (`6`).
+    Probe,
+    /// `5` arrived: remove the session and hand it over.
+    Take,
+}
+
 /// A message from one shard to another.
 pub enum ShardMsg {
+    /// socket.io: a polling request (GET, or POST with its body) for a session this shard
+    /// owns (its sid names it); a GET is answered when packets are ready.
+    SioPolling {
+        sid: crate::protocol::socketio::engineio::Sid,
+        post: bool,
+        body: Vec<u8>,
+        reply: oneshot::Sender<SioReply>,
+    },
+    /// socket.io: a step of the WebSocket upgrade of a polling session this shard owns;
+    /// None when there is no such session.
+    SioUpgrade {
+        sid: crate::protocol::socketio::engineio::Sid,
+        step: SioUpgradeStep,
+        reply: oneshot::Sender<Option<SioSnapshot>>,
+    },
     /// Standalone mode: this shard owns these messages' channels; number them and deliver
     /// them everywhere, in order. Answers (seq, recipients in the process) per message.
     Sequence {

@@ -127,6 +127,9 @@ counters! {
     hook_refusals_total: "counter",
     /// Rooms a hook answer asked to join that the connection may not join.
     hook_joins_refused_total: "counter",
+    /// socket.io polling requests and upgrade steps this shard forwarded over the mesh to
+    /// the shard that owns their session (the sid names it).
+    socketio_forwarded_total: "counter",
 }
 
 impl Snapshot {

@@ -225,6 +225,8 @@ impl Shard {
     async fn sweep_loop(self: Rc<Self>) {
         let config = &self.ctx.config;
         let mut next_ping_s = config.ping_interval_s;
+        let sio_ping_s = config.socketio.ping_interval_s();
+        let mut next_sio_ping_s = sio_ping_s;
         let full_every_s = FULL_SWEEP_EVERY_S.min(config.ping_interval_s).max(1);
         let mut next_full_s = full_every_s;
         let mut next_heartbeat_s = 0;
@@ -238,6 +240,10 @@ impl Shard {
             if ping_due {
                 next_ping_s = now_s + config.ping_interval_s;
             }
+            let sio_ping_due = now_s >= next_sio_ping_s;
+            if sio_ping_due {
+                next_sio_ping_s = now_s + sio_ping_s;
+            }
             // Cluster mode, shard 0: the node's heartbeat, whose expiry tells the cluster
             // this node (and the presence it counted) is gone. Retried every second until
             // Redis takes it, then every third of the TTL.
@@ -245,13 +251,19 @@ impl Shard {
             if now_s >= next_heartbeat_s && beat {
                 next_heartbeat_s = now_s + (config.presence_ttl_s / 3).max(1);
             }
-            if !ping_due && now_s < next_full_s {
+            if !ping_due && !sio_ping_due && now_s < next_full_s {
                 continue;
             }
             next_full_s = now_s + full_every_s;
             self.backend.expire(now_s);
             self.svc.prune();
-            self.hub.sweep(now_s, ping_due);
+            self.hub.sweep(now_s, ping_due, sio_ping_due);
+            // socket.io polling sessions closed or idle past the pong timeout.
+            for key in self.hub.expired_polling(now_s) {
+                if let Some(removed) = self.hub.remove(key) {
+                    self.svc.disconnected(removed);
+                }
+            }
         }
     }
 }

@@ -179,7 +179,15 @@ fn echo_path_is_off_by_default_and_loopback_only() {
     let (status, _) = common::request(server.addr, "GET", "/echo", b"");
     assert_eq!(status, 404);
     let out = Command::new(env!("CARGO_BIN_EXE_volley"))
-        .args(["serve", "--listen", "0.0.0.0:0", "--echo-path", "/echo"])
+        // --insecure-open: open mode on a public address is refused for its own reason.
+        .args([
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--insecure-open",
+            "--echo-path",
+            "/echo",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

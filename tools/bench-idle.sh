@@ -4,6 +4,7 @@
 # Usage: tools/bench-idle.sh [--conns 15000] [--broadcasts 20] [--interval-ms 1000]
 #                            [--shards 2] [--size 100] [--rate 5000] [--timeout-s 900]
 #                            [--volley-bin PATH] [--no-build] [--json] [--keep-logs]
+#                            [--socketio]
 #
 #   Builds release volley and swarm, starts `volley serve` on a free 127.0.0.1 port, opens
 #   --conns WebSocket connections with `swarm hold` (several swarm processes of at most
@@ -28,6 +29,8 @@
 #   --no-build         use the binaries already in target/release
 #   --json             print the figures as one JSON object instead of Markdown
 #   --keep-logs        keep the log directory (its path is printed); default: removed on exit
+#   --socketio         the clients are socket.io (Engine.IO over WebSocket, `swarm hold
+#                      --socketio`): each CONNECTs / and gets broadcasts as message events
 #
 # Only the processes this script starts are stopped (by PID): the server (SIGTERM, then
 # SIGKILL after 15 s) and the swarm processes. Loopback only; every wait is bounded.
@@ -58,6 +61,7 @@ die() { echo "bench-idle: $*" >&2; exit 2; }
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; }
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
+SOCKETIO=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --conns) need_value "$@"; CONNS="$2"; shift 2 ;;
@@ -71,6 +75,7 @@ while [[ $# -gt 0 ]]; do
         --no-build) BUILD=0; shift ;;
         --json) JSON=1; shift ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
+        --socketio) SOCKETIO=(--socketio); shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument $1; see --help" ;;
     esac
@@ -206,7 +211,7 @@ PROC_RATE=$(( (RATE + PROCS - 1) / PROCS ))
 for (( i = 0; i < PROCS; i++ )); do
     n=$(( CONNS / PROCS + (i < CONNS % PROCS ? 1 : 0) ))
     # Each swarm process gets its own 8 source addresses: 127.0.<i>.1-8.
-    "$SWARM" hold --url "ws://127.0.0.1:$PORT/ws" --conns "$n" --rate "$PROC_RATE" \
+    "$SWARM" hold "${SOCKETIO[@]}" --url "ws://127.0.0.1:$PORT/ws" --conns "$n" --rate "$PROC_RATE" \
         --duration-s "$HOLD_S" --sources "127.0.$i.1-127.0.$i.8" \
         >"$LOGS/swarm$i.json" 2>"$LOGS/swarm$i.err" &
     SWARM_PIDS+=($!)

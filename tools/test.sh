@@ -15,6 +15,8 @@
 #     as foreground children with a certificate made by openssl; the packages' own services
 #     are neither configured nor started by the tests
 #   - libssl-dev and pkg-config: the native-tls dev-dependency those tests' wss client links
+#   - node and npm, then `npm ci` in tools/socketio-client: the real socket.io-client that
+#     tests/socketio.rs drives (pinned by its package-lock.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,6 +71,15 @@ done
 if ! python3 -c "import kosoku" >/dev/null 2>&1; then
     echo "tools/test.sh: installing the python 'kosoku' package (tests/autobahn.rs)" >&2
     pip_install kosoku
+fi
+
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    echo "tools/test.sh: installing nodejs and npm (tests/socketio.rs)" >&2
+    apt_install nodejs npm
+fi
+if [ ! -d tools/socketio-client/node_modules/socket.io-client ]; then
+    echo "tools/test.sh: npm ci in tools/socketio-client (socket.io-client for tests/socketio.rs)" >&2
+    (cd tools/socketio-client && npm ci --no-audit --no-fund)
 fi
 
 if [ -n "$install_only" ]; then

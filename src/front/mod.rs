@@ -6,6 +6,7 @@
 //! but the upgrade path. Called by `shard`'s accept loop; an accepted upgrade is returned
 //! to it as [`Upgraded`], so the shard alone owns connection lifetimes.
 
+pub mod socketio;
 pub mod upgrade;
 
 use std::rc::Rc;
@@ -201,6 +202,10 @@ pub async fn serve_http(svc: Rc<Services>, mut stream: TcpStream) -> Option<Upgr
         if config.wire.echo_path.as_deref() == Some(head.path.as_str()) {
             return upgrade::upgrade_as(&svc, stream, buf, &head, true).await;
         }
+        let socketio = socketio::is_socketio_path(&svc, &head.path);
+        if socketio && socketio::is_upgrade(&head) {
+            return socketio::upgrade(&svc, stream, buf, &head).await;
+        }
         let body_deadline = Instant::now() + config.http_body_timeout;
         let (body, used) =
             match read_body(&svc, &mut stream, &mut buf, &head, &limits, body_deadline).await {
@@ -212,7 +217,11 @@ pub async fn serve_http(svc: Rc<Services>, mut stream: TcpStream) -> Option<Upgr
             };
         buf.drain(..used);
         let keep_alive = head.keep_alive && svc.ctx.is_accepting();
-        let mut response = api::route(&svc, &head, &body, keep_alive, peer).await;
+        let mut response = if socketio {
+            socketio::polling(&svc, &head, body, keep_alive).await
+        } else {
+            api::route(&svc, &head, &body, keep_alive, peer).await
+        };
         // RFC 9110 §9.3.2: HEAD gets GET's headers, Content-Length included, and no content.
         if head.method == Method::Head {
             http::strip_body(&mut response);

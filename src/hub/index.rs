@@ -87,6 +87,11 @@ impl Index {
             .rooms
             .get_key_value(room)
             .map_or_else(|| Rc::from(room), |(name, _)| name.clone());
+        if rooms.is_empty() {
+            // Most connections are in one room (a socket.io socket is in the room of its
+            // socket id): a first push would reserve four.
+            rooms.reserve_exact(1);
+        }
         rooms.push(name.clone());
         add(&mut self.rooms, &name, key)
     }

@@ -10,6 +10,7 @@
 
 pub mod frames;
 pub mod index;
+pub mod polling;
 pub mod receipts;
 pub mod recovery;
 pub mod session;
@@ -24,6 +25,7 @@ use bytes::Bytes;
 use glommio::net::TcpStream;
 use slab::Slab;
 
+use crate::auth::Claims;
 use crate::config::WRITE_SCRATCH_BYTES;
 use crate::config::{READ_SCRATCH_BYTES, RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S};
 use crate::conn::Inbound;
@@ -32,10 +34,13 @@ use crate::ctx::Ctx;
 use crate::envelope::Target;
 use crate::mesh::{Delivery, Presence};
 use crate::metrics::Metrics;
+use crate::protocol::socketio::engineio::Sid;
+use crate::protocol::socketio::session::socket_owner;
 use crate::protocol::Codec;
 use crate::ws::frame::{self, close_code, OpCode};
 use frames::Frames;
 use index::{Change, Index};
+use polling::{Polling, POLL_BIT};
 use receipts::{Receipt, Receipts};
 use recovery::Admit;
 pub use session::Session;
@@ -51,6 +56,10 @@ const SLAB_RESERVE_MAX: usize = 1 << 20;
 pub struct Hub {
     ctx: Rc<Ctx>,
     conns: RefCell<Slab<Conn<Session>>>,
+    /// socket.io long-polling sessions: keys with `polling::POLL_BIT` set index this slab.
+    polls: RefCell<Slab<Polling>>,
+    /// Polling sessions by sid, for requests (which name the sid, not the key).
+    poll_sids: RefCell<std::collections::HashMap<Sid, ConnKey>>,
     next_generation: Cell<u32>,
     /// Every socket read on this shard lands here first; connections own no read buffer.
     read_buf: RefCell<Box<[u8]>>,
@@ -59,6 +68,8 @@ pub struct Hub {
     limits: ConnLimits,
     /// One empty Ping, encoded once and shared by every connection at every ping round.
     ping_frame: Bytes,
+    /// The Engine.IO ping (`2` in a text frame) socket.io connections get instead.
+    sio_ping_frame: Bytes,
     /// Who is connected as which user and in which rooms, on this shard.
     index: RefCell<Index>,
     receipts: RefCell<Receipts>,
@@ -99,11 +110,14 @@ impl Hub {
             // only touched (and resident) as connections arrive, and the slab never moves,
             // so there is no doubling copy, and no freed old array left behind in RSS.
             conns: RefCell::new(Slab::with_capacity(slab_reserve)),
+            polls: RefCell::new(Slab::new()),
+            poll_sids: RefCell::new(std::collections::HashMap::new()),
             next_generation: Cell::new(0),
             read_buf: RefCell::new(vec![0; READ_SCRATCH_BYTES].into_boxed_slice()),
             write_buf: RefCell::new(vec![0; WRITE_SCRATCH_BYTES].into_boxed_slice()),
             limits,
             ping_frame: frame::encode(OpCode::Ping, &[]),
+            sio_ping_frame: frame::encode(OpCode::Text, b"2"),
             index: RefCell::new(Index::default()),
             receipts: RefCell::new(Receipts::new(RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S)),
             slow_logged: Cell::new((0, 0)),
@@ -172,6 +186,9 @@ impl Hub {
 
     /// Takes a finished connection out of the slab and the index. None for a stale key.
     pub fn remove(&self, key: ConnKey) -> Option<Removed> {
+        if key.index & POLL_BIT != 0 {
+            return self.remove_polling(key);
+        }
         let mut conns = self.conns.borrow_mut();
         let matches = conns
             .get(key.index as usize)
@@ -182,8 +199,13 @@ impl Hub {
         // Dropping the Conn closes the socket.
         let conn = conns.remove(key.index as usize);
         drop(conns);
+        self.unindex(key, conn.into_session())
+    }
+
+    /// Takes a removed connection's key out of the index and the count.
+    fn unindex(&self, key: ConnKey, session: Session) -> Option<Removed> {
         let mut index = self.index.borrow_mut();
-        let user_change = match &conn.session.user {
+        let user_change = match &session.user {
             Some(user) => index.remove_user(user, key),
             None => Change::None,
         };
@@ -194,10 +216,89 @@ impl Hub {
         self.ctx.metrics.connections.set(open - 1);
         Metrics::inc(&self.ctx.metrics.disconnects_total);
         Some(Removed {
-            session: conn.into_session(),
+            session,
             rooms,
             user_change,
         })
+    }
+
+    /// Takes a polling session in (a socket.io polling handshake); its key, for the
+    /// services to subscribe and count it like any connection.
+    pub fn insert_polling(&self, sid: Sid, session: Session) -> ConnKey {
+        let now_s = self.ctx.now_s();
+        let generation = self.next_generation.get();
+        self.next_generation.set(generation.wrapping_add(1));
+        let user = session.user.clone();
+        let index = self
+            .polls
+            .borrow_mut()
+            .insert(Polling::new(generation, sid, session, now_s));
+        let key = ConnKey {
+            index: index as u32 | POLL_BIT,
+            generation,
+        };
+        self.poll_sids.borrow_mut().insert(sid, key);
+        if let Some(user) = &user {
+            self.index.borrow_mut().add_user(user, key);
+        }
+        Metrics::inc(&self.ctx.metrics.connections);
+        key
+    }
+
+    /// The key of this shard's polling session `sid`.
+    pub fn polling_key(&self, sid: &Sid) -> Option<ConnKey> {
+        self.poll_sids.borrow().get(sid).copied()
+    }
+
+    /// Polling sessions on this shard.
+    pub fn polling_len(&self) -> usize {
+        self.polls.borrow().len()
+    }
+
+    /// Runs `f` on a live polling session.
+    pub fn with_polling<R>(&self, key: ConnKey, f: impl FnOnce(&mut Polling) -> R) -> Option<R> {
+        let mut polls = self.polls.borrow_mut();
+        let poll = polls.get_mut((key.index & !POLL_BIT) as usize)?;
+        if poll.generation != key.generation || key.index & POLL_BIT == 0 {
+            return None;
+        }
+        Some(f(poll))
+    }
+
+    fn remove_polling(&self, key: ConnKey) -> Option<Removed> {
+        let mut polls = self.polls.borrow_mut();
+        let at = (key.index & !POLL_BIT) as usize;
+        if polls.get(at).is_none_or(|p| p.generation != key.generation) {
+            return None;
+        }
+        let mut poll = polls.remove(at);
+        drop(polls);
+        poll.close();
+        self.poll_sids.borrow_mut().remove(&poll.sid);
+        self.unindex(key, poll.session)
+    }
+
+    /// Polling sessions that are closed, or idle past the socket.io ping timeout: the
+    /// sweep removes them and the services say goodbye for them.
+    pub fn expired_polling(&self, now_s: u32) -> Vec<ConnKey> {
+        let idle_s = self.ctx.config.socketio.idle_timeout_s();
+        self.polls
+            .borrow()
+            .iter()
+            .filter(|(_, p)| {
+                let connect_late =
+                    p.session.sio.as_ref().is_some_and(|s| {
+                        s.connect_deadline_s != 0 && now_s >= s.connect_deadline_s
+                    });
+                p.closed
+                    || connect_late
+                    || (!p.getting && now_s.saturating_sub(p.last_rx_s) >= idle_s)
+            })
+            .map(|(i, p)| ConnKey {
+                index: i as u32 | POLL_BIT,
+                generation: p.generation,
+            })
+            .collect()
     }
 
     /// Polls one connection's socket (read, write, close handshake). Client data messages
@@ -227,6 +328,9 @@ impl Hub {
 
     /// Runs `f` on a live connection's session.
     pub fn with_session<R>(&self, key: ConnKey, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        if key.index & POLL_BIT != 0 {
+            return self.with_polling(key, |p| f(&mut p.session));
+        }
         let mut conns = self.conns.borrow_mut();
         let conn = conns.get_mut(key.index as usize)?;
         if conn.generation() != key.generation {
@@ -242,6 +346,11 @@ impl Hub {
     /// Queues a frame (a reply, a replayed message) to one connection, under the same
     /// limits as any message.
     pub fn send(&self, key: ConnKey, frame: Bytes) {
+        if key.index & POLL_BIT != 0 {
+            let (frames_max, bytes_max) = self.polling_limits();
+            self.with_polling(key, |p| p.push(frame, frames_max, bytes_max));
+            return;
+        }
         let now_s = self.ctx.now_s();
         let mut conns = self.conns.borrow_mut();
         if let Some(conn) = conns.get_mut(key.index as usize) {
@@ -253,6 +362,10 @@ impl Hub {
 
     /// Starts closing one connection with a close code.
     pub fn close(&self, key: ConnKey, code: u16, reason: &str) {
+        if key.index & POLL_BIT != 0 {
+            self.with_polling(key, Polling::close);
+            return;
+        }
         let now_s = self.ctx.now_s();
         let mut conns = self.conns.borrow_mut();
         if let Some(conn) = conns.get_mut(key.index as usize) {
@@ -264,6 +377,11 @@ impl Hub {
 
     /// Frames queued to an open connection; None once it is gone or closing.
     pub fn queued_frames(&self, key: ConnKey) -> Option<usize> {
+        if key.index & POLL_BIT != 0 {
+            return self
+                .with_polling(key, |p| (!p.closed).then_some(p.outbox.len()))
+                .flatten();
+        }
         self.conns
             .borrow()
             .get(key.index as usize)
@@ -287,6 +405,16 @@ impl Hub {
         let mut push = |conn: &mut Conn<Session>| {
             // Conformance echo connections take part in no delivery.
             if conn.wire().echo {
+                return;
+            }
+            // A socket.io client gets nothing before it has connected a namespace (its
+            // library would hold the packet and hand it over after the connect).
+            if conn
+                .session
+                .sio
+                .as_ref()
+                .is_some_and(|s| s.is_unconnected())
+            {
                 return;
             }
             let frame = frames.for_conn(conn.session.codec, conn.wire(), &mut deflate, metrics);
@@ -316,17 +444,53 @@ impl Hub {
             }
         };
         let index = self.index.borrow();
+        let mut polls = self.polls.borrow_mut();
+        let mut poll_keys = Vec::new();
         let keys = match &delivery.publish.target {
             Target::All => {
                 for (_, conn) in conns.iter_mut() {
                     push(conn);
                 }
+                poll_keys.extend(polls.iter().map(|(i, p)| ConnKey {
+                    index: i as u32 | POLL_BIT,
+                    generation: p.generation,
+                }));
                 &[][..]
             }
             Target::User(user) => index.user_conns(user),
-            Target::Room(room) => index.room_conns(room),
+            Target::Room(room) => {
+                // A socket.io socket id names its connection (no index entry).
+                let socket = socket_owner(room)
+                    .filter(|&(shard, _, _)| usize::from(shard) == self.ctx.id)
+                    .map(|(_, index, generation)| ConnKey { index, generation });
+                if let Some(key) = socket {
+                    let owns = |session: &Session| {
+                        session.sio.as_ref().is_some_and(|s| {
+                            s.sockets.iter().any(|(_, id)| id.as_str() == room.as_str())
+                        })
+                    };
+                    if key.index & POLL_BIT != 0 {
+                        let at = (key.index & !POLL_BIT) as usize;
+                        if polls
+                            .get(at)
+                            .is_some_and(|p| p.generation == key.generation && owns(&p.session))
+                        {
+                            poll_keys.push(key);
+                        }
+                    } else if let Some(conn) = conns.get_mut(key.index as usize) {
+                        if conn.generation() == key.generation && owns(&conn.session) {
+                            push(conn);
+                        }
+                    }
+                }
+                index.room_conns(room)
+            }
         };
         for key in keys {
+            if key.index & POLL_BIT != 0 {
+                poll_keys.push(*key);
+                continue;
+            }
             if let Some(conn) = conns.get_mut(key.index as usize) {
                 if conn.generation() == key.generation {
                     push(conn);
@@ -336,6 +500,23 @@ impl Hub {
         drop(index);
         drop(conns);
         drop(deflate);
+        // Polling sessions: the same frames, queued for their next GET (no recovery hold:
+        // `recover` over polling replays without holding live messages back).
+        let (frames_max, bytes_max) = self.polling_limits();
+        for key in poll_keys {
+            let Some(poll) = polls.get_mut((key.index & !POLL_BIT) as usize) else {
+                continue;
+            };
+            let unconnected = poll.session.sio.as_ref().is_none_or(|s| s.is_unconnected());
+            if poll.generation != key.generation || unconnected {
+                continue;
+            }
+            let frame = frames.for_codec(poll.session.codec);
+            if poll.push(frame, frames_max, bytes_max) {
+                queued += 1;
+            }
+        }
+        drop(polls);
         Metrics::add(&metrics.frames_encoded_total, frames.encoded() as u64);
         // Receipts only where something was delivered: a shard with no recipient keeps no
         // entry (the table is bounded, and empty entries would evict real ones).
@@ -356,6 +537,30 @@ impl Hub {
     /// Takes a connection out of a room; `Change::None` when it was not in.
     pub fn leave(&self, room: &str, key: ConnKey) -> Change {
         self.index.borrow_mut().leave(room, key)
+    }
+
+    /// Gives a connection that had no user one (a socket.io CONNECT names it after the
+    /// upgrade); false when it is gone or already has a user.
+    pub fn set_user(&self, key: ConnKey, user: Rc<str>, claims: Option<Rc<Claims>>) -> bool {
+        let named = self
+            .with_session(key, |s| {
+                if s.user.is_some() {
+                    return false;
+                }
+                s.user = Some(user.clone());
+                s.claims = claims;
+                true
+            })
+            .unwrap_or(false);
+        if named {
+            self.index.borrow_mut().add_user(&user, key);
+        }
+        named
+    }
+
+    /// The rooms a connection is in.
+    pub fn rooms_of(&self, key: ConnKey) -> Vec<Rc<str>> {
+        self.index.borrow().rooms_of(key).to_vec()
     }
 
     pub fn room_count_of(&self, key: ConnKey) -> usize {
@@ -445,12 +650,17 @@ impl Hub {
         self.receipts.borrow().get(id).unwrap_or_default()
     }
 
-    /// One pass over the slab: pings every open connection when `ping_due`, closes idle
-    /// ones, cuts off closing ones past their deadline and ends finished recoveries. One
-    /// pass replaces a timer per connection.
-    pub fn sweep(&self, now_s: u32, ping_due: bool) {
+    /// One pass over the slab: pings every open connection when `ping_due` (socket.io
+    /// connections when `sio_ping_due`, with an Engine.IO ping), closes idle ones and
+    /// socket.io ones that never connected a namespace, cuts off closing ones past their
+    /// deadline and ends finished recoveries. One pass replaces a timer per connection.
+    pub fn sweep(&self, now_s: u32, ping_due: bool, sio_ping_due: bool) {
         self.log_slow_consumers(now_s);
         let idle_s = self.ctx.config.idle_timeout_s;
+        let sio_idle_s = self.ctx.config.socketio.idle_timeout_s();
+        if sio_ping_due {
+            self.ping_polling();
+        }
         let metrics = &self.ctx.metrics;
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
             if let Some(recovering) = conn.session.recovering.as_mut() {
@@ -458,16 +668,31 @@ impl Hub {
                     conn.session.recovering = None;
                 }
             }
+            let (idle_s, ping_due, ping_frame, connect_late) = match &conn.session.sio {
+                None => (idle_s, ping_due, &self.ping_frame, false),
+                Some(sio) => (
+                    sio_idle_s,
+                    sio_ping_due,
+                    &self.sio_ping_frame,
+                    sio.connect_deadline_s != 0 && now_s >= sio.connect_deadline_s,
+                ),
+            };
             match conn.state() {
                 ConnState::Open if now_s.saturating_sub(conn.last_rx_s()) >= idle_s => {
                     Metrics::inc(&metrics.idle_closes_total);
                     conn.close(close_code::GOING_AWAY, "idle timeout", &self.limits, now_s);
                 }
-                // Conformance echo connections are not pinged: the kosoku runner drops the
-                // data message that follows a Ping under permessage-deflate (seen on the wire,
-                // docs/CONFORMANCE.md), and an Autobahn client is never idle anyway.
+                ConnState::Open if connect_late => {
+                    Metrics::inc(&metrics.idle_closes_total);
+                    conn.close(
+                        close_code::POLICY,
+                        "socket.io connect timeout",
+                        &self.limits,
+                        now_s,
+                    );
+                }
                 ConnState::Open if ping_due && !conn.wire().echo => {
-                    conn.push(self.ping_frame.clone(), &self.limits, metrics, now_s);
+                    conn.push(ping_frame.clone(), &self.limits, metrics, now_s);
                 }
                 ConnState::Open => {}
                 ConnState::Dead => {}
@@ -493,6 +718,21 @@ impl Hub {
                 self.limits.outbound_bytes_max,
                 self.limits.close_timeout_s
             );
+        }
+    }
+
+    fn polling_limits(&self) -> (usize, usize) {
+        (
+            self.limits.outbound_frames_max,
+            self.limits.outbound_bytes_max,
+        )
+    }
+
+    /// Pings every polling session (they are pinged like socket.io sockets).
+    pub fn ping_polling(&self) {
+        let (frames_max, bytes_max) = self.polling_limits();
+        for (_, poll) in self.polls.borrow_mut().iter_mut() {
+            poll.push(self.sio_ping_frame.clone(), frames_max, bytes_max);
         }
     }
 

@@ -6,6 +6,7 @@
 use std::rc::Rc;
 
 use crate::auth::Claims;
+use crate::protocol::socketio::session::SioState;
 use crate::protocol::Codec;
 
 /// A token bucket in thousandths of a token, refilled from a millisecond clock.
@@ -58,6 +59,8 @@ pub struct Session {
     /// Channels being recovered (replay under way, or a short grace after it); None for
     /// almost every connection, so it costs one pointer.
     pub recovering: Option<Box<super::recovery::Recovering>>,
+    /// socket.io state; None for native and raw connections, so it costs one pointer.
+    pub sio: Option<Box<SioState>>,
 }
 
 impl Session {
@@ -75,6 +78,7 @@ impl Session {
             strikes_at_s: 0,
             publish_bucket: TokenBucket::full(burst),
             recovering: None,
+            sio: None,
         }
     }
 

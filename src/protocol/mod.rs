@@ -26,17 +26,22 @@ pub enum Codec {
     Native,
     /// Push-only: every message arrives as its bare payload; client messages are ignored.
     Raw,
+    /// A socket.io client (Engine.IO over WebSocket or polling); pushes go out on the
+    /// interned namespace this names (`socketio::namespace_name`), the first the client
+    /// connected to. Its client packets go to `services::socketio`, not `decode`.
+    SocketIo(u8),
 }
 
 impl Codec {
     /// Number of codecs: the size of a delivery's frame cache.
-    pub const COUNT: usize = 2;
+    pub const COUNT: usize = 2 + socketio::NAMESPACES_MAX;
 
     /// This codec's slot in a frame cache, `0..COUNT`.
     pub const fn index(self) -> usize {
         match self {
             Codec::Native => 0,
             Codec::Raw => 1,
+            Codec::SocketIo(nsp) => 2 + nsp as usize % socketio::NAMESPACES_MAX,
         }
     }
 
@@ -45,6 +50,7 @@ impl Codec {
         match self {
             Codec::Native => &native::Native,
             Codec::Raw => &Raw,
+            Codec::SocketIo(nsp) => socketio::codec::for_namespace(nsp),
         }
     }
 
@@ -239,10 +245,9 @@ mod tests {
 
     #[test]
     fn every_codec_has_its_own_cache_slot() {
-        let slots: std::collections::HashSet<usize> = [Codec::Native, Codec::Raw]
-            .iter()
-            .map(|c| c.index())
-            .collect();
+        let mut codecs = vec![Codec::Native, Codec::Raw];
+        codecs.extend((0..socketio::NAMESPACES_MAX as u8).map(Codec::SocketIo));
+        let slots: std::collections::HashSet<usize> = codecs.iter().map(|c| c.index()).collect();
         assert_eq!(slots.len(), Codec::COUNT);
         assert!(slots.iter().all(|&s| s < Codec::COUNT));
     }

@@ -13,6 +13,7 @@ pub mod gaps;
 pub mod hooks;
 pub mod ops;
 pub mod recovery;
+pub mod socketio;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -73,6 +74,12 @@ impl Services {
     /// its user as present.
     pub fn connected(&self, key: ConnKey) {
         self.backend.interest("all", true);
+        self.user_connected(key);
+    }
+
+    /// A connection's user became known (at connect, or at a socket.io CONNECT): subscribe
+    /// to its user channel and count it as present.
+    pub fn user_connected(&self, key: ConnKey) {
         let user = self.hub.with_session(key, |s| s.user.clone()).flatten();
         if let Some(user) = user {
             let channel = format!("user:{user}");
@@ -85,6 +92,7 @@ impl Services {
     /// A connection left the hub: unsubscribe, update presence, tell its rooms.
     pub fn disconnected(self: &Rc<Self>, removed: Removed) {
         self.backend.interest("all", false);
+        socketio::released(self, &removed);
         let user = removed.session.user.as_deref();
         if let Some(user) = user {
             let channel = format!("user:{user}");
@@ -134,7 +142,9 @@ impl Services {
         Ok(())
     }
 
-    fn join_unchecked(self: &Rc<Self>, key: ConnKey, room: &str) -> bool {
+    /// Puts a connection in a room without the permission and count checks (server-side
+    /// membership, and the room named by a socket.io socket id); false if it already was.
+    pub fn join_unchecked(self: &Rc<Self>, key: ConnKey, room: &str) -> bool {
         if self.hub.join(room, key) == crate::hub::index::Change::None {
             return false;
         }
@@ -667,6 +677,15 @@ impl Services {
                 let _ = reply.send(self.backend.local.inbox_take_owned(&user));
             }
             ShardMsg::InboxAck { user, seq } => self.backend.local.inbox_ack_owned(&user, seq),
+            ShardMsg::SioPolling {
+                sid,
+                post,
+                body,
+                reply,
+            } => socketio::on_mesh_polling(self, sid, post, body, reply),
+            ShardMsg::SioUpgrade { sid, step, reply } => {
+                let _ = reply.send(socketio::owned_upgrade(self, sid, step));
+            }
             ShardMsg::Receipt { id, reply } => {
                 let receipt = self.hub.receipt(&id);
                 let _ = reply.send((receipt.delivered, receipt.acked));

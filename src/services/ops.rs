@@ -12,7 +12,7 @@ use crate::config::{CLIENT_STRIKES_MAX, CLIENT_STRIKE_DECAY_S};
 use crate::conn::{ConnKey, Inbound};
 use crate::envelope::Target;
 use crate::metrics::Metrics;
-use crate::protocol::{ClientOp, Decoded, ErrorCode, OpError, OpLimits, Ref, Request};
+use crate::protocol::{ClientOp, Codec, Decoded, ErrorCode, OpError, OpLimits, Ref, Request};
 use crate::ws::frame::close_code;
 
 /// Handles every data message one connection sent in one read.
@@ -26,6 +26,12 @@ pub fn dispatch(svc: &Rc<Services>, key: ConnKey, inbound: Vec<Inbound>) {
         let Some(codec) = svc.hub.codec(key) else {
             return;
         };
+        if let Codec::SocketIo(_) = codec {
+            // socket.io packets need the connection's socket.io state (namespaces, pending
+            // attachments); their ops come back through `handle`.
+            super::socketio::on_inbound(svc, key, message);
+            continue;
+        }
         match codec.get().decode(&message, &limits) {
             Decoded::Ignored => {}
             Decoded::Op(request) => handle(svc, key, request),

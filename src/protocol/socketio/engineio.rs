@@ -516,6 +516,19 @@ impl Sid {
         Sid(text)
     }
 
+    /// The sid a request names, if it is one [`Sid::new`] could have made.
+    pub fn parse(text: &str) -> Option<Sid> {
+        owner_shard(text)?;
+        let mut raw = [0u8; SID_CHARS];
+        raw.copy_from_slice(text.as_bytes());
+        Some(Sid(raw))
+    }
+
+    /// The shard the sid names.
+    pub fn owner(&self) -> u16 {
+        owner_shard(self.as_str()).unwrap_or(0)
+    }
+
     pub fn as_str(&self) -> &str {
         // base64url output is ASCII.
         std::str::from_utf8(&self.0).unwrap_or_default()
@@ -530,6 +543,11 @@ impl fmt::Debug for Sid {
 
 /// The shard that owns `sid`, or `None` if it is not a sid [`Sid::new`] made.
 pub fn owner_shard(sid: &str) -> Option<u16> {
+    sid_parts(sid).map(|(shard, _)| shard)
+}
+
+/// The shard and the random bytes of a sid [`Sid::new`] made.
+pub fn sid_parts(sid: &str) -> Option<(u16, [u8; SID_RANDOM_BYTES])> {
     if sid.len() != SID_CHARS {
         return None;
     }
@@ -540,7 +558,9 @@ pub fn owner_shard(sid: &str) -> Option<u16> {
     if n != raw.len() || raw[0] != SID_TAG {
         return None;
     }
-    Some(u16::from_be_bytes([raw[1], raw[2]]))
+    let mut random = [0u8; SID_RANDOM_BYTES];
+    random.copy_from_slice(&raw[3..]);
+    Some((u16::from_be_bytes([raw[1], raw[2]]), random))
 }
 
 /// Decodes arbitrary bytes as a polling body, a text packet and a sid; must never panic.

@@ -14,16 +14,65 @@
 //! socket.io event argument can be once attachments are put back in place, and what a
 //! notepack-encoded broadcast carries.
 //!
-//! Called by the socket.io front (HTTP polling and WebSocket transports) and the socket.io
-//! client codec beside `protocol::native`; neither is written yet. Byte fixtures from the
+//! - [`codec`]: the `ClientCodec` of socket.io connections (pushes, op replies), and
+//!   [`session`]: the per-connection socket.io state the hub keeps in a `Session`.
+//!
+//! Called by `front::socketio` (HTTP polling and WebSocket transports), `services::socketio`
+//! (what a client's packets do) and the hub (through the codec). Byte fixtures from the
 //! real npm packages live in `tools/socketio-fixtures/fixtures.json` (with the script that
 //! wrote them) and are checked by the tests of each module.
 
 pub mod adapter;
+pub mod codec;
 pub mod engineio;
 pub mod packet;
+pub mod session;
+
+use std::sync::{Mutex, OnceLock};
 
 use bytes::Bytes;
+
+/// Namespaces a process knows, `/` included: each is one `Codec::SocketIo` and one slot of
+/// a delivery's frame cache, so the bound keeps that cache small.
+pub const NAMESPACES_MAX: usize = 8;
+
+/// Namespace names by interned index (0 is `/`). Written only by [`intern_namespace`] while
+/// flags are validated, before any shard starts; read lock-free by the codec afterwards.
+/// Process-wide because a `Codec` is a `Copy` value with no config at hand.
+static NAMESPACES: [OnceLock<Box<str>>; NAMESPACES_MAX] =
+    [const { OnceLock::new() }; NAMESPACES_MAX];
+/// Serializes [`intern_namespace`] (config time only).
+static INTERNING: Mutex<()> = Mutex::new(());
+
+/// The index of a namespace, interning it on first sight; None when the table is full.
+pub fn intern_namespace(name: &str) -> Option<u8> {
+    if name == "/" {
+        return Some(0);
+    }
+    let _guard = INTERNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    for (i, slot) in NAMESPACES.iter().enumerate().skip(1) {
+        match slot.get() {
+            Some(known) if &**known == name => return Some(i as u8),
+            Some(_) => {}
+            None => {
+                let _ = slot.set(name.into());
+                return Some(i as u8);
+            }
+        }
+    }
+    None
+}
+
+/// The name of an interned namespace (`/` for 0 and for an index never interned).
+pub fn namespace_name(index: u8) -> &'static str {
+    NAMESPACES
+        .get(usize::from(index))
+        .filter(|_| index > 0)
+        .and_then(OnceLock::get)
+        .map_or("/", |name| &**name)
+}
 
 /// A socket.io value: JSON plus binary. Object keys keep their order (JavaScript objects
 /// keep insertion order, and notepack writes keys in that order).

@@ -524,7 +524,7 @@ pub enum Push<'a> {
 /// `451-["message",{"_placeholder":true,"num":0}]`. The bytes serve WebSocket text frames
 /// and polling bodies alike, so the engine encodes each broadcast once per codec and shares
 /// them. A JSON payload is copied, never parsed again.
-pub fn encode_push(nsp: &str, event: &str, payload: Push<'_>) -> Bytes {
+pub fn encode_push(nsp: &str, event: &str, id: Option<u64>, payload: Push<'_>) -> Bytes {
     let payload_bytes = match payload {
         Push::Json(text) | Push::Text(text) => text.len(),
         Push::Binary => 32,
@@ -535,7 +535,7 @@ pub fn encode_push(nsp: &str, event: &str, payload: Push<'_>) -> Bytes {
         Push::Binary => PacketType::BinaryEvent,
         _ => PacketType::Event,
     };
-    write_head(&mut out, kind, 1, nsp, None);
+    write_head(&mut out, kind, 1, nsp, id);
     out.push(b'[');
     write_json_str(&mut out, event);
     out.push(b',');
@@ -688,14 +688,14 @@ mod tests {
     #[test]
     fn push_is_encoded_once_without_reparsing() {
         assert_eq!(
-            encode_push("/", "message", Push::Json(r#"{"a":1}"#)),
+            encode_push("/", "message", None, Push::Json(r#"{"a":1}"#)),
             Bytes::from_static(br#"42["message",{"a":1}]"#)
         );
         assert_eq!(
-            encode_push("/chat", "news", Push::Text("say \"hi\"\n")),
+            encode_push("/chat", "news", None, Push::Text("say \"hi\"\n")),
             Bytes::from_static(br#"42/chat,["news","say \"hi\"\n"]"#)
         );
-        let binary = encode_push("/", "message", Push::Binary);
+        let binary = encode_push("/", "message", None, Push::Binary);
         assert_eq!(
             binary,
             Bytes::from_static(br#"451-["message",{"_placeholder":true,"num":0}]"#)
@@ -711,7 +711,7 @@ mod tests {
                 Value::Binary(Bytes::from_static(b"xyz"))
             ])
         );
-        let event = encode_push("/", "a\u{1e}b", Push::Json("[1]"));
+        let event = encode_push("/", "a\u{1e}b", None, Push::Json("[1]"));
         assert!(
             !event.contains(&0x1e),
             "the event name is escaped for polling bodies"

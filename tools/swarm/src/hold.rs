@@ -57,6 +57,42 @@ pub struct HoldConfig {
     /// Machine-readable progress for a coordinator: one `swarm-status {json}` line on
     /// stderr every `STATUS_EVERY_MS` instead of the human lines or bars.
     pub status_lines: bool,
+    /// socket.io mode: Engine.IO over WebSocket on `/socket.io/`.
+    pub socketio: bool,
+}
+
+/// The Engine.IO WebSocket path swarm's socket.io mode connects to.
+const SOCKETIO_PATH: &str = "/socket.io/?EIO=4&transport=websocket";
+
+/// What a socket.io text frame is to swarm.
+enum SioFrame {
+    /// The open packet: CONNECT `/` now.
+    Open,
+    /// An Engine.IO ping: answer with a pong.
+    Ping,
+    /// The argument of a `message` event (`42[id]["message",arg]`), as JSON bytes.
+    Message(Vec<u8>),
+    /// Anything else (the CONNECT reply, other events).
+    Other,
+}
+
+fn sio_frame(text: &str) -> SioFrame {
+    if text.starts_with('0') {
+        return SioFrame::Open;
+    }
+    if text == "2" {
+        return SioFrame::Ping;
+    }
+    let Some(rest) = text.strip_prefix("42") else {
+        return SioFrame::Other;
+    };
+    let args = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+    match serde_json::from_str::<(String, serde_json::Value)>(args) {
+        Ok((name, arg)) if name == "message" => {
+            SioFrame::Message(serde_json::to_vec(&arg).unwrap_or_default())
+        }
+        _ => SioFrame::Other,
+    }
 }
 
 /// Prefix of the machine-readable progress lines (`--status-lines`).
@@ -411,7 +447,12 @@ async fn conn_task(
     stopped_at: Rc<std::cell::Cell<Option<tokio::time::Instant>>>,
 ) {
     let p = &progress[w];
-    let request = format!("ws://{}{}", cfg.target.authority, cfg.target.path);
+    let path = if cfg.socketio {
+        SOCKETIO_PATH
+    } else {
+        cfg.target.path.as_str()
+    };
+    let request = format!("ws://{}{}", cfg.target.authority, path);
     let attempt = tokio::time::timeout(
         cfg.connect_timeout,
         connect(source, &cfg.target, request, ws_config),
@@ -451,7 +492,24 @@ async fn conn_task(
             }
             msg = ws.next() => msg,
         };
+        let sio_arg;
         let payload: &[u8] = match &msg {
+            Some(Ok(Message::Text(t))) if cfg.socketio => match sio_frame(t.as_str()) {
+                SioFrame::Open => {
+                    let _ = ws.send(Message::text("40")).await;
+                    continue;
+                }
+                SioFrame::Ping => {
+                    stats.borrow_mut().pings += 1;
+                    let _ = ws.send(Message::text("3")).await;
+                    continue;
+                }
+                SioFrame::Message(arg) => {
+                    sio_arg = arg;
+                    &sio_arg
+                }
+                SioFrame::Other => continue,
+            },
             Some(Ok(Message::Text(t))) => t.as_bytes(),
             Some(Ok(Message::Binary(b))) => b,
             Some(Ok(Message::Ping(_))) => {
@@ -511,5 +569,21 @@ async fn conn_task(
             while let Some(Ok(_)) = ws.next().await {}
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{sio_frame, SioFrame};
+
+    #[test]
+    fn socketio_frames() {
+        assert!(matches!(sio_frame("0{\"sid\":\"x\"}"), SioFrame::Open));
+        assert!(matches!(sio_frame("2"), SioFrame::Ping));
+        assert!(matches!(sio_frame("40{\"sid\":\"x\"}"), SioFrame::Other));
+        match sio_frame("4212[\"message\",{\"seq\":3,\"t_us\":9}]") {
+            SioFrame::Message(arg) => assert_eq!(arg, br#"{"seq":3,"t_us":9}"#.to_vec()),
+            _ => panic!("not a message"),
+        }
     }
 }

@@ -115,6 +115,11 @@ struct HoldArgs {
     /// `swarm run`) instead of human progress.
     #[arg(long, hide = true)]
     status_lines: bool,
+    /// Speak socket.io (Engine.IO 4 over WebSocket): connect to
+    /// `/socket.io/?EIO=4&transport=websocket` on --url's host, CONNECT `/`, answer the
+    /// Engine.IO pings and read each `message` event's argument as the probe.
+    #[arg(long)]
+    socketio: bool,
 }
 
 #[derive(Args)]
@@ -201,9 +206,11 @@ fn hold(a: HoldArgs) -> Result<serde_json::Value, String> {
         inflight_max: a.inflight_max,
         drain: Duration::from_millis(a.drain_ms),
         status_lines: a.status_lines,
+        socketio: a.socketio,
     };
     eprintln!(
-        "swarm hold: url={} conns={} rate={}/s duration={}s sources={} ({} addrs) workers={} connect_timeout={}ms inflight_max={} drain={}ms nofile={nofile}",
+        "swarm hold: socketio={} url={} conns={} rate={}/s duration={}s sources={} ({} addrs) workers={} connect_timeout={}ms inflight_max={} drain={}ms nofile={nofile}",
+        cfg.socketio,
         cfg.url,
         cfg.conns,
         cfg.rate_per_s,

@@ -1,0 +1,896 @@
+//! What a socket.io client's packets do, whatever transport carried them: Engine.IO pongs,
+//! probes and closes; Socket.IO CONNECT (namespace, auth, socket id room), DISCONNECT,
+//! events (volley's ops `join`, `leave`, `publish`, `recover`, `ack`, answered through the
+//! ack the client asked for) and ACKs of server pushes (counted as volley acks).
+//!
+//! The ops themselves are acted on by `ops::handle`, as for every codec; replies go out
+//! through `protocol::socketio::codec`. Any packet that is not Engine.IO or Socket.IO
+//! closes that client only (socket.io servers close the session on a parse error).
+//! Called by `ops::dispatch` for `Codec::SocketIo` connections.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use serde_json::Value as Json;
+
+use super::ops;
+use super::Services;
+use crate::config::{ClientAuth, SOCKETIO_NAMESPACE_BYTES_MAX};
+use crate::conn::{ConnKey, Inbound};
+use crate::envelope::Target;
+use crate::hub::Session;
+use crate::mesh::{ShardMsg, SioReply, SioSnapshot, SioUpgradeStep};
+use crate::metrics::Metrics;
+use crate::protocol::socketio::codec::{self, ack_ref, message_frame, ws_text};
+use crate::protocol::socketio::engineio::{self, PacketType as EioType, Sid, SID_RANDOM_BYTES};
+use crate::protocol::socketio::engineio::{Open, PayloadLimits, Queued, RequestError};
+use crate::protocol::socketio::packet::{self, PacketType};
+use crate::protocol::socketio::session::Partial;
+use crate::protocol::socketio::session::{socket_id, SioState, HELD_MAX};
+use crate::protocol::socketio::{namespace_name, Value};
+use crate::protocol::{check_name, ClientOp, Codec, ErrorCode, OpError, Request, Since};
+use crate::ws::frame::close_code;
+
+/// Content type of polling bodies, as engine.io sends it.
+const POLLING_CONTENT_TYPE: &str = "text/plain; charset=UTF-8";
+
+/// A sid for a new Engine.IO session or namespace socket on `shard`, from the kernel's
+/// random source (getrandom(2)): the sid alone lets a polling request act as its session.
+pub fn random_sid(shard: usize) -> Sid {
+    let mut random = [0u8; SID_RANDOM_BYTES];
+    // SAFETY: getrandom writes at most `random.len()` bytes into the buffer we own.
+    let got = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    if got != random.len() as isize {
+        // getrandom on Linux >= 3.17 does not fail for 12 bytes once the pool is ready;
+        // if it ever does, mix the clock in rather than hand out zeros.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        random.copy_from_slice(&nanos.to_le_bytes()[..SID_RANDOM_BYTES]);
+    }
+    Sid::new(shard as u16, &random)
+}
+
+fn unix_now_s() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Handles one message a socket.io connection sent; a protocol violation closes it.
+pub fn on_inbound(svc: &Rc<Services>, key: ConnKey, inbound: Inbound) {
+    // A WebSocket taking over a polling session holds what it gets until it has the
+    // session's namespaces (the hand-over may wait for another shard).
+    let inbound = match svc.hub.with_session(key, |s| hold(s, inbound)) {
+        Some(Hold::Pass(inbound)) => inbound,
+        Some(Hold::Held) | None => return,
+        Some(Hold::Overflow) => {
+            Metrics::inc(&svc.ctx.metrics.protocol_error_closes_total);
+            svc.hub.close(
+                key,
+                close_code::POLICY,
+                "too many packets during the upgrade",
+            );
+            return;
+        }
+    };
+    let result = match inbound {
+        Inbound::Text(text) => on_text(svc, key, &text),
+        Inbound::Binary(data) => on_attachment(svc, key, Bytes::from(Vec::from(data))),
+    };
+    if let Err(reason) = result {
+        Metrics::inc(&svc.ctx.metrics.protocol_error_closes_total);
+        svc.hub.close(key, close_code::POLICY, &reason);
+    }
+}
+
+enum Hold {
+    /// Not handing over: handle it now.
+    Pass(Inbound),
+    Held,
+    /// Past `HELD_MAX`: close the client.
+    Overflow,
+}
+
+/// Holds `inbound` while the connection is being handed its polling session.
+fn hold(session: &mut Session, inbound: Inbound) -> Hold {
+    let Some(held) = session.sio.as_mut().and_then(|s| s.held.as_mut()) else {
+        return Hold::Pass(inbound);
+    };
+    if held.len() >= HELD_MAX {
+        return Hold::Overflow;
+    }
+    held.push(inbound);
+    Hold::Held
+}
+
+fn on_text(svc: &Rc<Services>, key: ConnKey, text: &str) -> Result<(), String> {
+    let decoded = engineio::decode_text(text).map_err(|e| e.to_string())?;
+    on_eio_packet(svc, key, decoded)
+}
+
+fn on_eio_packet(
+    svc: &Rc<Services>,
+    key: ConnKey,
+    decoded: engineio::Packet<'_>,
+) -> Result<(), String> {
+    match decoded {
+        engineio::Packet::Text { kind, data } => match kind {
+            // Proof of life is any byte: the conn already noted the time.
+            EioType::Pong => Ok(()),
+            EioType::Message => on_packet(svc, key, data),
+            // The polling-to-WebSocket upgrade probe (engine.io-protocol v4, "Upgrade").
+            EioType::Ping if data == "probe" => {
+                svc.hub.send(key, ws_text(b"3probe"));
+                upgrade_step(svc, key, SioUpgradeStep::Probe);
+                Ok(())
+            }
+            EioType::Upgrade => {
+                svc.hub.with_session(key, |s| {
+                    if let Some(sio) = s.sio.as_mut() {
+                        sio.held = Some(Box::default());
+                    }
+                });
+                upgrade_step(svc, key, SioUpgradeStep::Take);
+                Ok(())
+            }
+            EioType::Noop => Ok(()),
+            EioType::Close => {
+                svc.hub.close(key, close_code::NORMAL, "");
+                Ok(())
+            }
+            // engine.io-protocol v4: the server pings; a client's ping is an error.
+            EioType::Ping | EioType::Open => {
+                Err(format!("engine.io packet {kind:?} from a client"))
+            }
+        },
+        engineio::Packet::Binary(data) => on_attachment(svc, key, Bytes::from(data.into_owned())),
+    }
+}
+
+fn limits(svc: &Services) -> packet::Limits {
+    packet::Limits {
+        attachments_max: svc.ctx.config.socketio.attachments_max,
+        nsp_bytes_max: SOCKETIO_NAMESPACE_BYTES_MAX,
+    }
+}
+
+/// One Socket.IO packet (the data of an Engine.IO message).
+pub fn on_packet(svc: &Rc<Services>, key: ConnKey, text: &str) -> Result<(), String> {
+    let decoded = packet::decode(text, &limits(svc)).map_err(|e| e.to_string())?;
+    if decoded.kind.is_binary() {
+        let started = svc
+            .hub
+            .with_session(key, |s| {
+                let sio = s.sio.as_mut()?;
+                if sio.partial.is_some() {
+                    return None;
+                }
+                sio.partial = Some(Box::new(Partial {
+                    text: text.to_string(),
+                    attachments: Vec::new(),
+                }));
+                Some(())
+            })
+            .flatten();
+        return started.ok_or_else(|| "a binary packet while another awaits attachments".into());
+    }
+    let args = match decoded.data {
+        Some(raw) => Some(serde_json::from_str::<Json>(raw.get()).map_err(|e| e.to_string())?),
+        None => None,
+    };
+    on_whole_packet(svc, key, &decoded, args.map(Value::from_json))
+}
+
+/// A binary message: the next attachment of the pending binary packet.
+fn on_attachment(svc: &Rc<Services>, key: ConnKey, data: Bytes) -> Result<(), String> {
+    let complete = svc
+        .hub
+        .with_session(key, |s| {
+            let sio = s.sio.as_mut()?;
+            let partial = sio.partial.as_mut()?;
+            partial.attachments.push(data);
+            let text = &partial.text;
+            let expected = text[1..]
+                .split('-')
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            if partial.attachments.len() >= expected {
+                sio.partial.take().map(Some)
+            } else {
+                Some(None)
+            }
+        })
+        .flatten()
+        .ok_or("a binary message with no binary packet before it")?;
+    let Some(partial) = complete else {
+        return Ok(());
+    };
+    let decoded = packet::decode(&partial.text, &limits(svc)).map_err(|e| e.to_string())?;
+    let value = packet::reconstruct(&decoded, &partial.attachments).map_err(|e| e.to_string())?;
+    on_whole_packet(svc, key, &decoded, Some(value))
+}
+
+fn send_packet(svc: &Services, key: ConnKey, sio_packet: &str) {
+    svc.hub.send(key, message_frame(sio_packet));
+}
+
+/// A whole packet (attachments in place): what it does.
+fn on_whole_packet(
+    svc: &Rc<Services>,
+    key: ConnKey,
+    p: &packet::Packet<'_>,
+    args: Option<Value>,
+) -> Result<(), String> {
+    let nsp = svc.ctx.config.socketio.namespace(p.nsp);
+    let connected = nsp.and_then(|n| {
+        svc.hub
+            .with_session(key, |s| s.sio.as_ref().and_then(|sio| sio.socket(n)))
+            .flatten()
+    });
+    match (p.kind, nsp, connected) {
+        (PacketType::Connect, None, _) => {
+            send_packet(
+                svc,
+                key,
+                &packet::encode_connect_error(p.nsp, "Invalid namespace"),
+            );
+            Ok(())
+        }
+        (PacketType::Connect, Some(_), Some(socket)) => {
+            // Connected already: say so again rather than make a second socket.
+            send_packet(svc, key, &packet::encode_connect(p.nsp, socket.as_str()));
+            Ok(())
+        }
+        (PacketType::Connect, Some(nsp), None) => {
+            connect(svc, key, nsp, args.as_ref());
+            Ok(())
+        }
+        (PacketType::Disconnect, Some(nsp), Some(socket)) => {
+            disconnect(svc, key, nsp, socket);
+            Ok(())
+        }
+        // socket.io's Client closes a connection that talks on a namespace it has not
+        // connected ("invalid state"); a DISCONNECT of one is merely late.
+        (PacketType::Disconnect, _, None) => Ok(()),
+        (PacketType::Event | PacketType::BinaryEvent, Some(nsp), Some(_)) => {
+            event(svc, key, nsp, p.id, args);
+            Ok(())
+        }
+        (PacketType::Ack | PacketType::BinaryAck, Some(_), Some(_)) => {
+            if let Some(id) = p.id {
+                client_ack(svc, key, id);
+            }
+            Ok(())
+        }
+        (kind, _, _) => Err(format!(
+            "socket.io packet {kind:?} on namespace {:?}, which this client has not connected",
+            p.nsp
+        )),
+    }
+}
+
+/// CONNECT: who the client is (auth payload), its socket id room, the reply.
+fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
+    let name = namespace_name(nsp);
+    if let Err(message) = identify(svc, key, auth) {
+        Metrics::inc(&svc.ctx.metrics.http_errors_total);
+        send_packet(svc, key, &packet::encode_connect_error(name, &message));
+        return;
+    }
+    let spare = random_sid(svc.ctx.id);
+    let random = spare.as_str().as_bytes();
+    let socket = socket_id(
+        svc.ctx.id as u16,
+        key.index,
+        key.generation,
+        [random[16], random[17], random[18], random[19]],
+    );
+    let added = svc
+        .hub
+        .with_session(key, |s| {
+            let first = s.sio.as_ref()?.sockets.is_empty();
+            let sio = s.sio.as_mut()?;
+            // Almost every connection uses one namespace: do not reserve four.
+            sio.sockets.reserve_exact(1);
+            sio.sockets.push((nsp, socket));
+            sio.connect_deadline_s = 0;
+            if first {
+                // Pushes go out on the first namespace the client connected.
+                s.codec = Codec::SocketIo(nsp);
+            }
+            Some(())
+        })
+        .flatten();
+    if added.is_none() {
+        return;
+    }
+    // The room named by the socket id: the hub finds the connection from the id itself
+    // (no index entry); Redis still needs to know this process wants the room.
+    socket_interest(svc, socket.as_str(), true);
+    send_packet(svc, key, &packet::encode_connect(name, socket.as_str()));
+}
+
+/// The CONNECT auth payload: `token` verified like `/ws` tokens; in open mode `user`
+/// names the client like `?user=`. A connection has one user: a second namespace must
+/// not name another.
+fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<(), String> {
+    let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
+    let current = svc.hub.with_session(key, |s| s.user.clone()).flatten();
+    let (user, claims) = match &svc.ctx.config.client_auth {
+        ClientAuth::Jwt(verifier) => match token {
+            Some(token) => {
+                let claims = verifier
+                    .verify(token, unix_now_s())
+                    .map_err(|e| format!("invalid token: {e}"))?;
+                (Rc::<str>::from(claims.sub.as_str()), Some(Rc::new(claims)))
+            }
+            // A token given in the query or a header was verified at the handshake.
+            None if current.is_some() => return Ok(()),
+            None => return Err(
+                "missing token: send it as auth: { token } (or ?token= / Authorization: Bearer)"
+                    .into(),
+            ),
+        },
+        ClientAuth::Open => {
+            let Some(user) = auth.and_then(|a| a.get("user")) else {
+                return Ok(());
+            };
+            let user = user.as_str().ok_or("auth.user must be a string")?;
+            check_name(user, svc.ctx.config.name_bytes_max).map_err(|e| e.message("auth.user"))?;
+            (Rc::<str>::from(user), None)
+        }
+    };
+    match current {
+        Some(current) if current == user => Ok(()),
+        Some(current) => Err(format!(
+            "this connection is user {current:?}; one connection has one user"
+        )),
+        None => {
+            if svc.hub.set_user(key, user, claims) {
+                svc.user_connected(key);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// DISCONNECT of one namespace: the connection stays, with its other namespaces.
+fn disconnect(svc: &Rc<Services>, key: ConnKey, nsp: u8, socket: Sid) {
+    svc.hub.with_session(key, |s| {
+        let Some(sio) = s.sio.as_mut() else {
+            return;
+        };
+        sio.sockets.retain(|(n, _)| *n != nsp);
+        if s.codec == Codec::SocketIo(nsp) {
+            if let Some((next, _)) = sio.sockets.first() {
+                s.codec = Codec::SocketIo(*next);
+            }
+        }
+    });
+    // An adopted connection has its socket ids as ordinary rooms.
+    if svc.leave_room(key, socket.as_str()).is_err() {
+        socket_interest(svc, socket.as_str(), false);
+    }
+}
+
+/// A socket.io connection left the hub: drop the interest in its socket id rooms that were
+/// not index rooms (those, `Services::disconnected` already left).
+pub fn released(svc: &Services, removed: &crate::hub::Removed) {
+    let Some(sio) = &removed.session.sio else {
+        return;
+    };
+    for (_, socket) in &sio.sockets {
+        if !removed
+            .rooms
+            .iter()
+            .any(|(room, _)| &**room == socket.as_str())
+        {
+            socket_interest(svc, socket.as_str(), false);
+        }
+    }
+}
+
+/// Cluster mode: this process wants (or no longer wants) a socket id's room.
+pub fn socket_interest(svc: &Services, socket: &str, add: bool) {
+    svc.backend.interest(&format!("room:{socket}"), add);
+}
+
+/// An ACK of a server push: the ack id names (channel, seq) among the channels this
+/// connection receives; it counts as a volley ack (receipts, `?wait=ack`).
+fn client_ack(svc: &Rc<Services>, key: ConnKey, id: u64) {
+    let (hash, seq) = codec::split_ack_id(id);
+    let user = svc.hub.with_session(key, |s| s.user.clone()).flatten();
+    let mut channels = vec![Target::All];
+    if let Some(user) = user {
+        channels.push(Target::User(user.to_string()));
+    }
+    channels.extend(
+        svc.hub
+            .rooms_of(key)
+            .iter()
+            .map(|r| Target::Room(r.to_string())),
+    );
+    for target in channels {
+        if codec::channel_hash(&target.to_string()) == hash && svc.ack(key, &target, seq) {
+            return;
+        }
+    }
+}
+
+fn to_json(value: &Value) -> Option<Json> {
+    Some(match value {
+        Value::Null => Json::Null,
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Number(n) => Json::Number(n.clone()),
+        Value::String(s) => Json::String(s.clone()),
+        Value::Binary(_) => return None,
+        Value::Array(items) => Json::Array(items.iter().map(to_json).collect::<Option<_>>()?),
+        Value::Object(entries) => Json::Object(
+            entries
+                .iter()
+                .map(|(k, v)| Some((k.clone(), to_json(v)?)))
+                .collect::<Option<_>>()?,
+        ),
+    })
+}
+
+/// A client event: a volley op when its name is one, answered through its ack.
+fn event(svc: &Rc<Services>, key: ConnKey, nsp: u8, id: Option<u64>, args: Option<Value>) {
+    let reference = id.map(|id| ack_ref(nsp, id));
+    let items = match args {
+        Some(Value::Array(items)) => items,
+        _ => Vec::new(),
+    };
+    let name = items.first().and_then(Value::as_str).unwrap_or("");
+    let arg = items.get(1);
+    let op = match name {
+        "join" | "leave" | "publish" | "recover" | "ack" => match arg.map(to_json) {
+            Some(None) => Err(format!(
+                "{name}: binary arguments are not volley ops; send JSON"
+            )),
+            json => op_of(svc, name, json.flatten().as_ref()),
+        },
+        _ => {
+            let message = format!(
+                "{name:?} is not a volley op (join, leave, publish, recover, ack); application events need the app webhook"
+            );
+            if reference.is_some() {
+                ops::reply_error(
+                    svc,
+                    key,
+                    OpError {
+                        reference,
+                        code: ErrorCode::UnknownOp,
+                        message,
+                    },
+                );
+            }
+            return;
+        }
+    };
+    match op {
+        Ok(op) => ops::handle(svc, key, Request { reference, op }),
+        Err(message) => ops::reply_error(
+            svc,
+            key,
+            OpError {
+                reference,
+                code: ErrorCode::BadField,
+                message,
+            },
+        ),
+    }
+}
+
+fn target_of(arg: &Json) -> Result<Target, String> {
+    if let Some(room) = arg.get("room").and_then(Json::as_str) {
+        return Ok(Target::Room(room.to_string()));
+    }
+    if let Some(user) = arg.get("user").and_then(Json::as_str) {
+        return Ok(Target::User(user.to_string()));
+    }
+    arg.get("channel")
+        .and_then(Json::as_str)
+        .and_then(Target::parse)
+        .ok_or_else(|| "give room, user, or channel (all, user:<id>, room:<name>)".into())
+}
+
+/// The op of a volley event: `join`/`leave` take a room name or `{room, since}`;
+/// `publish` takes `{room|user|channel, data}`; `recover` and `ack` take
+/// `{channel, since}` / `{channel, seq}`.
+fn op_of(svc: &Services, name: &str, arg: Option<&Json>) -> Result<ClientOp, String> {
+    let arg = arg.ok_or_else(|| format!("{name}: an argument is needed"))?;
+    let room = || -> Result<String, String> {
+        let room = arg
+            .as_str()
+            .or_else(|| arg.get("room").and_then(Json::as_str))
+            .ok_or_else(|| format!("{name}: give the room name, or {{room}}"))?;
+        check_name(room, svc.ctx.config.name_bytes_max).map_err(|e| e.message("room"))?;
+        Ok(room.to_string())
+    };
+    let number = |field: &str| arg.get(field).and_then(Json::as_u64);
+    Ok(match name {
+        "join" => ClientOp::Join {
+            room: room()?,
+            since: number("since").map(|seq| Since {
+                seq,
+                epoch: number("epoch"),
+            }),
+        },
+        "leave" => ClientOp::Leave { room: room()? },
+        "publish" => {
+            let target = target_of(arg)?;
+            let data = arg
+                .get("data")
+                .ok_or("publish: data is missing")?
+                .to_string();
+            if data.len() > svc.ctx.config.message_bytes_max {
+                return Err(format!(
+                    "publish: data is {} bytes; the limit is {}",
+                    data.len(),
+                    svc.ctx.config.message_bytes_max
+                ));
+            }
+            ClientOp::Publish {
+                target,
+                data: Bytes::from(data),
+            }
+        }
+        "recover" => ClientOp::Recover {
+            target: target_of(arg)?,
+            since: Since {
+                seq: number("since").ok_or("recover: since (a seq) is missing")?,
+                epoch: number("epoch"),
+            },
+        },
+        _ => ClientOp::Ack {
+            target: target_of(arg)?,
+            seq: number("seq").ok_or("ack: seq is missing")?,
+        },
+    })
+}
+
+/// The open packet of a new Engine.IO session.
+pub fn open_packet(svc: &Services, sid: &str, upgrades: &[&str]) -> String {
+    let config = &svc.ctx.config.socketio;
+    engineio::encode_open(&Open {
+        sid,
+        upgrades,
+        ping_interval_ms: config.ping_interval_ms,
+        ping_timeout_ms: config.ping_timeout_ms,
+        max_payload_bytes: config.max_payload_bytes,
+    })
+}
+
+/// The sid a request names, if it could be one of ours.
+pub fn parse_sid(text: &str) -> Option<Sid> {
+    Sid::parse(text)
+}
+
+/// engine.io's error answer to a polling request.
+pub fn reply_error(error: RequestError) -> SioReply {
+    SioReply {
+        status: error.http_status(),
+        content_type: "application/json",
+        body: error.body().as_bytes().to_vec(),
+    }
+}
+
+/// A volley error (auth, capacity) as `{"error": ...}`.
+pub fn reply_json_error(status: u16, message: &str) -> SioReply {
+    SioReply {
+        status,
+        content_type: "application/json",
+        body: crate::http::json_error_body(message),
+    }
+}
+
+fn reply_text(body: Vec<u8>) -> SioReply {
+    SioReply {
+        status: 200,
+        content_type: POLLING_CONTENT_TYPE,
+        body,
+    }
+}
+
+/// A polling handshake: a new session on this shard, answered with the open packet.
+pub fn polling_open(svc: &Rc<Services>, mut session: Session) -> SioReply {
+    let config = &svc.ctx.config.socketio;
+    if svc.hub.polling_len() >= config.polling_sessions_max as usize {
+        Metrics::inc(&svc.ctx.metrics.rejected_full_total);
+        return reply_json_error(
+            503,
+            "too many polling sessions on this shard (--socketio-polling-sessions-max); use the websocket transport",
+        );
+    }
+    if !svc.ctx.is_accepting() {
+        return reply_json_error(503, "server shutting down");
+    }
+    if !svc.ctx.shared.try_reserve_connection() {
+        Metrics::inc(&svc.ctx.metrics.rejected_full_total);
+        return reply_json_error(503, "server full (--max-connections)");
+    }
+    let sid = random_sid(svc.ctx.id);
+    let deadline_s = svc.ctx.now_s() + config.connect_timeout_ms.div_ceil(1000);
+    session.sio = Some(Box::new(SioState::new(sid, deadline_s)));
+    let key = svc.hub.insert_polling(sid, session);
+    svc.connected(key);
+    reply_text(open_packet(svc, sid.as_str(), &["websocket"]).into_bytes())
+}
+
+/// A polling GET or POST for `sid`: answered here when this shard owns it, or by its
+/// owner over the mesh.
+pub async fn polling_request(svc: &Rc<Services>, sid: Sid, post: bool, body: Vec<u8>) -> SioReply {
+    let owner = usize::from(sid.owner());
+    if owner == svc.ctx.id {
+        return owned_polling(svc, sid, post, body).await;
+    }
+    if owner >= svc.ctx.peers.count() {
+        return reply_error(RequestError::UnknownSid);
+    }
+    let (reply, answer) = futures_channel::oneshot::channel();
+    Metrics::inc(&svc.ctx.metrics.socketio_forwarded_total);
+    let msg = ShardMsg::SioPolling {
+        sid,
+        post,
+        body,
+        reply,
+    };
+    if svc.ctx.peers.send_to(owner, msg).await.is_err() {
+        return reply_json_error(503, "the shard that owns this session is not answering");
+    }
+    answer
+        .await
+        .unwrap_or_else(|_| reply_json_error(503, "the shard that owns this session stopped"))
+}
+
+/// A polling request forwarded by another shard: answered by a tracked task (a GET may
+/// wait for packets).
+pub fn on_mesh_polling(
+    svc: &Rc<Services>,
+    sid: Sid,
+    post: bool,
+    body: Vec<u8>,
+    reply: futures_channel::oneshot::Sender<SioReply>,
+) {
+    let owner = svc.clone();
+    let task = async move {
+        let answer = owned_polling(&owner, sid, post, body).await;
+        let _ = reply.send(answer);
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+    }
+}
+
+/// A polling request for a session this shard owns.
+async fn owned_polling(svc: &Rc<Services>, sid: Sid, post: bool, body: Vec<u8>) -> SioReply {
+    let Some(key) = svc.hub.polling_key(&sid) else {
+        return reply_error(RequestError::UnknownSid);
+    };
+    let now_s = svc.ctx.now_s();
+    svc.hub.with_polling(key, |p| p.last_rx_s = now_s);
+    if post {
+        return polling_post(svc, key, &body);
+    }
+    // engine.io-protocol v4: one pending GET per session; a second is an error that ends
+    // the session ("overlap from client").
+    let overlap = svc
+        .hub
+        .with_polling(key, |p| std::mem::replace(&mut p.getting, true))
+        .unwrap_or(true);
+    if overlap {
+        svc.hub.close(key, close_code::POLICY, "");
+        return reply_error(RequestError::BadRequest);
+    }
+    let frames = futures_lite::future::poll_fn(|cx| {
+        let step = svc.hub.with_polling(key, |p| {
+            if !p.outbox.is_empty() {
+                return std::task::Poll::Ready(Some(p.take()));
+            }
+            if p.closed {
+                return std::task::Poll::Ready(None);
+            }
+            p.waker = Some(cx.waker().clone());
+            std::task::Poll::Pending
+        });
+        step.unwrap_or(std::task::Poll::Ready(None))
+    })
+    .await;
+    let now_s = svc.ctx.now_s();
+    svc.hub.with_polling(key, |p| {
+        p.getting = false;
+        p.last_rx_s = now_s;
+    });
+    let Some(frames) = frames else {
+        // Closed: engine.io's polling transport says goodbye with a close packet.
+        return reply_text(b"1".to_vec());
+    };
+    let mut queued = Vec::new();
+    for frame in &frames {
+        for (binary, payload) in codec::unwrap_frames(frame).unwrap_or_default() {
+            queued.push(if binary {
+                Queued::Binary(payload)
+            } else {
+                Queued::Text(payload)
+            });
+        }
+    }
+    let mut body = Vec::new();
+    // Every queued packet goes out: the client reads bodies of any size.
+    engineio::encode_payload(&queued, usize::MAX, &mut body);
+    reply_text(body)
+}
+
+/// A polling POST: every packet in the body, as if it came over a WebSocket. A bad body
+/// ends the session, as engine.io ends it ("parse error").
+fn polling_post(svc: &Rc<Services>, key: ConnKey, body: &[u8]) -> SioReply {
+    let config = &svc.ctx.config.socketio;
+    let limits = PayloadLimits {
+        body_bytes_max: config.max_payload_bytes as usize,
+        packets_max: config.payload_packets_max,
+    };
+    let packets = match engineio::decode_payload(body, &limits) {
+        Ok(packets) => packets,
+        Err(error) => {
+            Metrics::inc(&svc.ctx.metrics.protocol_error_closes_total);
+            svc.hub.close(key, close_code::POLICY, "");
+            return SioReply {
+                status: error.http_status(),
+                content_type: "application/json",
+                body: crate::http::json_error_body(&error.to_string()),
+            };
+        }
+    };
+    for packet in packets {
+        Metrics::inc(&svc.ctx.metrics.messages_received_total);
+        if let Err(reason) = on_eio_packet(svc, key, packet) {
+            Metrics::inc(&svc.ctx.metrics.protocol_error_closes_total);
+            svc.hub.close(key, close_code::POLICY, &reason);
+            return reply_json_error(400, &reason);
+        }
+    }
+    SioReply {
+        status: 200,
+        content_type: "text/html",
+        body: b"ok".to_vec(),
+    }
+}
+
+/// Whether polling session `sid` exists (on whichever shard owns it).
+pub async fn polling_exists(svc: &Rc<Services>, sid: Sid) -> bool {
+    upgrade_request(svc, sid, SioUpgradeStep::Check)
+        .await
+        .is_some()
+}
+
+async fn upgrade_request(
+    svc: &Rc<Services>,
+    sid: Sid,
+    step: SioUpgradeStep,
+) -> Option<SioSnapshot> {
+    let owner = usize::from(sid.owner());
+    if owner == svc.ctx.id {
+        return owned_upgrade(svc, sid, step);
+    }
+    if owner >= svc.ctx.peers.count() {
+        return None;
+    }
+    let (reply, answer) = futures_channel::oneshot::channel();
+    Metrics::inc(&svc.ctx.metrics.socketio_forwarded_total);
+    let msg = ShardMsg::SioUpgrade { sid, step, reply };
+    svc.ctx.peers.send_to(owner, msg).await.ok()?;
+    answer.await.ok().flatten()
+}
+
+/// A step of the upgrade of a polling session this shard owns.
+pub fn owned_upgrade(svc: &Rc<Services>, sid: Sid, step: SioUpgradeStep) -> Option<SioSnapshot> {
+    let key = svc.hub.polling_key(&sid)?;
+    match step {
+        SioUpgradeStep::Check => Some(SioSnapshot::default()),
+        SioUpgradeStep::Probe => {
+            svc.hub.send(key, ws_text(b"6"));
+            Some(SioSnapshot::default())
+        }
+        SioUpgradeStep::Take => {
+            let mut snapshot = svc.hub.with_polling(key, |p| SioSnapshot {
+                user: p.session.user.as_deref().map(str::to_string),
+                claims: p.session.claims.as_deref().cloned(),
+                rooms: Vec::new(),
+                sockets: p
+                    .session
+                    .sio
+                    .as_ref()
+                    .map(|s| s.sockets.clone())
+                    .unwrap_or_default(),
+                codec_nsp: match p.session.codec {
+                    Codec::SocketIo(nsp) => nsp,
+                    _ => 0,
+                },
+                queued: p.take(),
+            })?;
+            snapshot.rooms = svc
+                .hub
+                .rooms_of(key)
+                .iter()
+                .map(|r| r.to_string())
+                .collect();
+            if let Some(removed) = svc.hub.remove(key) {
+                svc.disconnected(removed);
+            }
+            Some(snapshot)
+        }
+    }
+}
+
+/// Runs an upgrade step for the WebSocket `key` (which names its polling sid); at `Take`
+/// the WebSocket adopts the session.
+fn upgrade_step(svc: &Rc<Services>, key: ConnKey, step: SioUpgradeStep) {
+    let Some(sid) = svc
+        .hub
+        .with_session(key, |s| s.sio.as_ref().map(|sio| sio.sid))
+        .flatten()
+    else {
+        return;
+    };
+    if key.index & crate::hub::polling::POLL_BIT != 0 {
+        // Upgrade packets belong on the WebSocket, not in a polling body.
+        svc.hub.close(key, close_code::POLICY, "");
+        return;
+    }
+    let owner = svc.clone();
+    let task = async move {
+        let snapshot = upgrade_request(&owner, sid, step).await;
+        if step == SioUpgradeStep::Take {
+            match snapshot {
+                Some(snapshot) => adopt(&owner, key, snapshot),
+                None => owner
+                    .hub
+                    .close(key, close_code::POLICY, "no polling session to upgrade"),
+            }
+        }
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+    }
+}
+
+/// The WebSocket takes over a polling session: user, rooms, namespace sockets, and what
+/// the session had not fetched yet.
+fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
+    if let Some(user) = snapshot.user {
+        if svc
+            .hub
+            .set_user(key, Rc::from(user.as_str()), snapshot.claims.map(Rc::new))
+        {
+            svc.user_connected(key);
+        }
+    }
+    for room in &snapshot.rooms {
+        svc.join_unchecked(key, room);
+    }
+    // The socket ids name the polling session's key, not this connection's: they become
+    // ordinary rooms here (the only sockets that cost an index entry).
+    for (_, socket) in &snapshot.sockets {
+        svc.join_unchecked(key, socket.as_str());
+    }
+    let held = svc
+        .hub
+        .with_session(key, |s| {
+            s.codec = Codec::SocketIo(snapshot.codec_nsp);
+            let sio = s.sio.as_mut()?;
+            sio.sockets = snapshot.sockets;
+            sio.connect_deadline_s = 0;
+            sio.held.take()
+        })
+        .flatten();
+    for frame in snapshot.queued {
+        svc.hub.send(key, frame);
+    }
+    // What the client sent during the hand-over, now that its namespaces are known.
+    for inbound in held.map(|h| *h).unwrap_or_default() {
+        on_inbound(svc, key, inbound);
+    }
+}

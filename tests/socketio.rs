@@ -1,0 +1,502 @@
+//! socket.io clients on volley, against the real binary: the real `socket.io-client` 4.8
+//! from npm (tools/socketio-client, installed by tools/test.sh with `npm ci`) runs the
+//! scenarios of tools/socketio-client/scenarios.js, and raw HTTP polling requests check
+//! the Engine.IO error bodies, limits and the forwarding of a request to the shard that
+//! owns its session.
+// Test code: an unwrap that fails is a failed test, not a panic reachable from input.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+use base64::Engine;
+use common::*;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn client_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/socketio-client");
+    assert!(
+        dir.join("node_modules/socket.io-client").is_dir(),
+        "socket.io-client is not installed: run tools/test.sh (it runs `npm ci` in tools/socketio-client)"
+    );
+    dir
+}
+
+/// Runs one scenario to its end; returns the JSON lines it printed.
+fn scenario(server: &Server, name: &str, args: &[&str]) -> Vec<Value> {
+    let out = Command::new("node")
+        .current_dir(client_dir())
+        .arg("scenarios.js")
+        .arg(name)
+        .arg(format!("http://{}", server.addr))
+        .args(args)
+        .output()
+        .expect("run node (v18+ is needed)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scenario {name} failed: {stdout}\n{}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The first line that has `key`.
+fn line<'a>(lines: &'a [Value], key: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l.get(key).is_some())
+        .unwrap_or_else(|| panic!("no {key:?} in {lines:?}"))
+}
+
+fn check_push(lines: &[Value]) {
+    assert_eq!(line(lines, "join")["join"], json!({"ok": true}));
+    let published = &line(lines, "published")["published"];
+    assert_eq!(published["status"], 200);
+    let message = &line(lines, "message")["message"];
+    assert_eq!(message["hi"], 1, "the payload's own keys: {message}");
+    assert_eq!(message["_volley"]["channel"], "room:lobby");
+    assert_eq!(message["_volley"]["seq"], published["body"]["seq"]);
+    assert_eq!(message["_volley"]["id"], published["body"]["id"]);
+    assert_eq!(line(lines, "message")["ack_is_function"], true);
+    // The client's ack of the push counts as a volley ack.
+    let receipt = &line(lines, "receipt")["receipt"];
+    assert_eq!(receipt["delivered"], 1);
+    assert_eq!(receipt["acked"], 1);
+    let leave = line(lines, "leave");
+    assert_eq!(leave["leave"], json!({"ok": true}));
+    assert_eq!(leave["missing"]["ok"], false);
+    assert_eq!(leave["missing"]["error"]["code"], "not_found");
+    assert_eq!(
+        line(lines, "unknown")["unknown"]["error"]["code"],
+        "unknown_op"
+    );
+    assert_eq!(line(lines, "own")["own"]["to"], "me");
+}
+
+#[test]
+fn websocket_only_client_joins_gets_a_room_push_and_acks_it() {
+    let server = Server::start(&["--shards", "2"]);
+    let lines = scenario(&server, "push", &["websocket"]);
+    assert_eq!(line(&lines, "connected")["transport"], "websocket");
+    check_push(&lines);
+}
+
+#[test]
+fn default_options_start_on_polling_and_upgrade_to_websocket() {
+    let server = Server::start(&["--shards", "2"]);
+    let lines = scenario(&server, "push", &[]);
+    assert_eq!(line(&lines, "upgraded_to")["upgraded_to"], "websocket");
+    check_push(&lines);
+    server.wait_for("every socket.io session to be gone", |s| {
+        s["total"]["connections"].as_u64() == Some(0)
+    });
+}
+
+#[test]
+fn namespaces_share_one_engine_io_connection_and_unknown_ones_are_refused() {
+    let server = Server::start(&["--shards", "2", "--socketio-namespace", "/chat"]);
+    let lines = scenario(&server, "namespaces", &[]);
+    let first = &lines[0];
+    assert_eq!(first["same_engine"], true);
+    assert_ne!(first["root"], first["chat"], "one socket id per namespace");
+    assert_eq!(first["refused"], "Invalid namespace");
+    assert_eq!(line(&lines, "chat_join")["chat_join"], json!({"ok": true}));
+    assert_eq!(line(&lines, "root_message")["root_message"]["n"], 1);
+    let after = line(&lines, "root_still_connected");
+    assert_eq!(after["root_still_connected"], true);
+    assert_eq!(after["chat_connected"], false);
+}
+
+const SECRET: &str = "socketio-secret-0123456789";
+
+fn token(claims: Value) -> String {
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let input = format!(
+        "{}.{}",
+        b64(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64(claims.to_string().as_bytes())
+    );
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64(&mac.finalize().into_bytes()))
+}
+
+#[test]
+fn connect_auth_tokens_are_verified_like_ws_tokens() {
+    let server = Server::start(&["--shards", "1", "--jwt-secret", SECRET]);
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 600;
+    let good = token(json!({"sub": "ann", "exp": exp, "rooms": ["allowed"]}));
+    let lines = scenario(&server, "auth", &[&good]);
+    assert_eq!(line(&lines, "allowed")["allowed"], json!({"ok": true}));
+    assert_eq!(
+        line(&lines, "secret")["secret"]["error"]["code"],
+        "forbidden"
+    );
+
+    let forged = token(json!({"sub": "ann", "exp": exp})).replace('.', ".x");
+    let refused = scenario(&server, "auth", &[&forged]);
+    let reason = line(&refused, "refused")["refused"].as_str().unwrap();
+    assert!(reason.starts_with("invalid token"), "{reason}");
+
+    let missing = scenario(&server, "auth", &[]);
+    let reason = line(&missing, "refused")["refused"].as_str().unwrap();
+    assert!(reason.starts_with("missing token"), "{reason}");
+}
+
+#[test]
+fn binary_travels_both_ways_and_a_binary_ack_counts() {
+    let server = Server::start(&["--shards", "2"]);
+    let lines = scenario(&server, "binary", &[]);
+    assert_eq!(line(&lines, "is_buffer")["is_buffer"], true);
+    assert_eq!(line(&lines, "hex")["hex"], "00ff0102");
+    assert_eq!(line(&lines, "receipt")["receipt"]["acked"], 1);
+    let publish = &line(&lines, "binary_publish")["binary_publish"];
+    assert_eq!(publish["error"]["code"], "bad_field", "{publish}");
+    let unknown = &line(&lines, "binary_unknown")["binary_unknown"];
+    assert_eq!(unknown["error"]["code"], "unknown_op", "{unknown}");
+}
+
+#[test]
+fn one_broadcast_reaches_native_and_socketio_clients_exactly_once_each() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut native = connect(&server);
+    let mut child = Command::new("node")
+        .current_dir(client_dir())
+        .args([
+            "scenarios.js",
+            "broadcast_count",
+            &format!("http://{}", server.addr),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = stdout.next().unwrap().unwrap();
+    assert!(ready.contains("ready"), "{ready}");
+    assert_eq!(server.broadcast(br#"{"once":true}"#), 2);
+    let message = next_data(&mut native);
+    assert!(carries(&message, "once"), "{message:?}");
+    let got = stdout.next().unwrap().unwrap();
+    assert!(got.contains("\"once\":true"), "{got}");
+    // A second, different broadcast: each client's next message is that one, so the first
+    // reached each exactly once.
+    assert_eq!(server.broadcast(br#"{"second":true}"#), 2);
+    assert!(carries(&next_data(&mut native), "second"));
+    let got = stdout.next().unwrap().unwrap();
+    assert!(got.contains("second"), "{got}");
+    drop(child.stdin.take());
+    let count: Value = serde_json::from_str(&stdout.next().unwrap().unwrap()).unwrap();
+    assert_eq!(count["count"], 2);
+    assert!(child.wait().unwrap().success());
+    // Encode once: two codecs in use, so at most two frames per delivery per shard.
+    assert!(server.total("frames_encoded_total") <= 2 * 2 * 2);
+}
+
+/// A polling request on a fresh TCP connection (SO_REUSEPORT picks the shard).
+fn polling(server: &Server, method: &str, query: &str, body: &[u8]) -> (u16, String) {
+    request(
+        server.addr,
+        method,
+        &format!("/socket.io/?EIO=4&transport=polling{query}"),
+        body,
+    )
+}
+
+fn handshake(server: &Server) -> String {
+    let (status, body) = polling(server, "GET", "", b"");
+    assert_eq!(status, 200, "{body}");
+    let open: Value = serde_json::from_str(body.strip_prefix('0').unwrap()).unwrap();
+    assert_eq!(open["upgrades"], json!(["websocket"]));
+    assert_eq!(open["pingInterval"], 25000);
+    assert_eq!(open["pingTimeout"], 20000);
+    assert_eq!(open["maxPayload"], 1000000);
+    open["sid"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn polling_requests_are_answered_by_the_owner_shard_whichever_shard_they_reach() {
+    let server = Server::start(&["--shards", "2"]);
+    // Until one request went through the mesh: each session's requests come on fresh
+    // connections, which the kernel spreads over both shards.
+    let mut sessions = 0;
+    while server.total("socketio_forwarded_total") == 0 {
+        sessions += 1;
+        assert!(
+            sessions <= 64,
+            "no polling request reached a non-owner shard"
+        );
+        let sid = handshake(&server);
+        let (status, body) = polling(&server, "POST", &format!("&sid={sid}"), b"40");
+        assert_eq!((status, body.as_str()), (200, "ok"));
+        let (status, body) = polling(&server, "GET", &format!("&sid={sid}"), b"");
+        assert_eq!(status, 200);
+        assert!(body.starts_with("40{\"sid\":\""), "{body}");
+        // An op as an event with an ack id, and its ack.
+        let join = "421[\"join\",\"poll-room\"]".as_bytes();
+        assert_eq!(
+            polling(&server, "POST", &format!("&sid={sid}"), join).1,
+            "ok"
+        );
+        let (_, body) = polling(&server, "GET", &format!("&sid={sid}"), b"");
+        assert_eq!(body, "431[{\"ok\":true}]");
+        // Goodbye: the session ends, and its sid is unknown from then on.
+        assert_eq!(
+            polling(&server, "POST", &format!("&sid={sid}"), b"1").1,
+            "ok"
+        );
+        server.wait_for("the polling session to end", |s| {
+            s["total"]["connections"].as_u64() == Some(0)
+        });
+        let (status, body) = polling(&server, "GET", &format!("&sid={sid}"), b"");
+        assert_eq!(
+            (status, body.as_str()),
+            (400, r#"{"code":1,"message":"Session ID unknown"}"#)
+        );
+    }
+}
+
+#[test]
+fn polling_errors_are_the_reference_servers_bodies() {
+    let server = Server::start(&["--shards", "2"]);
+    let cases = [
+        (
+            "GET",
+            "/socket.io/?EIO=3&transport=polling",
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?transport=polling",
+            400,
+            r#"{"code":5,"message":"Unsupported protocol version"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=carrier-pigeon",
+            400,
+            r#"{"code":0,"message":"Transport unknown"}"#,
+        ),
+        (
+            "POST",
+            "/socket.io/?EIO=4&transport=polling",
+            400,
+            r#"{"code":2,"message":"Bad handshake method"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=polling&sid=not-a-sid",
+            400,
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+        ),
+        (
+            "GET",
+            "/socket.io/?EIO=4&transport=polling&sid=dgAAAAAAAAAAAAAAAAAA",
+            400,
+            r#"{"code":1,"message":"Session ID unknown"}"#,
+        ),
+    ];
+    for (method, path, status, body) in cases {
+        assert_eq!(
+            request(server.addr, method, path, b""),
+            (status, body.to_string()),
+            "{method} {path}"
+        );
+    }
+    // A body over maxPayload is refused with 413 and ends the session; a bad packet ends it
+    // with 400. Neither harms a neighbour session.
+    let neighbour = handshake(&server);
+    assert_eq!(
+        polling(&server, "POST", &format!("&sid={neighbour}"), b"40").1,
+        "ok"
+    );
+    let big = handshake(&server);
+    let (status, _) = polling(
+        &server,
+        "POST",
+        &format!("&sid={big}"),
+        &vec![b'4'; 1_000_001],
+    );
+    assert_eq!(status, 413);
+    let bad = handshake(&server);
+    let (status, _) = polling(&server, "POST", &format!("&sid={bad}"), b"4zzz");
+    assert_eq!(status, 400);
+    let bomb = handshake(&server);
+    polling(&server, "POST", &format!("&sid={bomb}"), b"40");
+    let (status, _) = polling(&server, "POST", &format!("&sid={bomb}"), b"4599-[\"a\"]");
+    assert_eq!(status, 400, "more attachments than allowed");
+    let (_, body) = polling(&server, "GET", &format!("&sid={neighbour}"), b"");
+    assert!(body.starts_with("40{\"sid\":"), "{body}");
+    assert_eq!(server.broadcast(br#"{"still":"here"}"#), 1);
+    let (_, body) = polling(&server, "GET", &format!("&sid={neighbour}"), b"");
+    assert!(body.contains("\"still\":\"here\""), "{body}");
+}
+
+#[test]
+fn hostile_websocket_input_closes_only_that_client() {
+    let server = Server::start(&["--shards", "2"]);
+    let lines = scenario(&server, "abuse", &[]);
+    for l in lines.iter().filter(|l| l.get("input").is_some()) {
+        assert_eq!(l["close_code"], 1008, "{l}");
+    }
+    assert_eq!(lines.iter().filter(|l| l.get("input").is_some()).count(), 7);
+    let after = line(&lines, "neighbour");
+    assert_eq!(after["neighbour"]["after"], "abuse");
+    assert_eq!(after["neighbour_connected"], true);
+}
+
+#[test]
+fn a_client_that_never_connects_a_namespace_is_dropped() {
+    let server = Server::start(&["--shards", "1", "--socketio-connect-timeout-ms", "1000"]);
+    let sid = handshake(&server);
+    server.wait_for("the unconnected polling session to be dropped", |s| {
+        s["total"]["connections"].as_u64() == Some(0)
+    });
+    let (status, _) = polling(&server, "GET", &format!("&sid={sid}"), b"");
+    assert_eq!(status, 400);
+    let _ = std::io::stdout().flush();
+}
+
+#[test]
+fn wait_ack_counts_socketio_acks_across_two_processes_through_redis() {
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    // ann: a native connection on A and a socket.io client on B, which acks every push.
+    let mut ann_a = connect_native(a.addr, "user=ann");
+    let mut child = Command::new("node")
+        .current_dir(client_dir())
+        .args([
+            "scenarios.js",
+            "acker",
+            &format!("http://{}", b.addr),
+            "ann",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = stdout.next().unwrap().unwrap();
+    assert!(ready.contains("ready"), "{ready}");
+    redis.wait_numsub("volley:user:ann", 2);
+    // The publisher waits for every ack; the native client acks only after the socket.io
+    // client got (and acked) its copy, so the answer cannot settle on the native ack alone
+    // before B has reported its delivery.
+    let publisher = std::thread::spawn(move || {
+        request(
+            a.addr,
+            "POST",
+            "/api/users/ann/messages?wait=ack&timeout_ms=10000",
+            br#"{"sign":"here"}"#,
+        )
+    });
+    let got = stdout.next().unwrap().unwrap();
+    assert!(got.contains("\"sign\":\"here\""), "{got}");
+    let message = next_message(&mut ann_a);
+    send_op(
+        &mut ann_a,
+        json!({"op": "ack", "channel": message["channel"], "seq": message["seq"]}),
+    );
+    let (status, answer) = publisher.join().unwrap();
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        (answer["delivered"].as_u64(), answer["acked"].as_u64()),
+        (Some(2), Some(2)),
+        "one native and one socket.io ack: {answer}"
+    );
+    assert_eq!(answer["timed_out"], false);
+    let id = answer["id"].as_str().unwrap();
+    let (_, receipt) = request(b.addr, "GET", &format!("/api/messages/{id}"), b"");
+    let receipt: Value = serde_json::from_str(&receipt).unwrap();
+    assert_eq!(receipt["acked"], 2, "{receipt}");
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_client_resumes_a_room_from_volleys_history() {
+    let server = Server::start(&["--shards", "2"]);
+    let lines = scenario(&server, "resume", &[]);
+    let published = line(&lines, "published")["published"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(line(&lines, "join")["join"], json!({"ok": true}));
+    let done = line(&lines, "recovered");
+    let recovered = &done["recovered"];
+    assert_eq!(
+        (
+            &recovered["recovered"],
+            &recovered["replayed"],
+            &recovered["seq"]
+        ),
+        (&json!(true), &json!(2), &json!(3)),
+        "{recovered}"
+    );
+    // The replay is messages 2 and 3 as ordinary message events, with their ids.
+    let replayed = done["replayed"].as_array().unwrap();
+    let seen: Vec<(Value, Value)> = replayed
+        .iter()
+        .map(|m| (m["_volley"]["seq"].clone(), m["_volley"]["id"].clone()))
+        .collect();
+    let expected: Vec<(Value, Value)> = published[1..]
+        .iter()
+        .map(|p| (p["seq"].clone(), p["id"].clone()))
+        .collect();
+    assert_eq!(seen, expected);
+    assert_eq!(line(&lines, "recover")["recover"], json!({"ok": true}));
+    let other = &line(&lines, "recover_other")["recover_other"];
+    assert_eq!(other["error"]["code"], "forbidden", "{other}");
+}
+
+#[test]
+fn polling_sessions_are_bounded_and_allow_one_pending_get() {
+    let server = Server::start(&["--shards", "1", "--socketio-polling-sessions-max", "2"]);
+    let first = handshake(&server);
+    let _second = handshake(&server);
+    let (status, body) = polling(&server, "GET", "", b"");
+    assert_eq!(
+        status, 503,
+        "a third polling session on a full shard: {body}"
+    );
+    assert!(body.contains("--socketio-polling-sessions-max"), "{body}");
+
+    assert_eq!(
+        polling(&server, "POST", &format!("&sid={first}"), b"40").1,
+        "ok"
+    );
+    assert!(polling(&server, "GET", &format!("&sid={first}"), b"")
+        .1
+        .starts_with("40{"));
+    // A GET waits for packets; a second GET meanwhile is an error that ends the session,
+    // and the waiting one is released with a close packet. Whichever arrives first waits.
+    let addr = server.addr;
+    let path = format!("/socket.io/?EIO=4&transport=polling&sid={first}");
+    let other = path.clone();
+    let one = std::thread::spawn(move || request(addr, "GET", &path, b""));
+    let two = request(addr, "GET", &other, b"");
+    let mut answers = vec![one.join().unwrap(), two];
+    answers.sort();
+    assert_eq!(
+        answers,
+        vec![
+            (200, "1".to_string()),
+            (400, r#"{"code":3,"message":"Bad request"}"#.to_string()),
+        ]
+    );
+}

@@ -1,0 +1,201 @@
+// Scenarios tests/socketio.rs runs with the real socket.io-client against a running volley.
+// Usage: node scenarios.js <scenario> <http://host:port> [args...]
+// Each prints one JSON object per line (what it observed) and exits 0; the Rust test
+// asserts on those lines. Every scenario stops itself (a watchdog exits 3).
+"use strict";
+const { io, Manager } = require("socket.io-client");
+const WebSocket = require("ws");
+
+const [scenario, url, ...args] = process.argv.slice(2);
+const out = (o) => console.log(JSON.stringify(o));
+setTimeout(() => { out({ watchdog: true }); process.exit(3); }, 15000).unref();
+
+async function post(path, body, headers = {}) {
+  const res = await fetch(url + path, { method: "POST", body, headers });
+  return { status: res.status, body: await res.json().catch(() => null) };
+}
+async function get(path) {
+  const res = await fetch(url + path);
+  return await res.json();
+}
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+function connected(socket) {
+  return new Promise((resolve, reject) => {
+    socket.once("connect", resolve);
+    socket.once("connect_error", reject);
+  });
+}
+function nextMessage(socket) {
+  return new Promise((resolve) => socket.once("message", (msg, ack) => resolve({ msg, ack })));
+}
+
+const scenarios = {
+  // Connect (transports from args: "websocket" or default), join a room with an ack, get
+  // a room push, ack it, read the receipt.
+  async push(transport) {
+    const opts = { auth: { user: "ann" } };
+    if (transport === "websocket") opts.transports = ["websocket"];
+    const s = io(url, opts);
+    const upgraded = new Promise((r) => s.io.on("open", () => s.io.engine.once("upgrade", (t) => r(t.name))));
+    await connected(s);
+    out({ connected: true, id: s.id, transport: s.io.engine.transport.name });
+    out({ join: await s.emitWithAck("join", "lobby") });
+    const message = nextMessage(s);
+    const published = await post("/api/rooms/lobby/messages", JSON.stringify({ hi: 1 }));
+    out({ published });
+    const { msg, ack } = await message;
+    out({ message: msg, ack_is_function: typeof ack === "function" });
+    ack("thanks");
+    if (transport !== "websocket") out({ upgraded_to: await upgraded });
+    for (let i = 0; i < 50; i++) {
+      const receipt = await get("/api/messages/" + published.body.id);
+      if (receipt.acked >= 1 || i === 49) { out({ receipt }); break; }
+      await sleep(50);
+    }
+    out({ leave: await s.emitWithAck("leave", "lobby"), missing: await s.emitWithAck("leave", "nowhere") });
+    out({ unknown: await s.emitWithAck("chat", "hello") });
+    // The room named by the socket id reaches exactly this socket.
+    const own = nextMessage(s);
+    await post("/api/rooms/" + encodeURIComponent(s.id) + "/messages", JSON.stringify({ to: "me" }));
+    out({ own: (await own).msg });
+    s.close();
+  },
+
+  // Several namespaces on one Engine.IO connection; an unknown one is refused.
+  async namespaces() {
+    const manager = new Manager(url, { transports: ["websocket"] });
+    const root = manager.socket("/", { auth: { user: "bob" } });
+    const chat = manager.socket("/chat", { auth: { user: "bob" } });
+    const nope = manager.socket("/nope");
+    const waits = [connected(root), connected(chat), connected(nope).then(() => null, (e) => e.message)];
+    await waits[0];
+    await waits[1];
+    const refused = await waits[2];
+    out({ root: root.id, chat: chat.id, same_engine: root.io === chat.io, refused });
+    // A push reaches the first namespace the connection joined; ops work on each.
+    out({ chat_join: await chat.emitWithAck("join", "news") });
+    const got = nextMessage(root);
+    await post("/api/rooms/news/messages", JSON.stringify({ n: 1 }));
+    out({ root_message: (await got).msg });
+    chat.disconnect();
+    await sleep(100);
+    out({ root_still_connected: root.connected, chat_connected: chat.connected });
+    manager.engine.close();
+  },
+
+  // CONNECT auth with a token: accepted (prints the id) or refused (prints the reason).
+  async auth(token) {
+    const s = io(url, { transports: ["websocket"], auth: token ? { token } : {}, reconnection: false });
+    try {
+      await connected(s);
+      out({ connected: true });
+      const ok = await s.emitWithAck("join", "allowed");
+      const no = await s.emitWithAck("join", "secret");
+      out({ allowed: ok, secret: no });
+    } catch (e) {
+      out({ refused: e.message });
+    }
+    s.close();
+  },
+
+  // Binary both ways: a binary push arrives as a Buffer; the client acks it with a
+  // Buffer (BINARY_ACK); a binary event from the client is answered.
+  async binary() {
+    const s = io(url, { transports: ["websocket"] });
+    await connected(s);
+    const message = nextMessage(s);
+    const published = await post("/api/broadcast", Buffer.from([0, 255, 1, 2]), { "content-type": "application/octet-stream" });
+    const { msg, ack } = await message;
+    out({ is_buffer: Buffer.isBuffer(msg), hex: Buffer.from(msg).toString("hex") });
+    ack(Buffer.from([9, 9]));
+    for (let i = 0; i < 50; i++) {
+      const receipt = await get("/api/messages/" + published.body.id);
+      if (receipt.acked >= 1 || i === 49) { out({ receipt }); break; }
+      await sleep(50);
+    }
+    out({ binary_publish: await s.emitWithAck("publish", { room: "x", data: Buffer.from([1]) }) });
+    out({ binary_unknown: await s.emitWithAck("upload", Buffer.from([1, 2, 3])) });
+    s.close();
+  },
+
+  // One broadcast: count what this socket.io client gets (the native side is counted by
+  // the Rust test).
+  async broadcast_count() {
+    const s = io(url, { transports: ["websocket"] });
+    await connected(s);
+    let count = 0;
+    s.on("message", (msg) => { count += 1; out({ message: msg }); });
+    out({ ready: true });
+    // The Rust test publishes once it reads "ready"; stdin closing means it is done.
+    process.stdin.resume();
+    await new Promise((r) => process.stdin.on("end", r));
+    out({ count });
+    s.close();
+  },
+
+  // Resume with volley's history: three messages published while away, then
+  // `join {room, since: 1}` replays 2 and 3 and ends with a `recovered` event.
+  async resume() {
+    const published = [];
+    for (const n of [1, 2, 3]) {
+      published.push((await post("/api/rooms/hist/messages", JSON.stringify({ n }))).body);
+    }
+    out({ published });
+    const s = io(url, { transports: ["websocket"] });
+    await connected(s);
+    const got = [];
+    s.on("message", (msg) => got.push(msg));
+    const recovered = new Promise((r) => s.once("recovered", r));
+    out({ join: await s.emitWithAck("join", { room: "hist", since: 1 }) });
+    out({ recovered: await recovered, replayed: got });
+    out({ recover: await s.emitWithAck("recover", { channel: "room:hist", since: 3 }) });
+    out({ recover_other: await s.emitWithAck("recover", { channel: "room:elsewhere", since: 0 }) });
+    s.close();
+  },
+
+  // A user's socket that acks every push until stdin closes; prints each message.
+  async acker(user) {
+    const s = io(url, { transports: ["websocket"], auth: { user } });
+    await connected(s);
+    s.on("message", (msg, ack) => { out({ message: msg }); ack(); });
+    out({ ready: true });
+    process.stdin.resume();
+    await new Promise((r) => process.stdin.on("end", r));
+    s.close();
+  },
+
+  // Hostile input on raw Engine.IO WebSockets; a neighbour socket.io client must still
+  // get a broadcast afterwards.
+  async abuse() {
+    const neighbour = io(url, { transports: ["websocket"] });
+    await connected(neighbour);
+    const inputs = {
+      garbage_eio: "x",
+      client_ping: "2",
+      bad_sio: "4zzz",
+      bad_json: "42[\"a\",",
+      unconnected_nsp_event: "42/other,[\"a\"]",
+      attachment_bomb: "451000000-[\"a\",{\"_placeholder\":true,\"num\":0}]",
+      binary_without_packet: null,
+    };
+    for (const [name, text] of Object.entries(inputs)) {
+      const ws = new WebSocket(url.replace("http", "ws") + "/socket.io/?EIO=4&transport=websocket");
+      const closed = new Promise((r) => ws.on("close", (code) => r(code)));
+      await new Promise((r) => ws.once("message", r)); // the open packet
+      ws.send("40");
+      await new Promise((r) => ws.once("message", r)); // the CONNECT reply
+      if (text === null) ws.send(Buffer.from([1, 2, 3]));
+      else ws.send(text);
+      out({ input: name, close_code: await closed });
+    }
+    const got = nextMessage(neighbour);
+    await post("/api/broadcast", JSON.stringify({ after: "abuse" }));
+    out({ neighbour: (await got).msg, neighbour_connected: neighbour.connected });
+    neighbour.close();
+  },
+};
+
+scenarios[scenario](...args).then(
+  () => process.exit(0),
+  (e) => { out({ error: String(e && e.stack || e) }); process.exit(1); },
+);
