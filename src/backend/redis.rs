@@ -298,6 +298,16 @@ impl Redis {
         own.push_back((id, recipients));
     }
 
+    /// Answers a publisher of this process waiting for message `id`, if one is (a message
+    /// held during a catch-up reaches its recipients late; nothing is kept otherwise).
+    pub fn answer_waiter(&self, id: &str, recipients: u32) {
+        let mut awaiting = self.awaiting_delivery.borrow_mut();
+        if let Some(at) = awaiting.iter().position(|(waiting, _, _)| waiting == id) {
+            let (_, reply, _) = awaiting.swap_remove(at);
+            let _ = reply.send(recipients);
+        }
+    }
+
     /// Drops waits for own messages that did not arrive in time (their waiters count 0).
     pub fn expire_awaiting(&self, now_s: u32) {
         self.awaiting_delivery

@@ -21,6 +21,17 @@ const HELD_MAX: usize = 4096;
 /// Channels tracked per shard (a bound on memory if something subscribes without end).
 const CHANNELS_MAX: usize = 1 << 20;
 
+/// What becomes of a live delivery.
+#[derive(Debug)]
+pub enum Admitted {
+    /// Deliver it now.
+    Now(Delivery),
+    /// Held until the channel's catch-up ends (then `end_catch_up` hands it back).
+    Held,
+    /// Delivered already (a live copy of a caught-up message): drop it.
+    Seen,
+}
+
 /// Where a channel is on this shard: the epoch and seq of the last message delivered (or
 /// of the channel when this shard subscribed to it).
 pub use crate::backend::Mark;
@@ -50,35 +61,37 @@ fn is_before(mark: &Mark, delivery: &Delivery) -> bool {
 impl Gaps {
     /// A live delivery on `channel`: returns it when it should go out now; None when it is
     /// held for a catch-up or was delivered already.
-    pub fn admit(&self, channel: &[u8], delivery: Delivery) -> Option<Delivery> {
+    pub fn admit(&self, channel: &[u8], delivery: Delivery) -> Admitted {
         let Some(seq) = delivery.seq else {
             // Unnumbered (a foreign publisher): nothing to order or deduplicate by.
-            return Some(delivery);
+            return Admitted::Now(delivery);
         };
         let mut channels = self.channels.borrow_mut();
         if !channels.contains_key(channel) {
             if channels.len() >= CHANNELS_MAX {
-                return Some(delivery);
+                return Admitted::Now(delivery);
             }
             channels.insert(Bytes::copy_from_slice(channel), Entry::default());
         }
-        let entry = channels.get_mut(channel)?;
+        let Some(entry) = channels.get_mut(channel) else {
+            return Admitted::Now(delivery);
+        };
         if let Some(held) = entry.held.as_mut() {
             if held.len() < HELD_MAX {
                 held.push(delivery);
-                return None;
+                return Admitted::Held;
             }
         }
         if let Some(mark) = entry.mark {
             if !is_before(&mark, &delivery) {
-                return None;
+                return Admitted::Seen;
             }
         }
         entry.mark = Some(Mark {
             epoch: delivery.epoch,
             seq,
         });
-        Some(delivery)
+        Admitted::Now(delivery)
     }
 
     /// Channels just subscribed whose position is unknown (to be read from Redis).
@@ -172,6 +185,15 @@ impl Gaps {
             .retain(|channel, entry| entry.held.is_some() || wanted(channel));
     }
 
+    /// Channels being caught up now.
+    pub fn catching_up_count(&self) -> usize {
+        self.channels
+            .borrow()
+            .values()
+            .filter(|entry| entry.held.is_some())
+            .count()
+    }
+
     pub fn len(&self) -> usize {
         self.channels.borrow().len()
     }
@@ -208,11 +230,20 @@ mod tests {
     #[test]
     fn live_duplicates_are_dropped_and_new_numbering_passes() {
         let gaps = Gaps::default();
-        assert!(gaps.admit(b"v:all", delivery(7, 1)).is_some());
-        assert!(gaps.admit(b"v:all", delivery(7, 2)).is_some());
-        assert!(gaps.admit(b"v:all", delivery(7, 2)).is_none(), "duplicate");
+        assert!(matches!(
+            gaps.admit(b"v:all", delivery(7, 1)),
+            Admitted::Now(_)
+        ));
+        assert!(matches!(
+            gaps.admit(b"v:all", delivery(7, 2)),
+            Admitted::Now(_)
+        ));
+        assert!(matches!(
+            gaps.admit(b"v:all", delivery(7, 2)),
+            Admitted::Seen
+        ));
         assert!(
-            gaps.admit(b"v:all", delivery(9, 1)).is_some(),
+            matches!(gaps.admit(b"v:all", delivery(9, 1)), Admitted::Now(_)),
             "a new epoch"
         );
         assert_eq!(
@@ -227,18 +258,30 @@ mod tests {
     #[test]
     fn a_catch_up_holds_live_messages_then_releases_only_new_ones() {
         let gaps = Gaps::default();
-        assert!(gaps.admit(b"v:all", delivery(7, 3)).is_some());
+        assert!(matches!(
+            gaps.admit(b"v:all", delivery(7, 3)),
+            Admitted::Now(_)
+        ));
         gaps.begin_catch_up();
         assert_eq!(gaps.catching_up(), vec![Bytes::from_static(b"v:all")]);
         // Live messages 6 and 7 arrive while history 4..=6 is read.
-        assert!(gaps.admit(b"v:all", delivery(7, 6)).is_none());
-        assert!(gaps.admit(b"v:all", delivery(7, 7)).is_none());
+        assert!(matches!(
+            gaps.admit(b"v:all", delivery(7, 6)),
+            Admitted::Held
+        ));
+        assert!(matches!(
+            gaps.admit(b"v:all", delivery(7, 7)),
+            Admitted::Held
+        ));
         let replayed: Vec<bool> = (4..=6)
             .map(|s| gaps.is_new(b"v:all", &delivery(7, s)))
             .collect();
         assert_eq!(replayed, [true, true, true]);
         assert_eq!(seqs(&gaps.end_catch_up(b"v:all")), [7], "6 was replayed");
-        assert!(gaps.admit(b"v:all", delivery(7, 8)).is_some(), "live again");
+        assert!(
+            matches!(gaps.admit(b"v:all", delivery(7, 8)), Admitted::Now(_)),
+            "live again"
+        );
     }
 
     #[test]

@@ -450,8 +450,10 @@ impl Services {
                 },
             };
             match self.gaps.admit(&channel, delivery) {
-                Some(delivery) => self.deliver(&delivery),
-                None => 0,
+                gaps::Admitted::Now(delivery) => self.deliver(&delivery),
+                // Counted for its publisher when the catch-up releases it.
+                gaps::Admitted::Held => return,
+                gaps::Admitted::Seen => 0,
             }
         };
         if envelope.origin == self.ctx.node_id() {
@@ -578,7 +580,11 @@ impl Services {
     /// catch-up already delivered.
     fn release(&self, channel: &[u8]) {
         for delivery in self.gaps.end_catch_up(channel) {
-            self.deliver(&delivery);
+            let recipients = self.deliver(&delivery);
+            // A publisher of this process waiting for its count gets it now.
+            if let Some(redis) = &self.backend.redis {
+                redis.answer_waiter(&delivery.publish.id, recipients);
+            }
         }
     }
 
@@ -697,7 +703,12 @@ impl Services {
     pub fn report(&self) -> ShardReport {
         ShardReport {
             snapshot: self.ctx.metrics.snapshot(),
-            redis_problem: self.backend.problem(),
+            redis_problem: self.backend.problem().or_else(|| {
+                let catching_up = self.gaps.catching_up_count();
+                (catching_up > 0).then(|| {
+                    format!("catching up {catching_up} channel(s) from history after a reconnect")
+                })
+            }),
         }
     }
 
