@@ -433,18 +433,7 @@ pub fn parse_redis_url(url: &str) -> Result<RedisUrl, String> {
         ),
         None => (rest, 0),
     };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
-            host,
-            port.parse::<u16>()
-                .map_err(|_| format!("port '{port}' is not a number"))?,
-        ),
-        _ => (hostport, 6379),
-    };
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        return Err("no host".into());
-    }
+    let (host, port) = split_host_port(hostport, 6379)?;
     Ok(RedisUrl {
         host: host.to_string(),
         port,
@@ -1125,19 +1114,26 @@ pub fn parse_webhook_url(url: &str) -> Result<(String, String, u16, String), Str
     if path.contains(['#', ' ', '\r', '\n']) {
         return Err("the path must not contain '#', spaces or line breaks".into());
     }
+    let (bare, port) = split_host_port(authority, 80)?;
+    Ok((authority.to_string(), bare.to_string(), port, path))
+}
+
+/// `host[:port]` or `[v6][:port]` of a URL: the host without brackets and the port
+/// (`default_port` when none is given).
+fn split_host_port(authority: &str, default_port: u16) -> Result<(&str, u16), String> {
     let (host, port) = match authority.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => (
             host,
             port.parse::<u16>()
                 .map_err(|_| format!("port '{port}' is not a number"))?,
         ),
-        _ => (authority, 80),
+        _ => (authority, default_port),
     };
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    if bare.is_empty() {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
         return Err("no host".into());
     }
-    Ok((authority.to_string(), bare.to_string(), port, path))
+    Ok((host, port))
 }
 
 impl WebhookArgs {

@@ -533,6 +533,16 @@ fn a_stalled_link_is_seen_within_seconds_and_answers_stay_true() {
     // stall (504: another shard's command link has not timed out yet); never a 200.
     let (second, body) = post(a.addr, "/api/broadcast", &[], "2");
     assert!(second == 503 || second == 504, "{second} {body}");
+    if second == 504 {
+        // It had no key: the answer must not promise that a retry is safe.
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("no Idempotency-Key"),
+            "{body}"
+        );
+    }
     proxy.set(Mode::Pass);
     proxy.cut();
     wait_health(&a, "ok", |h| h["status"] == "ok");

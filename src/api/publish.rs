@@ -32,7 +32,7 @@ const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 /// The answer to a publish the broker did not take, saying what happened: 503 nothing was
 /// published, 502 Redis refused it, 504 it was written and no answer came (it may have
 /// gone out: retry with the same `Idempotency-Key`, or look the id up).
-fn publish_error(svc: &Services, id: &str, e: Error, keep_alive: bool) -> Vec<u8> {
+fn publish_error(svc: &Services, id: &str, keyed: bool, e: Error, keep_alive: bool) -> Vec<u8> {
     Metrics::inc(&svc.ctx.metrics.redis_publish_errors_total);
     let broker = svc.backend.redis.as_ref().map_or("(none)", |r| r.display());
     let (status, message) = match e {
@@ -43,10 +43,17 @@ fn publish_error(svc: &Services, id: &str, e: Error, keep_alive: bool) -> Vec<u8
             ),
         ),
         Error::Reply(words) => (502, format!("broker {broker} refused the publish: {words}; nothing was published")),
+        // Only a publish sent with a key can be retried safely: ours are not remembered.
+        Error::Unknown(why) if keyed => (
+            504,
+            format!(
+                "broker {broker} took the publish but did not answer ({why}): it may or may not have been published. Retry with the same Idempotency-Key: {id} to publish it at most once, or see GET /api/messages/{id}"
+            ),
+        ),
         Error::Unknown(why) => (
             504,
             format!(
-                "broker {broker} took the publish but did not answer ({why}): it may or may not have been published. Retry with the header Idempotency-Key: {id} to publish it at most once, or see GET /api/messages/{id}"
+                "broker {broker} took the publish but did not answer ({why}): it may or may not have been published, and it had no Idempotency-Key, so a retry may publish it twice. See GET /api/messages/{id}; send an Idempotency-Key with publishes you may retry"
             ),
         ),
     };
@@ -83,11 +90,11 @@ pub(crate) fn read_error(svc: &Services, what: &str, e: Error, keep_alive: bool)
     error(svc, status, &message, keep_alive)
 }
 
-/// The message id: the request's `Idempotency-Key` (a retry with the same key publishes
-/// at most once in cluster mode), or a new one.
-fn message_id(svc: &Services, head: &Head) -> Result<String, String> {
+/// The message id and whether it is the request's `Idempotency-Key` (a retry with the same
+/// key publishes at most once in cluster mode) rather than a new one.
+fn message_id(svc: &Services, head: &Head) -> Result<(String, bool), String> {
     let Some(key) = head.header("idempotency-key") else {
-        return Ok(svc.ctx.next_message_id());
+        return Ok((svc.ctx.next_message_id(), false));
     };
     let key = key.trim();
     let printable = key.bytes().all(|b| b.is_ascii_graphic());
@@ -96,7 +103,7 @@ fn message_id(svc: &Services, head: &Head) -> Result<String, String> {
             "Idempotency-Key: must be 1..={IDEMPOTENCY_KEY_BYTES_MAX} printable ASCII characters without spaces"
         ));
     }
-    Ok(key.to_string())
+    Ok((key.to_string(), true))
 }
 
 fn published_json(published: &Published) -> serde_json::Value {
@@ -158,7 +165,7 @@ pub async fn publish_to(
             )
         }
     };
-    let id = match message_id(svc, head) {
+    let (id, keyed) = match message_id(svc, head) {
         Ok(id) => id,
         Err(message) => return error(svc, 400, &message, keep_alive),
     };
@@ -172,11 +179,11 @@ pub async fn publish_to(
     let outcome = if local {
         svc.backend.publish_local(publish).await
     } else {
-        svc.backend.publish(publish).await
+        svc.backend.publish_keyed(publish, keyed).await
     };
     let published = match outcome {
         Ok(published) => published,
-        Err(e) => return publish_error(svc, &id, e, keep_alive),
+        Err(e) => return publish_error(svc, &id, keyed, e, keep_alive),
     };
     let mut answer = published_json(&published);
     if let Some(timeout) = wait_ack {

@@ -86,8 +86,15 @@ impl Backend {
 
     /// Publishes a message to its target's channel, standalone or through Redis.
     pub async fn publish(&self, publish: Publish) -> Result<Published, Error> {
+        self.publish_keyed(publish, false).await
+    }
+
+    /// Publishes a message whose id is the publisher's `Idempotency-Key` when `keyed`: in
+    /// cluster mode a retry with the same key within `IDEMPOTENCY_TTL_S` answers the first
+    /// publish instead of publishing again.
+    pub async fn publish_keyed(&self, publish: Publish, keyed: bool) -> Result<Published, Error> {
         match &self.redis {
-            Some(redis) => redis.publish(publish).await,
+            Some(redis) => redis.publish(publish, keyed).await,
             None => self.local.publish(publish, true).await,
         }
     }

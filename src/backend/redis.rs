@@ -93,7 +93,9 @@ impl Redis {
     /// Numbers and publishes through Redis once; every shard of every process (this one
     /// included) gets it from its own subscription. Then waits for this process's shards
     /// to report their local recipients.
-    pub async fn publish(&self, publish: Publish) -> Result<Published, Error> {
+    /// `remember`: the id is the publisher's `Idempotency-Key`, kept for
+    /// `IDEMPOTENCY_TTL_S` so a retry answers this publish instead of publishing again.
+    pub async fn publish(&self, publish: Publish, remember: bool) -> Result<Published, Error> {
         // A shard whose subscriptions are not confirmed would not see what it publishes:
         // say so instead of answering 200 for a message its own clients miss.
         if let Some(why) = self.broker.publish_blocker() {
@@ -118,11 +120,7 @@ impl Redis {
         let published_key = self.keys.published(&publish.id);
         let epoch_candidate = self.ctx.new_epoch().to_string();
         // Only ids a publisher chose (Idempotency-Key) are remembered: ours are unique.
-        let dedupe_ttl = if publish.id.starts_with(self.ctx.node_id()) {
-            "0".to_string()
-        } else {
-            IDEMPOTENCY_TTL_S.to_string()
-        };
+        let dedupe_ttl = if remember { IDEMPOTENCY_TTL_S } else { 0 }.to_string();
         let node_prefix = self.keys.node_prefix();
         let history_size = config.history_size.to_string();
         let history_ttl = config.history_ttl_s.to_string();
@@ -195,7 +193,7 @@ impl Redis {
     pub async fn publish_many(&self, publishes: Vec<Publish>) -> Vec<Result<Published, Error>> {
         let mut pending: Vec<_> = publishes
             .into_iter()
-            .map(|publish| Box::pin(self.publish(publish)))
+            .map(|publish| Box::pin(self.publish(publish, false)))
             .collect();
         // Every script is on the command link before the first answer is awaited: each
         // publish writes its command on its first poll. One that finished there (the link

@@ -445,16 +445,14 @@ impl Hub {
         };
         let index = self.index.borrow();
         let mut polls = self.polls.borrow_mut();
+        // Polling sessions of a user or room (a broadcast walks the whole polling slab).
         let mut poll_keys = Vec::new();
+        let all = matches!(delivery.publish.target, Target::All);
         let keys = match &delivery.publish.target {
             Target::All => {
                 for (_, conn) in conns.iter_mut() {
                     push(conn);
                 }
-                poll_keys.extend(polls.iter().map(|(i, p)| ConnKey {
-                    index: i as u32 | POLL_BIT,
-                    generation: p.generation,
-                }));
                 &[][..]
             }
             Target::User(user) => index.user_conns(user),
@@ -503,17 +501,23 @@ impl Hub {
         // Polling sessions: the same frames, queued for their next GET (no recovery hold:
         // `recover` over polling replays without holding live messages back).
         let (frames_max, bytes_max) = self.polling_limits();
-        for key in poll_keys {
-            let Some(poll) = polls.get_mut((key.index & !POLL_BIT) as usize) else {
-                continue;
-            };
+        let mut push_poll = |poll: &mut Polling| {
             let unconnected = poll.session.sio.as_ref().is_none_or(|s| s.is_unconnected());
-            if poll.generation != key.generation || unconnected {
-                continue;
-            }
-            let frame = frames.for_codec(poll.session.codec);
-            if poll.push(frame, frames_max, bytes_max) {
+            if !unconnected
+                && poll.push(frames.for_codec(poll.session.codec), frames_max, bytes_max)
+            {
                 queued += 1;
+            }
+        };
+        if all {
+            for (_, poll) in polls.iter_mut() {
+                push_poll(poll);
+            }
+        }
+        for key in poll_keys {
+            match polls.get_mut((key.index & !POLL_BIT) as usize) {
+                Some(poll) if poll.generation == key.generation => push_poll(poll),
+                _ => {}
             }
         }
         drop(polls);
