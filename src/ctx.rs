@@ -71,6 +71,13 @@ impl Ctx {
         self.started.elapsed().as_millis().min(u32::MAX as u128) as u32
     }
 
+    /// Seconds since the Unix epoch, read now: token expiry (`exp`, `nbf`) is wall-clock time.
+    pub fn unix_now_s(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
     /// Number of shards in this process.
     pub fn shard_count(&self) -> usize {
         self.peers.count()

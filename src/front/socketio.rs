@@ -13,15 +13,13 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 
 use super::upgrade::Upgraded;
-use crate::auth;
-use crate::config::ClientAuth;
 use crate::http::{self, Head, Method};
 use crate::hub::Session;
 use crate::metrics::Metrics;
 use crate::protocol::socketio::codec::ws_text;
 use crate::protocol::socketio::engineio::{self, Action, RequestError, Transport};
 use crate::protocol::socketio::session::SioState;
-use crate::protocol::{check_name, Codec};
+use crate::protocol::Codec;
 use crate::services::socketio as sio;
 use crate::services::Services;
 use crate::ws::handshake;
@@ -70,38 +68,11 @@ fn upgrade_error(error: RequestError) -> Vec<u8> {
     http::response(400, "text/html", error.message().as_bytes(), false, &[])
 }
 
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Who connects, as far as the handshake can tell: a `?token=` or `Authorization: Bearer`
 /// token (verified; refused with 401 when bad) or `?user=` in open mode. The CONNECT auth
 /// payload may name the user later (`services::socketio`).
 pub fn identify(svc: &Services, head: &Head) -> Result<Session, (u16, String)> {
-    let (user, claims) = match &svc.ctx.config.client_auth {
-        ClientAuth::Jwt(verifier) => match head.query_param("token").or_else(|| auth::bearer(head))
-        {
-            None => (None, None),
-            Some(token) => {
-                let claims = verifier
-                    .verify(token, unix_now_s())
-                    .map_err(|e| (401, format!("invalid token: {e}")))?;
-                (Some(Rc::from(claims.sub.as_str())), Some(Rc::new(claims)))
-            }
-        },
-        ClientAuth::Open => match head.query_param("user") {
-            None => (None, None),
-            Some(raw) => {
-                let user = http::percent_decode(raw)
-                    .ok_or_else(|| (400, "user: bad percent-encoding".to_string()))?;
-                check_name(&user, svc.ctx.config.name_bytes_max)
-                    .map_err(|e| (400, e.message("user")))?;
-                (Some(Rc::from(user.as_ref())), None)
-            }
-        },
-    };
+    let (user, claims) = super::upgrade::who(svc, head, false)?;
     Ok(Session::new(
         Codec::SocketIo(0),
         user,

@@ -12,7 +12,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use serde_json::json;
 
-use crate::auth;
+use crate::auth::{self, Claims};
 use crate::config::{ClientAuth, Compression, Config};
 use crate::conn::Wire;
 use crate::envelope::Target;
@@ -231,50 +231,51 @@ pub fn parse_resume(
         .collect()
 }
 
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Who is connecting and with which codec: a verified token when a JWT key is set (401
-/// with the reason otherwise), or `?user=` in open mode.
 /// Channels to recover at connect, each with where the client is.
 type Resume = Vec<(Target, Since)>;
 
-fn identify(svc: &Services, head: &Head) -> Result<(Session, Resume), (u16, String)> {
-    let codec = Codec::parse(head.query_param("protocol")).map_err(|e| (400, e))?;
-    let (user, claims) = match &svc.ctx.config.client_auth {
+/// A user and their token's claims, as a handshake establishes them.
+pub type Identity = (Option<Rc<str>>, Option<Rc<Claims>>);
+
+/// Who is connecting: a verified `?token=` or `Authorization: Bearer` token when a JWT key
+/// is set (401 with the reason when it is bad), or `?user=` in open mode. `token_required`:
+/// a missing token is a 401 (`/ws`); socket.io clients may give theirs later, in CONNECT,
+/// so for them a missing one leaves the connection anonymous for now.
+pub fn who(svc: &Services, head: &Head, token_required: bool) -> Result<Identity, (u16, String)> {
+    match &svc.ctx.config.client_auth {
         ClientAuth::Jwt(verifier) => {
-            let token = head
-                .query_param("token")
-                .or_else(|| auth::bearer(head))
-                .ok_or_else(|| {
-                    (
+            let Some(token) = head.query_param("token").or_else(|| auth::bearer(head)) else {
+                if token_required {
+                    return Err((
                         401,
                         "missing token: send ?token=<JWT> or Authorization: Bearer <JWT>"
                             .to_string(),
-                    )
-                })?;
-            let claims = verifier
-                .verify(token, unix_now_s())
-                .map_err(|e| (401, format!("invalid token: {e}")))?;
-            (Some(Rc::from(claims.sub.as_str())), Some(Rc::new(claims)))
-        }
-        ClientAuth::Open => {
-            let user = match head.query_param("user") {
-                None => None,
-                Some(raw) => {
-                    let user = http::percent_decode(raw)
-                        .ok_or_else(|| (400, "user: bad percent-encoding".to_string()))?;
-                    check_name(&user, svc.ctx.config.name_bytes_max)
-                        .map_err(|e| (400, e.message("user")))?;
-                    Some(Rc::from(user.as_ref()))
+                    ));
                 }
+                return Ok((None, None));
             };
-            (user, None)
+            let claims = verifier
+                .verify(token, svc.ctx.unix_now_s())
+                .map_err(|e| (401, format!("invalid token: {e}")))?;
+            Ok((Some(Rc::from(claims.sub.as_str())), Some(Rc::new(claims))))
         }
-    };
+        ClientAuth::Open => match head.query_param("user") {
+            None => Ok((None, None)),
+            Some(raw) => {
+                let user = http::percent_decode(raw)
+                    .ok_or_else(|| (400, "user: bad percent-encoding".to_string()))?;
+                check_name(&user, svc.ctx.config.name_bytes_max)
+                    .map_err(|e| (400, e.message("user")))?;
+                Ok((Some(Rc::from(user.as_ref())), None))
+            }
+        },
+    }
+}
+
+/// Who is connecting to `/ws`, with which codec, resuming what.
+fn identify(svc: &Services, head: &Head) -> Result<(Session, Resume), (u16, String)> {
+    let codec = Codec::parse(head.query_param("protocol")).map_err(|e| (400, e))?;
+    let (user, claims) = who(svc, head, true)?;
     let resume = match head.query_param("resume") {
         None => Vec::new(),
         Some(token) => parse_resume(

@@ -51,12 +51,6 @@ pub fn random_sid(shard: usize) -> Sid {
     Sid::new(shard as u16, &random)
 }
 
-fn unix_now_s() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Handles one message a socket.io connection sent; a protocol violation closes it.
 pub fn on_inbound(svc: &Rc<Services>, key: ConnKey, inbound: Inbound) {
     // A WebSocket taking over a polling session holds what it gets until it has the
@@ -322,7 +316,7 @@ fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<()
         ClientAuth::Jwt(verifier) => match token {
             Some(token) => {
                 let claims = verifier
-                    .verify(token, unix_now_s())
+                    .verify(token, svc.ctx.unix_now_s())
                     .map_err(|e| format!("invalid token: {e}"))?;
                 (Rc::<str>::from(claims.sub.as_str()), Some(Rc::new(claims)))
             }
