@@ -10,7 +10,8 @@
 # Usage: tools/bench-box.sh [--conns 128000] [--duration-s 600] [--broadcast-every-s 5]
 #                           [--rate 20000] [--conns-per-server 18000] [--conns-per-swarm 19000]
 #                           [--server-max-connections 19500] [--backlog 4096] [--size 100]
-#                           [--protocol native|raw] [--sources 127.0.1.1-127.0.1.64]
+#                           [--protocol native|raw|socketio] [--publish-cmd CMD]
+#                           [--sources 127.0.1.1-127.0.1.64]
 #                           [--workers-per-swarm 1] [--inflight-max 2000] [--out-dir DIR] [--volley-bin PATH]
 #                           [--no-build] [--json] [-- EXTRA VOLLEY SERVE FLAGS...]
 #
@@ -26,7 +27,12 @@
 #   --server-max-connections M  volley --max-connections per process (default 19500)
 #   --backlog B            volley --backlog (default 4096; the kernel caps it at somaxconn)
 #   --size B               broadcast body bytes (default 100)
-#   --protocol P           native (JSON envelope, default) or raw (/ws?protocol=raw)
+#   --protocol P           native (JSON envelope, default), raw (/ws?protocol=raw) or socketio
+#                          (Engine.IO 4 over WebSocket on /socket.io/, CONNECT `/`, each push
+#                          read as the `message` event's argument)
+#   --publish-cmd CMD      publish through CMD instead of POST /api/broadcast (swarm run
+#                          --publish-cmd: one JSON body per line on its stdin, `ok` back);
+#                          the string REDIS_URL in CMD is replaced by the cluster's Redis URL
 #   --sources RANGE        loopback source addresses, split among the swarm workers
 #                          (default 127.0.1.1-127.0.1.64)
 #   --workers-per-swarm W  threads per swarm worker process (default 1)
@@ -54,6 +60,7 @@ SERVER_MAX=19500
 BACKLOG=4096
 SIZE=100
 PROTOCOL=native
+PUBLISH_CMD=""
 SOURCES=127.0.1.1-127.0.1.64
 WORKERS=1
 INFLIGHT=2000
@@ -82,6 +89,7 @@ while [[ $# -gt 0 ]]; do
         --backlog) need_value "$@"; BACKLOG="$2"; shift 2 ;;
         --size) need_value "$@"; SIZE="$2"; shift 2 ;;
         --protocol) need_value "$@"; PROTOCOL="$2"; shift 2 ;;
+        --publish-cmd) need_value "$@"; PUBLISH_CMD="$2"; shift 2 ;;
         --sources) need_value "$@"; SOURCES="$2"; shift 2 ;;
         --workers-per-swarm) need_value "$@"; WORKERS="$2"; shift 2 ;;
         --inflight-max) need_value "$@"; INFLIGHT="$2"; shift 2 ;;
@@ -103,7 +111,7 @@ done
 (( CONNS >= 1 && CONNS <= 1000000 )) || die "--conns $CONNS: must be 1..=1000000"
 (( DURATION_S >= 10 && DURATION_S <= 86400 )) || die "--duration-s $DURATION_S: must be 10..=86400"
 (( PER_SERVER >= 1 && PER_SERVER <= SERVER_MAX )) || die "--conns-per-server $PER_SERVER: must be 1..=--server-max-connections ($SERVER_MAX)"
-case "$PROTOCOL" in native|raw) ;; *) die "--protocol $PROTOCOL: must be native or raw" ;; esac
+case "$PROTOCOL" in native|raw|socketio) ;; *) die "--protocol $PROTOCOL: must be native, raw or socketio" ;; esac
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
@@ -166,18 +174,21 @@ for _ in $(seq 1 600); do
     sleep 0.1
 done
 [[ -s "$STATE" ]] || die "cluster not up after 60 s; see $OUT_DIR/cluster.err"
-read -r PORT PIDS REDIS_PID < <(python3 -c 'import json,sys
+read -r PORT PIDS REDIS_PID REDIS_URL < <(python3 -c 'import json,sys
 s = json.load(open(sys.argv[1]))
-print(s["port"], ",".join(map(str, s["volley_pids"])), s["redis_pid"])' "$STATE")
+print(s["port"], ",".join(map(str, s["volley_pids"])), s["redis_pid"], s["redis_url"])' "$STATE")
 URL="ws://127.0.0.1:$PORT/ws"
 [[ "$PROTOCOL" == raw ]] && URL="$URL?protocol=raw"
+RUN_EXTRA=()
+[[ "$PROTOCOL" == socketio ]] && RUN_EXTRA+=(--socketio)
+[[ -n "$PUBLISH_CMD" ]] && RUN_EXTRA+=(--publish-cmd "${PUBLISH_CMD//REDIS_URL/$REDIS_URL}")
 log "cluster up on port $PORT: volley pids $PIDS, redis pid $REDIS_PID"
 
 # --- swarm ------------------------------------------------------------------------------
 "$SWARM" run --url "$URL" --conns "$CONNS" --conns-per-process "$PER_SWARM" --rate "$RATE" \
     --duration-s "$DURATION_S" --broadcast-every-s "$EVERY_S" --size "$SIZE" --sources "$SOURCES" \
     --workers-per-process "$WORKERS" --inflight-max "$INFLIGHT" --server-pids "$PIDS" --redis-pid "$REDIS_PID" \
-    --report "$OUT_DIR/box.json" --plot "$OUT_DIR/box.svg" \
+    --report "$OUT_DIR/box.json" --plot "$OUT_DIR/box.svg" "${RUN_EXTRA[@]}" \
     --title "volley box scenario: $CONNS connections, $K processes, a broadcast every $EVERY_S s" \
     >"$OUT_DIR/swarm.out" 2> >(tee "$OUT_DIR/swarm.err" >&2) &
 SWARM_PID=$!
@@ -212,9 +223,10 @@ NOFILE="$(ulimit -Hn)" BACKLOG="$BACKLOG" LOAD_BEFORE="$LOAD_BEFORE" LOAD_AFTER=
 import glob, json, os, re
 e = os.environ
 r = json.load(open(os.path.join(e["OUT_DIR"], "box.json")))
-known = [r"^volley: warning: open file limit is", r"^volley: listening on",
-         r"^volley: WARNING: no --jwt-secret", r"^volley: no --api-key:",
-         r"^volley\[shard \d+\]: redis (subscriber|command) link to .* is up$"]
+# Start-up lines, in the plain or the tracing format (`<time> <LEVEL> volley: ...`).
+known = [r"volley: warning: open file limit is", r"volley: listening on",
+         r"volley: WARNING: no --jwt-secret", r"volley: no --api-key:",
+         r"redis (subscriber|command) link to \S+ is up( shard=\d+)?$"]
 odd = []
 for p in sorted(glob.glob(os.path.join(e["OUT_DIR"], "cluster", "volley*.log"))):
     for line in open(p, errors="replace"):

@@ -397,9 +397,10 @@ for r in reports:
     for why, c in (r.get("connect_failures") or {}).items():
         reasons["connect: " + why] = reasons.get("connect: " + why, 0) + c
 # volley stderr: anything but the start-up lines
-known = [r"^volley: warning: open file limit is", r"^volley: listening on",
-         r"^volley: WARNING: no --jwt-secret", r"^volley: no --api-key:",
-         r"^volley\[shard \d+\]: redis (subscriber|command) link to .* is up$"]
+# (plain or tracing format: `<time> <LEVEL> volley: ...`)
+known = [r"volley: warning: open file limit is", r"volley: listening on",
+         r"volley: WARNING: no --jwt-secret", r"volley: no --api-key:",
+         r"redis (subscriber|command) link to \S+ is up( shard=\d+)?$"]
 odd = []
 for p in sorted(glob.glob(os.path.join(d, "volley*.log"))):
     for line in open(p, errors="replace"):

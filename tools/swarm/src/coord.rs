@@ -79,6 +79,15 @@ pub struct RunArgs {
     /// Path of the broadcast endpoint, appended to --api.
     #[arg(long, default_value = "/api/broadcast")]
     pub path: String,
+    /// Publish through this command instead of the HTTP API: it is started once with
+    /// `sh -c`, gets one broadcast body (one JSON line) per broadcast on its stdin and
+    /// answers each with one line on its stdout: `ok` (counted as published) or anything
+    /// else (the error). Used to publish through socket.io's Redis emitter.
+    #[arg(long)]
+    pub publish_cmd: Option<String>,
+    /// Workers speak socket.io (`swarm hold --socketio`).
+    #[arg(long)]
+    pub socketio: bool,
     /// Seconds between two broadcasts, start to start; 0 = hold only, publish nothing.
     #[arg(long, default_value_t = 0.0)]
     pub broadcast_every_s: f64,
@@ -468,6 +477,7 @@ pub fn run(a: RunArgs) -> Result<Value, String> {
             .args(["--inflight-max", &inflight[i].to_string()])
             .args(["--drain-ms", &a.drain_ms.to_string()])
             .arg("--status-lines")
+            .args(a.socketio.then_some("--socketio"))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -615,15 +625,13 @@ pub fn run(a: RunArgs) -> Result<Value, String> {
                         "swarm run: t={t:.1}s publishing {count} broadcasts, one every {} s",
                         a.broadcast_every_s
                     ));
-                    let (tx, target, path, size, open) = (
-                        pub_tx.clone(),
-                        api_target.clone(),
-                        a.path.clone(),
-                        a.size,
-                        Arc::clone(&open_now),
-                    );
+                    let via = match &a.publish_cmd {
+                        Some(cmd) => Via::Command(cmd.clone()),
+                        None => Via::Http(api_target.clone(), a.path.clone()),
+                    };
+                    let (tx, size, open) = (pub_tx.clone(), a.size, Arc::clone(&open_now));
                     publisher = Some(std::thread::spawn(move || {
-                        publish_loop(tx, target, path, size, count, every, open)
+                        publish_loop(tx, via, size, count, every, open)
                     }));
                 }
             }
@@ -933,12 +941,67 @@ fn stop_workers(workers: &mut [Worker]) {
     }
 }
 
-/// Publishes `count` broadcasts, one every `every`, each on a new connection (a kept-alive
-/// one could be closed by the server's idle timeout between two broadcasts).
+/// Where broadcasts go.
+enum Via {
+    /// POST to (API, path), each on a new connection (a kept-alive one could be closed by
+    /// the server's idle timeout between two broadcasts).
+    Http(net::Target, String),
+    /// One line per broadcast to a command's stdin, one answer line back (`--publish-cmd`).
+    Command(String),
+}
+
+/// A `--publish-cmd` process: its stdin and the lines of its stdout.
+struct PipePublisher {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    answers: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl PipePublisher {
+    fn start(cmd: &str) -> Result<PipePublisher, String> {
+        let mut child = Command::new("sh")
+            .args(["-c", cmd])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start --publish-cmd: {e}"))?;
+        let stdin = child.stdin.take().expect("piped");
+        let stdout = child.stdout.take().expect("piped");
+        let answers = std::io::BufRead::lines(std::io::BufReader::new(stdout));
+        Ok(PipePublisher {
+            child,
+            stdin,
+            answers,
+        })
+    }
+
+    /// Sends one body; Ok(()) when the command answered `ok`.
+    fn publish(&mut self, body: &str) -> Result<(), String> {
+        use std::io::Write;
+        writeln!(self.stdin, "{body}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("--publish-cmd stdin: {e}"))?;
+        match self.answers.next() {
+            Some(Ok(line)) if line.trim() == "ok" => Ok(()),
+            Some(Ok(line)) => Err(format!("--publish-cmd answered: {line}")),
+            Some(Err(e)) => Err(format!("--publish-cmd stdout: {e}")),
+            None => Err("--publish-cmd exited".to_owned()),
+        }
+    }
+}
+
+impl Drop for PipePublisher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes `count` broadcasts, one every `every`.
 fn publish_loop(
     tx: mpsc::Sender<PubEvent>,
-    target: net::Target,
-    path: String,
+    via: Via,
     size: usize,
     count: u64,
     every: Duration,
@@ -949,6 +1012,16 @@ fn publish_loop(
         .build()
     else {
         return;
+    };
+    let mut pipe = match &via {
+        Via::Command(cmd) => match PipePublisher::start(cmd) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("swarm run: {e}");
+                return;
+            }
+        },
+        Via::Http(..) => None,
     };
     rt.block_on(async move {
         let start = Instant::now();
@@ -970,20 +1043,27 @@ fn publish_loop(
             let t_us = net::now_unix_us();
             let body = make_body(seq, t_us, size);
             let sent = Instant::now();
-            let mut client = Client::new(target.clone());
-            let answer = tokio::time::timeout(
-                Duration::from_secs(10),
-                client.post(&path, "application/json", body.as_bytes()),
-            )
-            .await
-            .unwrap_or_else(|_| Err("no answer within 10 s".into()));
+            let answer = match (&via, pipe.as_mut()) {
+                (Via::Http(target, path), _) => {
+                    let mut client = Client::new(target.clone());
+                    tokio::time::timeout(
+                        Duration::from_secs(10),
+                        client.post(path, "application/json", body.as_bytes()),
+                    )
+                    .await
+                    .unwrap_or_else(|_| Err("no answer within 10 s".into()))
+                    .map(|resp| (resp.status, recipients_of(&resp.body)))
+                }
+                (Via::Command(_), Some(pipe)) => pipe.publish(&body).map(|()| (200, None)),
+                (Via::Command(_), None) => Err("--publish-cmd is not running".to_owned()),
+            };
             let post_us = sent.elapsed().as_micros() as u64;
             let round = match answer {
-                Ok(resp) => Round {
+                Ok((status, recipients)) => Round {
                     seq,
                     t_us,
-                    status: Some(resp.status),
-                    recipients: recipients_of(&resp.body),
+                    status: Some(status),
+                    recipients,
                     post_us,
                     error: None,
                     expected,
