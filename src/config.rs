@@ -1581,6 +1581,21 @@ mod tests {
     }
 
     #[test]
+    fn the_console_is_on_in_open_mode_or_when_asked() {
+        let console = |extra: &[&str]| args(extra).validate(1).unwrap().console;
+        let jwt = ["--jwt-secret", "0123456789abcdef0123"];
+        assert!(console(&[]), "open mode");
+        assert!(!console(&jwt), "tokens: off unless asked");
+        assert!(
+            console(&[&jwt[..], &["--console"]].concat()),
+            "bare --console is on"
+        );
+        assert!(console(&[&jwt[..], &["--console", "on"]].concat()));
+        assert!(!console(&["--console", "off"]));
+        assert!(Cli::try_parse_from(["volley", "serve", "--console", "maybe"]).is_err());
+    }
+
+    #[test]
     fn cpus_set_the_shard_count() {
         let config = args(&["--cpus", "1"]).validate(2).unwrap();
         assert_eq!(config.shards, 1);
