@@ -266,6 +266,13 @@ pub struct ServeArgs {
     /// anyone who reaches the port may connect as any user.
     #[arg(long, env = "VOLLEY_INSECURE_OPEN")]
     pub insecure_open: bool,
+    /// The dev console at `GET /`: a page to connect as a user, join rooms, see messages
+    /// and publish. auto: on in open mode (no JWT key), off otherwise; `--console` alone
+    /// is `--console on`. It holds no secret: it can do only what its user types a token
+    /// or an API key for.
+    #[arg(long, env = "VOLLEY_CONSOLE", value_enum, default_value_t = ConsoleMode::Auto,
+          num_args = 0..=1, default_missing_value = "on")]
+    pub console: ConsoleMode,
 
     // Logs (issue 14). Checked by `check_logs`.
     /// Log level (error, warn, info, debug, trace) or tracing directives such as
@@ -288,6 +295,15 @@ pub struct ServeArgs {
     pub wire: WireArgs,
     #[command(flatten)]
     pub socketio: SocketIoArgs,
+}
+
+/// Whether `GET /` serves the dev console (`api/console.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConsoleMode {
+    /// On in open mode (no JWT key: development), off when clients need tokens.
+    Auto,
+    On,
+    Off,
 }
 
 /// Whether `/ws` negotiates permessage-deflate (RFC 7692).
@@ -486,6 +502,8 @@ pub struct Config {
     pub origins: crate::origin::Policy,
     /// Open on a non-loopback address on purpose (`--insecure-open`): said loudly at start.
     pub insecure_open: bool,
+    /// `GET /` serves the dev console (`--console`, resolved against open mode).
+    pub console: bool,
     /// The tracing filter directives in force (`logging::directives`).
     pub log_filter: String,
     pub log_format: LogFormat,
@@ -628,6 +646,7 @@ impl ServeArgs {
             log_format: self.log_format,
             origins,
             insecure_open: self.insecure_open,
+            console: self.check_console(&client_auth),
             app_webhook,
             history_size: self.history_size,
             history_ttl_s: self.history_ttl_s,
@@ -737,6 +756,17 @@ impl ServeArgs {
             ));
         }
         Ok(policy)
+    }
+
+    /// `--console`: auto is on in open mode only. The page is served to whoever reaches
+    /// the port, so it is safe anywhere: it is static, holds no secret, and every request
+    /// it makes passes the same checks as any client's (docs/API.md, "Dev console").
+    fn check_console(&self, client_auth: &ClientAuth) -> bool {
+        match self.console {
+            ConsoleMode::On => true,
+            ConsoleMode::Off => false,
+            ConsoleMode::Auto => matches!(client_auth, ClientAuth::Open),
+        }
     }
 
     /// `--log-level` (or RUST_LOG when it is not given).
@@ -1548,6 +1578,21 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(e.contains("--redis") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn the_console_is_on_in_open_mode_or_when_asked() {
+        let console = |extra: &[&str]| args(extra).validate(1).unwrap().console;
+        let jwt = ["--jwt-secret", "0123456789abcdef0123"];
+        assert!(console(&[]), "open mode");
+        assert!(!console(&jwt), "tokens: off unless asked");
+        assert!(
+            console(&[&jwt[..], &["--console"]].concat()),
+            "bare --console is on"
+        );
+        assert!(console(&[&jwt[..], &["--console", "on"]].concat()));
+        assert!(!console(&["--console", "off"]));
+        assert!(Cli::try_parse_from(["volley", "serve", "--console", "maybe"]).is_err());
     }
 
     #[test]

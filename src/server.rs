@@ -134,6 +134,12 @@ pub fn serve(config: Config, shared: Arc<Shared>) -> Result<(), String> {
             "no --api-key: the HTTP API (/api/*) answers loopback clients only"
         );
     }
+    if config.console {
+        log!(
+            None,
+            "dev console at http://{bound}/ (on in open mode or with --console on; --console off hides it)"
+        );
+    }
 
     {
         let mut out = std::io::stdout().lock();

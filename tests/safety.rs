@@ -420,9 +420,29 @@ fn logs_have_levels_timestamps_and_a_json_form() {
     assert!(stderr.contains("--log-level loud"), "{stderr}");
 }
 
+/// Waits for a JSON log line whose message contains `text`.
+fn wait_log_line(server: &Server, text: &str) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let stderr = server.stderr();
+        let found = stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|l| l["message"].as_str().unwrap_or("").contains(text));
+        if let Some(line) = found {
+            return line;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no line with {text:?}: {stderr}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn shard_logs_carry_the_shard_id_as_a_field() {
-    let redis = common::redis::Redis::start();
+    let mut redis = common::redis::Redis::start();
     let server = Server::start(&[
         "--shards",
         "1",
@@ -431,23 +451,17 @@ fn shard_logs_carry_the_shard_id_as_a_field() {
         "--log-format",
         "json",
     ]);
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let stderr = server.stderr();
-        let up = stderr
-            .lines()
-            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .find(|l| l["message"].as_str().unwrap_or("").contains("is up"));
-        if let Some(line) = up {
-            assert_eq!(line["shard"], 0, "{line}");
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no link-up line: {stderr}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let up = wait_log_line(&server, "is up");
+    assert_eq!(up["shard"], 0, "{up}");
+    assert_eq!(
+        up["level"], "INFO",
+        "a recovery or start is news, not trouble: {up}"
+    );
+    // A failure that heals by itself is a warning, with the shard it happened on.
+    redis.kill();
+    let down = wait_log_line(&server, "is down");
+    assert_eq!(down["level"], "WARN", "{down}");
+    assert_eq!(down["shard"], 0, "{down}");
 }
 
 #[test]

@@ -16,7 +16,11 @@
 #     are neither configured nor started by the tests
 #   - libssl-dev and pkg-config: the native-tls dev-dependency those tests' wss client links
 #   - node and npm, then `npm ci` in tools/socketio-client: the real socket.io-client that
-#     tests/socketio.rs drives (pinned by its package-lock.json)
+#     tests/socketio.rs drives (pinned by its package-lock.json), and in examples/node: the
+#     `ws` package examples/node/client.mjs uses on a Node without a global WebSocket
+#   - chromium (Debian package): tests/console.rs and tests/examples.rs drive the dev
+#     console and examples/browser.html in headless Chromium over the DevTools protocol
+#   - python3 `openapi-spec-validator` package: tests/openapi.rs validates docs/openapi.yaml
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -66,6 +70,14 @@ for module in websockets redis msgpack; do
         pip_install "$module"
     fi
 done
+if ! python3 -c "import openapi_spec_validator, yaml" >/dev/null 2>&1; then
+    echo "tools/test.sh: installing the python 'openapi-spec-validator' package (tests/openapi.rs)" >&2
+    pip_install openapi-spec-validator pyyaml
+fi
+if ! command -v chromium >/dev/null 2>&1; then
+    echo "tools/test.sh: installing chromium (tests/console.rs, tests/examples.rs)" >&2
+    apt_install chromium
+fi
 # kosoku: the Autobahn|Testsuite cases with a Rust runner (no Docker, no Python 2), run by
 # tests/autobahn.rs against volley's --echo-path.
 if ! python3 -c "import kosoku" >/dev/null 2>&1; then
@@ -80,6 +92,10 @@ fi
 if [ ! -d tools/socketio-client/node_modules/socket.io-client ]; then
     echo "tools/test.sh: npm ci in tools/socketio-client (socket.io-client for tests/socketio.rs)" >&2
     (cd tools/socketio-client && npm ci --no-audit --no-fund)
+fi
+if [ -f examples/node/package.json ] && [ ! -d examples/node/node_modules/ws ]; then
+    echo "tools/test.sh: npm ci in examples/node (the ws package for examples/node/client.mjs)" >&2
+    (cd examples/node && npm ci --no-audit --no-fund)
 fi
 
 if [ -n "$install_only" ]; then

@@ -4,6 +4,7 @@
 //! Routes act through `services` and `backend`; they never write to a socket but return
 //! the response bytes to `front`, which owns the transport. Called by `front::serve_http`.
 
+pub mod console;
 pub mod history;
 pub mod presence;
 pub mod publish;
@@ -123,6 +124,81 @@ fn http_safe(value: &str) -> bool {
     !value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0))
 }
 
+/// What a route does. [`ROUTES`] maps each path to one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// The dev console page (`console.rs`); 404 unless it is on.
+    Console,
+    Health,
+    Metrics,
+    Stats,
+    Broadcast,
+    Batch,
+    UserMessages,
+    RoomMessages,
+    User,
+    Room,
+    Members,
+    UserPresence,
+    RoomPresence,
+    History,
+    Receipt,
+}
+
+/// One route of the API: a path template, the methods it takes and what it does.
+#[derive(Debug, Clone, Copy)]
+pub struct Route {
+    /// `/api/users/{id}/messages`: a `{name}` stands for one percent-encoded segment, which
+    /// must be a valid name (`protocol::check_name`), else 400.
+    pub path: &'static str,
+    /// As sent in `Allow`: `GET`, or `PUT, DELETE`. `HEAD` goes with every `GET`.
+    pub methods: &'static str,
+    pub action: Action,
+}
+
+/// Every route `route` answers, the one table the router matches against. `/ws`, the
+/// socket.io path and `--echo-path` are upgrades `front` takes before the API is asked.
+/// tests/openapi.rs checks that docs/openapi.yaml documents each of these and nothing else.
+#[rustfmt::skip]
+pub const ROUTES: &[Route] = &[
+    Route { path: "/", methods: "GET", action: Action::Console },
+    Route { path: "/healthz", methods: "GET", action: Action::Health },
+    Route { path: "/metrics", methods: "GET", action: Action::Metrics },
+    Route { path: "/api/stats", methods: "GET", action: Action::Stats },
+    Route { path: "/api/broadcast", methods: "POST", action: Action::Broadcast },
+    Route { path: "/api/batch", methods: "POST", action: Action::Batch },
+    Route { path: "/api/users/{id}/messages", methods: "POST", action: Action::UserMessages },
+    Route { path: "/api/rooms/{room}/messages", methods: "POST", action: Action::RoomMessages },
+    Route { path: "/api/users/{id}", methods: "GET", action: Action::User },
+    Route { path: "/api/rooms/{room}", methods: "GET", action: Action::Room },
+    Route { path: "/api/rooms/{room}/members/{user}", methods: "PUT, DELETE", action: Action::Members },
+    Route { path: "/api/users/{id}/presence", methods: "GET", action: Action::UserPresence },
+    Route { path: "/api/rooms/{room}/presence", methods: "GET", action: Action::RoomPresence },
+    Route { path: "/api/channels/{channel}/history", methods: "GET", action: Action::History },
+    Route { path: "/api/messages/{id}", methods: "GET", action: Action::Receipt },
+];
+
+/// The route whose template matches `path` (no query), with the raw (still
+/// percent-encoded) segments that stand for its `{name}`s, in order.
+pub fn find(path: &str) -> Option<(&'static Route, Vec<&str>)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    ROUTES.iter().find_map(|route| {
+        let template = route.path.trim_start_matches('/').split('/');
+        if template.clone().count() != parts.len() {
+            return None;
+        }
+        let mut names = Vec::new();
+        for (want, part) in template.zip(&parts) {
+            if want.starts_with('{') {
+                names.push(*part);
+            } else if want != *part {
+                return None;
+            }
+        }
+        Some((route, names))
+    })
+}
+
 async fn route_checked(
     svc: &Rc<Services>,
     head: &Head,
@@ -136,20 +212,16 @@ async fn route_checked(
         "HEAD" => "GET",
         method => method,
     };
-    let parts: Vec<&str> = head.path.trim_start_matches('/').split('/').collect();
-    let allowed: &str = match parts.as_slice() {
-        ["healthz"] | ["metrics"] | ["api", "stats"] => "GET",
-        ["api", "broadcast"] | ["api", "batch"] => "POST",
-        ["api", "users", _] | ["api", "rooms", _] | ["api", "messages", _] => "GET",
-        ["api", "users", _, "presence"] | ["api", "rooms", _, "presence"] => "GET",
-        ["api", "channels", _, "history"] => "GET",
-        ["api", "users", _, "messages"] | ["api", "rooms", _, "messages"] => "POST",
-        ["api", "rooms", _, "members", _] => "PUT, DELETE",
-        _ => {
-            let message = format!("no route for {}; see docs/API.md", head.path);
-            return error(svc, 404, &message, keep_alive);
-        }
+    let found = find(&head.path)
+        .filter(|(route, _)| route.action != Action::Console || svc.ctx.config.console);
+    let Some((route, raw_names)) = found else {
+        let message = match head.path.as_str() {
+            "/" => "no route for /: the dev console is off (it is on in open mode, or with --console on); see docs/API.md".to_string(),
+            path => format!("no route for {path}; see docs/API.md"),
+        };
+        return error(svc, 404, &message, keep_alive);
     };
+    let allowed = route.methods;
     // A CORS preflight (Fetch §3.2.2) from a listed origin: which methods and headers
     // the real request may use. The caller adds Access-Control-Allow-Origin.
     if cors && method == "OPTIONS" && head.header("access-control-request-method").is_some() {
@@ -179,7 +251,7 @@ async fn route_checked(
             &[("Allow", allowed)],
         );
     }
-    let body_max = if parts == ["api", "batch"] {
+    let body_max = if route.action == Action::Batch {
         svc.ctx.config.batch_bytes_max
     } else {
         svc.ctx.config.body_bytes_max
@@ -191,7 +263,7 @@ async fn route_checked(
         );
         return error(svc, 413, &message, keep_alive);
     }
-    if parts[0] == "api" {
+    if route.path.starts_with("/api/") {
         if let Err((status, message)) = authorize(svc, head, peer) {
             let extra: &[(&str, &str)] = if status == 401 {
                 &[("WWW-Authenticate", "Bearer")]
@@ -209,26 +281,25 @@ async fn route_checked(
             );
         }
     }
-    let mut names = Vec::with_capacity(2);
-    for (i, part) in parts.iter().enumerate() {
-        if i >= 2 && (i == 2 || i == 4) {
-            match segment(part) {
-                Some(name) if check_name(&name, svc.ctx.config.name_bytes_max).is_ok() => {
-                    names.push(name)
-                }
-                _ => {
-                    let message = format!(
-                        "path segment {part:?}: must be 1..={} bytes of percent-encoded UTF-8 without control characters",
-                        svc.ctx.config.name_bytes_max
-                    );
-                    return error(svc, 400, &message, keep_alive);
-                }
+    let mut names = Vec::with_capacity(raw_names.len());
+    for part in raw_names {
+        match segment(part) {
+            Some(name) if check_name(&name, svc.ctx.config.name_bytes_max).is_ok() => {
+                names.push(name)
+            }
+            _ => {
+                let message = format!(
+                    "path segment {part:?}: must be 1..={} bytes of percent-encoded UTF-8 without control characters",
+                    svc.ctx.config.name_bytes_max
+                );
+                return error(svc, 400, &message, keep_alive);
             }
         }
     }
-    match (parts.as_slice(), method) {
-        (["healthz"], _) => stats::health(svc, keep_alive).await,
-        (["metrics"], _) => {
+    match route.action {
+        Action::Console => console::page(keep_alive),
+        Action::Health => stats::health(svc, keep_alive).await,
+        Action::Metrics => {
             let text = metrics::prometheus(&stats::gather_stats(svc).await);
             http::response(
                 200,
@@ -238,36 +309,28 @@ async fn route_checked(
                 &[],
             )
         }
-        (["api", "stats"], _) => stats::stats(svc, keep_alive).await,
-        (["api", "broadcast"], _) => {
-            publish::publish_to(svc, head, Target::All, body, keep_alive).await
-        }
-        (["api", "users", _, "messages"], _) => {
+        Action::Stats => stats::stats(svc, keep_alive).await,
+        Action::Broadcast => publish::publish_to(svc, head, Target::All, body, keep_alive).await,
+        Action::UserMessages => {
             publish::publish_to(svc, head, Target::User(names[0].clone()), body, keep_alive).await
         }
-        (["api", "rooms", _, "messages"], _) => {
+        Action::RoomMessages => {
             publish::publish_to(svc, head, Target::Room(names[0].clone()), body, keep_alive).await
         }
-        (["api", "batch"], _) => publish::batch(svc, body, keep_alive).await,
-        (["api", "users", _], _) => {
-            presence::lookup(svc, Target::User(names[0].clone()), keep_alive).await
+        Action::Batch => publish::batch(svc, body, keep_alive).await,
+        Action::User => presence::lookup(svc, Target::User(names[0].clone()), keep_alive).await,
+        Action::Room => presence::lookup(svc, Target::Room(names[0].clone()), keep_alive).await,
+        Action::Members => {
+            presence::membership(svc, &names[0], &names[1], method == "PUT", keep_alive).await
         }
-        (["api", "rooms", _], _) => {
-            presence::lookup(svc, Target::Room(names[0].clone()), keep_alive).await
-        }
-        (["api", "rooms", _, "members", _], m) => {
-            presence::membership(svc, &names[0], &names[1], m == "PUT", keep_alive).await
-        }
-        (["api", "users", _, "presence"], _) => {
+        Action::UserPresence => {
             presence::presence(svc, Target::User(names[0].clone()), keep_alive).await
         }
-        (["api", "rooms", _, "presence"], _) => {
+        Action::RoomPresence => {
             presence::presence(svc, Target::Room(names[0].clone()), keep_alive).await
         }
-        (["api", "channels", _, "history"], _) => {
-            history::history(svc, head, &names[0], keep_alive).await
-        }
-        (["api", "messages", _], _) => {
+        Action::History => history::history(svc, head, &names[0], keep_alive).await,
+        Action::Receipt => {
             let (delivered, acked) = svc.backend.receipt_total(&names[0], &svc.hub).await;
             if delivered == 0 && acked == 0 {
                 // Receipts exist only for messages queued to someone, for a while.
@@ -283,6 +346,5 @@ async fn route_checked(
                 keep_alive,
             )
         }
-        _ => error(svc, 404, "no route", keep_alive),
     }
 }

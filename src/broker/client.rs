@@ -324,12 +324,14 @@ impl Broker {
         if before != after {
             match (&reason, up) {
                 (_, true) => log!(
+                    info,
                     Some(self.shard_id),
                     "redis {} link to {} is up",
                     link.name(),
                     self.config.display
                 ),
                 (Some(reason), false) => log!(
+                    warn,
                     Some(self.shard_id),
                     "redis {} link to {} is down: {reason}; retrying with backoff",
                     link.name(),
@@ -450,7 +452,10 @@ impl Broker {
     fn refuse_writes(&self, words: &str) {
         let mut refusal = self.write_refusal.borrow_mut();
         if refusal.is_none() {
+            // An error, not a warning: publishes fail until the operator acts (memory,
+            // snapshots, credentials, a replica promoted); the link itself is up.
             log!(
+                error,
                 Some(self.shard_id),
                 "redis {} refuses writes: {words}; degraded until a write goes through",
                 self.config.display
@@ -464,6 +469,7 @@ impl Broker {
         if self.write_refusal.borrow_mut().take().is_some() {
             self.command_connects.set(self.command_connects.get() + 1);
             log!(
+                info,
                 Some(self.shard_id),
                 "redis {} takes writes again",
                 self.config.display

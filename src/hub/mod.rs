@@ -715,6 +715,7 @@ impl Hub {
         if closed > logged && (logged == 0 || now_s >= at_s + SLOW_LOG_INTERVAL_S) {
             self.slow_logged.set((closed, now_s));
             crate::log!(
+                warn,
                 Some(self.ctx.id),
                 "closed {} slow consumer(s) with 1008 (outbound queue past --outbound-frames-max {} or --outbound-bytes-max {}); each gets its close frame after what was already sent, then up to {} s before the connection is reset",
                 closed - logged,

@@ -264,6 +264,7 @@ impl Webhook {
         if last.is_none_or(|last| now_s >= last + HOOK_ERROR_LOG_INTERVAL_S) {
             self.error_logged_s.set(Some(now_s));
             log!(
+                warn,
                 Some(ctx.id),
                 "app webhook {} ({kind}): {error}; clients get an error reply (hook_errors_total counts them; this line repeats at most every {HOOK_ERROR_LOG_INTERVAL_S} s)",
                 self.config.url

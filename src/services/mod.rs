@@ -427,6 +427,7 @@ impl Services {
                 if last.is_none_or(|last| now_s >= last + ENVELOPE_ERROR_LOG_INTERVAL_S) {
                     self.envelope_error_logged_s.set(Some(now_s));
                     log!(
+                        warn,
                         Some(self.ctx.id),
                         "dropped a message on {}: {e} (see docs/ENVELOPE.md)",
                         String::from_utf8_lossy(&channel)
@@ -545,6 +546,7 @@ impl Services {
             Err(e) => {
                 Metrics::inc(&self.ctx.metrics.gap_replay_errors_total);
                 log!(
+                    warn,
                     Some(self.ctx.id),
                     "could not catch up {target} after the Redis reconnect: {e}; its clients can recover from their last seq"
                 );
@@ -613,6 +615,7 @@ impl Services {
                     match redis.resync_presence(counts).await {
                         Ok(()) => Metrics::inc(&svc.ctx.metrics.presence_resyncs_total),
                         Err(e) => log!(
+                            warn,
                             Some(svc.ctx.id),
                             "could not write presence again: {e}; retrying"
                         ),

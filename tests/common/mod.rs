@@ -5,6 +5,7 @@
 // allow-unwrap-in-tests covers only #[test] fns and #[cfg(test)] modules, not these).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod browser;
 pub mod faultproxy;
 pub mod proxy;
 pub mod redis;
