@@ -716,12 +716,15 @@ async fn sync_subscriptions(
     Ok(())
 }
 
-/// Sends SUBSCRIBE and PSUBSCRIBE for the fixed subscriptions (once per session).
+/// Sends PSUBSCRIBE, then SUBSCRIBE, for the fixed subscriptions (once per session). In
+/// that order on purpose: Redis runs one connection's commands in order, so once a fixed
+/// channel counts this link in `PUBSUB NUMSUB`, its patterns are in place too (PUBSUB
+/// NUMPAT counts distinct patterns, not subscribers, so it cannot tell).
 async fn subscribe_fixed(broker: &Broker, stream: &mut TcpStream) -> Result<(), String> {
     let mut wire = BytesMut::new();
     for (verb, names) in [
-        (&b"SUBSCRIBE"[..], broker.fixed_channels.borrow().clone()),
         (&b"PSUBSCRIBE"[..], broker.fixed_patterns.borrow().clone()),
+        (&b"SUBSCRIBE"[..], broker.fixed_channels.borrow().clone()),
     ] {
         if names.is_empty() {
             continue;
