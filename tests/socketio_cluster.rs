@@ -203,8 +203,8 @@ fn a_node_socket_io_server_and_volley_form_one_cluster() {
 }
 
 #[test]
-fn garbage_on_socket_io_channels_is_counted_and_the_link_keeps_delivering() {
-    let redis = Redis::start();
+fn garbage_on_socket_io_channels_is_counted_and_the_link_keeps_delivering_and_comes_back() {
+    let mut redis = Redis::start();
     let v = volley(&redis, &[]);
     wait_subscribed(&redis, &["/"], 2);
     for (channel, payload) in [
@@ -227,4 +227,10 @@ fn garbage_on_socket_io_channels_is_counted_and_the_link_keeps_delivering() {
     let (status, metrics) = request(v.addr, "GET", "/metrics", b"");
     assert_eq!(status, 200);
     assert!(metrics.contains("volley_socketio_adapter_malformed_total{shard=\"0\"}"));
+    // After Redis comes back, every shard subscribes socket.io's channels again.
+    redis.kill();
+    redis.restart();
+    wait_subscribed(&redis, &["/"], 2);
+    let lines = scenario("once", &redis, &[http(&v)], &[&v]);
+    assert_eq!(log_of(&lines, "c")[0], json!(["still_works", 1]));
 }
