@@ -97,7 +97,10 @@ fn an_unchanged_emitter_reaches_socket_io_clients_on_two_volley_processes() {
     let b = volley(&redis, &["--socketio-namespace", "/chat"]);
     wait_subscribed(&redis, &["/", "/chat"], 4);
     let lines = scenario("emitter", &redis, &[http(&a), http(&b)], &[&a, &b]);
-    assert_eq!(line(&lines, "joins")["joins"], json!([{"ok": true}, {"ok": true}, {"ok": true}]));
+    assert_eq!(
+        line(&lines, "joins")["joins"],
+        json!([{"ok": true}, {"ok": true}, {"ok": true}])
+    );
     // a1 and b1 are in red (on A and B), b2 in blue (on B), c1 on /chat (on A).
     let a1 = log_of(&lines, "a1");
     let b1 = log_of(&lines, "b1");
@@ -121,7 +124,10 @@ fn an_unchanged_emitter_reaches_socket_io_clients_on_two_volley_processes() {
     // Arguments arrive as the emitter sent them, binary as a Buffer.
     assert_eq!(a1[0], json!(["news", {"n": 1}]));
     assert!(b1.contains(&json!(["direct", "only b1"])), "{b1:?}");
-    assert!(b2.contains(&json!(["binary", {"buffer": [1, 2, 3]}])), "{b2:?}");
+    assert!(
+        b2.contains(&json!(["binary", {"buffer": [1, 2, 3]}])),
+        "{b2:?}"
+    );
     // socketsJoin: b2 (in blue) joined green, a volley room a volley API push reaches.
     assert!(b2.contains(&json!(["to_green", 6])), "{b2:?}");
     assert!(!events(a1).contains(&"to_green") && !events(b1).contains(&"to_green"));
@@ -149,7 +155,10 @@ fn a_node_socket_io_server_and_volley_form_one_cluster() {
     let v = volley(&redis, &[]);
     wait_subscribed(&redis, &["/"], 2);
     let lines = scenario("mixed", &redis, &[http(&v), "2".into()], &[&v]);
-    assert_eq!(line(&lines, "joins")["joins"], json!([{"ok": true}, {"ok": true}]));
+    assert_eq!(
+        line(&lines, "joins")["joins"],
+        json!([{"ok": true}, {"ok": true}])
+    );
     let n1 = log_of(&lines, "n1");
     let v1 = log_of(&lines, "v1");
     let v1_id = lines.iter().find(|l| l["client"] == "v1").unwrap()["id"].clone();
@@ -164,7 +173,11 @@ fn a_node_socket_io_server_and_volley_form_one_cluster() {
     // volley's own client once each (not again through socket.io's channel).
     assert_eq!(
         messages(n1),
-        [json!({"from": "volley"}), json!({"room": "volley"}), json!({"direct": "to n1"})]
+        [
+            json!({"from": "volley"}),
+            json!({"room": "volley"}),
+            json!({"direct": "to n1"})
+        ]
     );
     let v1_messages = messages(v1);
     assert_eq!(v1_messages.len(), 2, "{v1:?}");
@@ -179,7 +192,11 @@ fn a_node_socket_io_server_and_volley_form_one_cluster() {
         json!(["direct_to_volley_client", 3]),
         json!(["vip", 4]),
     ] {
-        assert_eq!(v1.iter().filter(|e| **e == event).count(), 1, "{event} in {v1:?}");
+        assert_eq!(
+            v1.iter().filter(|e| **e == event).count(),
+            1,
+            "{event} in {v1:?}"
+        );
     }
     assert!(!events(n1).contains(&"direct_to_volley_client"));
     assert!(!events(n1).contains(&"vip"), "only v1 joined vip: {n1:?}");

@@ -75,9 +75,12 @@ impl Redis {
             node_id: ctx.node_id().to_string(),
             ttl_s: ctx.config.presence_ttl_s,
         });
-        let socketio = ctx.config.socketio.adapter.as_ref().map(|adapter| {
-            SocketIoKeys::new(&adapter.key, &config.prefix, ctx.node_id())
-        });
+        let socketio = ctx
+            .config
+            .socketio
+            .adapter
+            .as_ref()
+            .map(|adapter| SocketIoKeys::new(&adapter.key, &config.prefix, ctx.node_id()));
         let broker = Broker::new(ctx.id, config, heartbeat);
         if let Some(sio) = &socketio {
             // Every shard reads socket.io's channels itself, like volley's own: a Node

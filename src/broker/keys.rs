@@ -372,7 +372,10 @@ mod tests {
             Some(("/chat", Some("lobby")))
         );
         assert_eq!(sio.broadcast_of("socket.io#/admin#", nsps), None);
-        assert_eq!(sio.request_of("socket.io-request#/chat#", nsps), Some("/chat"));
+        assert_eq!(
+            sio.request_of("socket.io-request#/chat#", nsps),
+            Some("/chat")
+        );
         assert_eq!(sio.request_of("socket.io-response#/#", nsps), None);
         assert!(sio.owns(b"socket.io#/#x#"));
         assert!(sio.owns(b"socket.io-request#/#"));

@@ -109,9 +109,9 @@ impl Hub {
             usize::from(shard) == self.ctx.id
                 && self
                     .with_session(ConnKey { index, generation }, |s| {
-                        s.sio
-                            .as_ref()
-                            .is_some_and(|sio| sio.sockets.iter().any(|(_, id)| id.as_str() == room))
+                        s.sio.as_ref().is_some_and(|sio| {
+                            sio.sockets.iter().any(|(_, id)| id.as_str() == room)
+                        })
                     })
                     .unwrap_or(false)
         })

@@ -84,16 +84,15 @@ pub fn on_message(svc: &Rc<Services>, channel: &[u8], payload: &[u8]) {
         return malformed(svc, "<not UTF-8>", "the channel name is not UTF-8");
     };
     if payload.len() > SOCKETIO_ADAPTER_MESSAGE_BYTES_MAX {
-        return malformed(svc, channel, "larger than SOCKETIO_ADAPTER_MESSAGE_BYTES_MAX");
+        return malformed(
+            svc,
+            channel,
+            "larger than SOCKETIO_ADAPTER_MESSAGE_BYTES_MAX",
+        );
     }
     let namespaces = &svc.ctx.config.socketio.namespaces;
     let names = || namespaces.iter().map(|(_, name)| name.as_str());
-    let index_of = |name: &str| {
-        namespaces
-            .iter()
-            .find(|(_, n)| n == name)
-            .map(|(i, _)| *i)
-    };
+    let index_of = |name: &str| namespaces.iter().find(|(_, n)| n == name).map(|(i, _)| *i);
     if let Some(nsp) = keys.request_of(channel, names()) {
         if let Some(index) = index_of(nsp) {
             request(svc, keys, channel, nsp, index, payload);
@@ -206,7 +205,11 @@ fn request(
         Ok(request) => request,
         Err(e) => return malformed(svc, channel, &e.to_string()),
     };
-    if request.uid.as_deref().is_some_and(|uid| keys.is_volley_uid(uid)) {
+    if request
+        .uid
+        .as_deref()
+        .is_some_and(|uid| keys.is_volley_uid(uid))
+    {
         return;
     }
     let id = request.request_id;
@@ -271,7 +274,12 @@ fn request(
                 .into_iter()
                 .map(|(key, socket)| fetched(svc, key, &socket))
                 .collect();
-            respond(svc, keys, nsp, json!({ "requestId": id, "sockets": sockets }));
+            respond(
+                svc,
+                keys,
+                nsp,
+                json!({ "requestId": id, "sockets": sockets }),
+            );
         }
         RequestKind::ServerSideEmit { .. } => {
             // No server-side listeners here: an ack-wanting emit gets one null answer per
