@@ -638,7 +638,8 @@ impl ServeArgs {
         let log_filter = self.check_logs()?;
         let app_webhook = self.webhook.check_webhook()?;
         let wire = self.check_wire(&listen)?;
-        let socketio = self.socketio.validate()?;
+        let mut socketio = self.socketio.validate()?;
+        socketio.adapter = self.socketio.check_socketio_adapter(redis.is_some())?;
         Ok(Config {
             socketio,
             wire,
@@ -1242,6 +1243,26 @@ pub const SOCKETIO_PAYLOAD_PACKETS_MAX: usize = 256;
 /// long-polling); past it new polling handshakes get 503.
 pub const SOCKETIO_POLLING_SESSIONS_MAX_DEFAULT: u32 = 16_384;
 
+/// socket.io's default Redis `key` (the channel prefix of `@socket.io/redis-adapter` and
+/// `@socket.io/redis-emitter`): unchanged publishers and Node servers use it.
+pub const SOCKETIO_REDIS_KEY_DEFAULT: &str = crate::protocol::socketio::adapter::KEY_DEFAULT;
+/// Longest `--socketio-redis-key`: it starts every socket.io channel name.
+pub const SOCKETIO_REDIS_KEY_BYTES_MAX: usize = 64;
+/// Rooms in one adapter message's `rooms`, `except` or join list: emitters name a few; a
+/// longer list is refused as a whole (counted as malformed).
+pub const SOCKETIO_ADAPTER_ROOMS_MAX: usize = 1024;
+/// Longest room, uid, request id or namespace read from an adapter message. Longer than
+/// `--name-bytes-max` on purpose: a Node room volley cannot hold must not make the whole
+/// message unreadable (it just matches no volley room).
+pub const SOCKETIO_ADAPTER_NAME_BYTES_MAX: usize = 1024;
+/// Deepest nesting of an adapter message's payload (the decoder's recursion bound).
+pub const SOCKETIO_ADAPTER_DEPTH_MAX: usize = 32;
+/// Values (array items and map entries, all levels) in one adapter message.
+pub const SOCKETIO_ADAPTER_VALUES_MAX: usize = 1 << 16;
+/// Largest adapter message read, in bytes: larger ones are dropped unread (and counted).
+/// Far above what a push carries; it bounds the decode and the frames built from it.
+pub const SOCKETIO_ADAPTER_MESSAGE_BYTES_MAX: usize = 8 << 20;
+
 /// socket.io flags (Engine.IO 4 and Socket.IO 5 on the same port as `/ws`).
 #[derive(Args, Clone, Debug)]
 pub struct SocketIoArgs {
@@ -1266,6 +1287,21 @@ pub struct SocketIoArgs {
     /// Polling sessions one shard holds at once (503 for new polling handshakes past it).
     #[arg(long, default_value_t = SOCKETIO_POLLING_SESSIONS_MAX_DEFAULT)]
     pub socketio_polling_sessions_max: u32,
+    /// With --redis: read socket.io's Redis channels (`@socket.io/redis-emitter` publishers,
+    /// `@socket.io/redis-adapter` 8 servers) and write volley's broadcasts and room pushes
+    /// there too, so Node socket.io servers and volley form one cluster (docs/SOCKETIO.md).
+    #[arg(long)]
+    pub socketio_adapter: bool,
+    /// The `key` option of the emitter and adapter: socket.io's channel prefix.
+    #[arg(long, default_value = SOCKETIO_REDIS_KEY_DEFAULT)]
+    pub socketio_redis_key: String,
+}
+
+/// `--socketio-adapter`, checked: the bridge to socket.io's Redis channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketIoAdapterConfig {
+    /// `--socketio-redis-key`.
+    pub key: String,
 }
 
 /// Checked socket.io settings.
@@ -1284,6 +1320,8 @@ pub struct SocketIoConfig {
     pub attachments_max: u32,
     pub payload_packets_max: usize,
     pub polling_sessions_max: u32,
+    /// `--socketio-adapter` (cluster mode only); None when off.
+    pub adapter: Option<SocketIoAdapterConfig>,
 }
 
 impl SocketIoConfig {
@@ -1388,7 +1426,34 @@ impl SocketIoArgs {
             attachments_max: SOCKETIO_ATTACHMENTS_MAX,
             payload_packets_max: SOCKETIO_PAYLOAD_PACKETS_MAX,
             polling_sessions_max: self.socketio_polling_sessions_max,
+            adapter: None,
         })
+    }
+
+    /// `--socketio-adapter` and `--socketio-redis-key`: the bridge needs `--redis` (it reads
+    /// and writes Redis pub/sub); the key must be a plain channel prefix.
+    fn check_socketio_adapter(
+        &self,
+        cluster: bool,
+    ) -> Result<Option<SocketIoAdapterConfig>, ConfigError> {
+        let key = &self.socketio_redis_key;
+        let bad = key.is_empty()
+            || key.len() > SOCKETIO_REDIS_KEY_BYTES_MAX
+            || key.chars().any(|c| c.is_whitespace() || c.is_control());
+        if bad {
+            return err(format!(
+                "--socketio-redis-key {key:?}: must be 1..={SOCKETIO_REDIS_KEY_BYTES_MAX} bytes without spaces or control characters; use the `key` your emitter and adapter use (default {SOCKETIO_REDIS_KEY_DEFAULT})"
+            ));
+        }
+        if !self.socketio_adapter {
+            return Ok(None);
+        }
+        if !cluster {
+            return err(
+                "--socketio-adapter needs --redis: it reads and writes socket.io's channels on the Redis your emitters and Node servers use; add --redis redis://host:port or drop --socketio-adapter".to_string(),
+            );
+        }
+        Ok(Some(SocketIoAdapterConfig { key: key.clone() }))
     }
 }
 
@@ -1414,6 +1479,42 @@ mod tests {
         let mut argv = vec!["volley", "serve"];
         argv.extend_from_slice(extra);
         Cli::parse_from(argv).command.serve_args()
+    }
+
+    #[test]
+    fn socketio_adapter_needs_redis_and_a_plain_key() {
+        assert_eq!(args(&[]).validate(2).unwrap().socketio.adapter, None);
+        let e = args(&["--socketio-adapter"])
+            .validate(2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--socketio-adapter needs --redis"), "{e}");
+        let config = args(&["--socketio-adapter", "--redis", "redis://127.0.0.1:6390"])
+            .validate(2)
+            .unwrap();
+        assert_eq!(
+            config.socketio.adapter,
+            Some(SocketIoAdapterConfig {
+                key: "socket.io".into()
+            })
+        );
+        let config = args(&[
+            "--socketio-adapter",
+            "--redis",
+            "redis://127.0.0.1:6390",
+            "--socketio-redis-key",
+            "myapp",
+        ])
+        .validate(2)
+        .unwrap();
+        assert_eq!(config.socketio.adapter.unwrap().key, "myapp");
+        for key in ["", "a b", &"k".repeat(65)] {
+            let e = args(&["--socketio-redis-key", key])
+                .validate(2)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("--socketio-redis-key"), "{e}");
+        }
     }
 
     #[test]

@@ -15,15 +15,19 @@
 //! portlock.rs        one standalone process per port (an abstract unix socket claim)
 //! conn.rs            one upgraded connection: bounded outbound queue, read/write poll
 //! hub/               the data plane: connections by key, delivery, per-codec frames, index,
-//!                    recovery seam, receipts; no Redis, no wire format
+//!                    recovery seam, receipts, socket.io sockets by rooms (sockets.rs);
+//!                    no Redis, no wire format
 //! backend/           standalone vs cluster: publish, history, inbox, receipts, presence
 //!   local.rs         owner-shard numbering, history and inboxes, mesh deliveries
 //!   redis.rs         the same through Redis: one atomic script, pub/sub, hashes
+//!   socketio.rs      --socketio-adapter: volley's broadcasts in socket.io's adapter format
 //!   history.rs       sans-IO bounded history and inbox stores
 //! broker/            Redis links only: client.rs (links, backoff, refcounted SUBSCRIBE),
 //!                    resp.rs (sans-IO RESP), keys.rs (every key name and Lua script)
 //! services/          user/room operations, broker and mesh messages, recovery (replays),
-//!                    application hooks (hooks.rs: the webhook client and the neutral calls)
+//!                    application hooks (hooks.rs: the webhook client and the neutral calls),
+//!                    sio_adapter.rs (what emitters and Node servers publish on socket.io's
+//!                    Redis channels, acted on for local sockets)
 //! protocol/          the client codec trait, sessions, the one place client ops are handled;
 //!                    ops.rs (neutral ops), native.rs (volley's JSON protocol), socketio/
 //!                    (Engine.IO, Socket.IO, redis-adapter formats, the socket.io codec)

@@ -130,6 +130,16 @@ counters! {
     /// socket.io polling requests and upgrade steps this shard forwarded over the mesh to
     /// the shard that owns their session (the sid names it).
     socketio_forwarded_total: "counter",
+    /// --socketio-adapter: messages read from socket.io's Redis channels (broadcasts and
+    /// requests, from emitters and Node servers; each shard reads its own copy).
+    socketio_adapter_messages_total: "counter",
+    /// --socketio-adapter: messages on socket.io's channels dropped because they did not
+    /// decode (not MessagePack / JSON, a wrong shape, over a limit); the link stays up.
+    socketio_adapter_malformed_total: "counter",
+    /// --socketio-adapter: volley broadcasts and room pushes written in the adapter format.
+    socketio_adapter_published_total: "counter",
+    /// --socketio-adapter: answers written to socket.io's response channel.
+    socketio_adapter_responses_total: "counter",
 }
 
 impl Snapshot {

@@ -641,6 +641,7 @@ fn classify_resp(data: &[u8]) -> String {
                     Push::Message { .. } => "message",
                     Push::Subscribed { .. } => "subscribed",
                     Push::Unsubscribed { .. } => "unsubscribed",
+                    Push::PSubscribed { .. } => "psubscribed",
                     Push::Pong => "pong",
                     Push::Error(_) => "error reply",
                     Push::Other(_) => "other",

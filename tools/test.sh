@@ -16,8 +16,10 @@
 #     are neither configured nor started by the tests
 #   - libssl-dev and pkg-config: the native-tls dev-dependency those tests' wss client links
 #   - node and npm, then `npm ci` in tools/socketio-client: the real socket.io-client that
-#     tests/socketio.rs drives (pinned by its package-lock.json), and in examples/node: the
-#     `ws` package examples/node/client.mjs uses on a Node without a global WebSocket
+#     tests/socketio.rs drives, and the socket.io server, @socket.io/redis-adapter,
+#     @socket.io/redis-emitter and redis packages tests/socketio_cluster.rs runs beside
+#     volley (all pinned by its package-lock.json); in examples/node: the `ws` package
+#     examples/node/client.mjs uses on a Node without a global WebSocket
 #   - chromium (Debian package): tests/console.rs and tests/examples.rs drive the dev
 #     console and examples/browser.html in headless Chromium over the DevTools protocol
 #   - python3 `openapi-spec-validator` package: tests/openapi.rs validates docs/openapi.yaml
@@ -89,8 +91,10 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "tools/test.sh: installing nodejs and npm (tests/socketio.rs)" >&2
     apt_install nodejs npm
 fi
-if [ ! -d tools/socketio-client/node_modules/socket.io-client ]; then
-    echo "tools/test.sh: npm ci in tools/socketio-client (socket.io-client for tests/socketio.rs)" >&2
+# The last package added to package.json: an older node_modules lacks it and is refreshed.
+if [ ! -d tools/socketio-client/node_modules/socket.io-client ] \
+    || [ ! -d tools/socketio-client/node_modules/@socket.io/redis-emitter ]; then
+    echo "tools/test.sh: npm ci in tools/socketio-client (socket.io-client, socket.io, redis-adapter, redis-emitter for tests/socketio*.rs)" >&2
     (cd tools/socketio-client && npm ci --no-audit --no-fund)
 fi
 if [ -f examples/node/package.json ] && [ ! -d examples/node/node_modules/ws ]; then

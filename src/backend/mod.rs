@@ -9,6 +9,7 @@
 pub mod history;
 pub mod local;
 pub mod redis;
+pub mod socketio;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -19,7 +19,7 @@ use redis_protocol::resp2::types::BytesFrame;
 
 use super::{Error, Mark, Published};
 use crate::broker::client::{Broker, Heartbeat};
-use crate::broker::keys::{self, Keys};
+use crate::broker::keys::{self, Keys, SocketIoKeys};
 use crate::config::{RedisConfig, IDEMPOTENCY_TTL_S, RECEIPT_RETENTION_S};
 use crate::ctx::Ctx;
 use crate::envelope::{self, Envelope, PayloadKind, Target, FLAG_CONTROL};
@@ -45,6 +45,8 @@ pub struct Redis {
     ctx: Rc<Ctx>,
     pub broker: Rc<Broker>,
     pub keys: Keys,
+    /// `--socketio-adapter`: socket.io's channel names and this node's uid; None when off.
+    pub socketio: Option<SocketIoKeys>,
     /// (message id, local recipients) of this process's own messages seen on this shard's
     /// subscription, newest last, until the publishing shard asks.
     own_deliveries: RefCell<VecDeque<(String, u32)>>,
@@ -73,8 +75,28 @@ impl Redis {
             node_id: ctx.node_id().to_string(),
             ttl_s: ctx.config.presence_ttl_s,
         });
+        let socketio = ctx
+            .config
+            .socketio
+            .adapter
+            .as_ref()
+            .map(|adapter| SocketIoKeys::new(&adapter.key, &config.prefix, ctx.node_id()));
+        let broker = Broker::new(ctx.id, config, heartbeat);
+        if let Some(sio) = &socketio {
+            // Every shard reads socket.io's channels itself, like volley's own: a Node
+            // server counts each subscriber of a request channel as one server to answer.
+            let namespaces = &ctx.config.socketio.namespaces;
+            broker.subscribe_always(
+                namespaces.iter().map(|(_, nsp)| sio.request(nsp)).collect(),
+                namespaces
+                    .iter()
+                    .map(|(_, nsp)| sio.broadcast_pattern(nsp))
+                    .collect(),
+            );
+        }
         Redis {
-            broker: Rc::new(Broker::new(ctx.id, config, heartbeat)),
+            broker: Rc::new(broker),
+            socketio,
             keys,
             own_deliveries: RefCell::new(VecDeque::new()),
             awaiting_delivery: RefCell::new(Vec::new()),
@@ -173,6 +195,9 @@ impl Redis {
             _ => return Err(unexpected("publish script", &reply)),
         };
         let duplicate = nodes < 0;
+        if let (Some(sio), false) = (&self.socketio, duplicate) {
+            super::socketio::mirror(sio, &self.broker, &self.ctx.metrics, &publish);
+        }
         let recipients = if nodes > 0 {
             self.await_local_delivery(&publish.id, &name).await
         } else {

@@ -7,6 +7,11 @@
 //! queued in one command, so 10k clients arriving at once cost one round trip, not 10k.
 //! After a reconnect every channel still wanted is subscribed again.
 //!
+//! Besides those, a shard may hold fixed subscriptions for its whole life (`subscribe_always`:
+//! socket.io's adapter channels and patterns, issue 13): sent at every (re)connect, never
+//! refcounted, and kept out of the readiness and catch-up bookkeeping of volley's channels
+//! (what they carry is not numbered, so there is nothing to catch up).
+//!
 //! `shard` spawns `run_subscriber` and `run_commands` and cancels them at shutdown;
 //! `backend::redis` calls `Broker::command`. Messages from subscriptions go out through a
 //! channel the shard reads: the broker never calls up.
@@ -194,6 +199,12 @@ pub struct Broker {
     /// Times the command link came up, plus times writes worked again after a refusal: a
     /// change tells the shard to write again what Redis may have lost (presence counters).
     command_connects: Cell<u64>,
+    /// Channels subscribed for the life of the shard (`subscribe_always`).
+    fixed_channels: RefCell<Vec<String>>,
+    /// Patterns subscribed (PSUBSCRIBE) for the life of the shard.
+    fixed_patterns: RefCell<Vec<String>>,
+    /// Fixed channels and patterns Redis confirmed on the current subscriber session.
+    fixed_confirmed: RefCell<HashSet<Bytes>>,
 }
 
 impl Broker {
@@ -216,7 +227,39 @@ impl Broker {
             last_error: RefCell::new(None),
             write_refusal: RefCell::new(None),
             command_connects: Cell::new(0),
+            fixed_channels: RefCell::new(Vec::new()),
+            fixed_patterns: RefCell::new(Vec::new()),
+            fixed_confirmed: RefCell::new(HashSet::new()),
         }
+    }
+
+    /// Subscribes to `channels` and the glob `patterns` for the life of the shard, again
+    /// after every reconnect. Their messages come out as [`Incoming::Message`] with the
+    /// channel they were published on; their confirmations are not reported. Call it before
+    /// `run_subscriber` starts.
+    pub fn subscribe_always(&self, channels: Vec<String>, patterns: Vec<String>) {
+        debug_assert!(self.sub_state.get() == LinkState::Starting);
+        *self.fixed_channels.borrow_mut() = channels;
+        *self.fixed_patterns.borrow_mut() = patterns;
+    }
+
+    /// True when Redis confirmed every fixed subscription on the current subscriber link.
+    pub fn fixed_ready(&self) -> bool {
+        let confirmed = self.fixed_confirmed.borrow();
+        self.sub_state.get() == LinkState::Up
+            && self
+                .fixed_channels
+                .borrow()
+                .iter()
+                .chain(self.fixed_patterns.borrow().iter())
+                .all(|name| confirmed.contains(name.as_bytes()))
+    }
+
+    fn is_fixed_channel(&self, channel: &[u8]) -> bool {
+        self.fixed_channels
+            .borrow()
+            .iter()
+            .any(|c| c.as_bytes() == channel)
     }
 
     /// True when both links are connected.
@@ -620,6 +663,7 @@ pub async fn run_subscriber(ctx: Rc<Ctx>, broker: Rc<Broker>, incoming: LocalSen
                     subscriber_session(&ctx, &broker, &mut stream, buf, &changed, &incoming).await;
                 broker.confirmed.borrow_mut().clear();
                 broker.resubscribing.borrow_mut().clear();
+                broker.fixed_confirmed.borrow_mut().clear();
                 if up_at.elapsed() >= LINK_STABLE {
                     backoff.reset();
                 }
@@ -678,6 +722,33 @@ async fn sync_subscriptions(
     Ok(())
 }
 
+/// Sends PSUBSCRIBE, then SUBSCRIBE, for the fixed subscriptions (once per session). In
+/// that order on purpose: Redis runs one connection's commands in order, so once a fixed
+/// channel counts this link in `PUBSUB NUMSUB`, its patterns are in place too (PUBSUB
+/// NUMPAT counts distinct patterns, not subscribers, so it cannot tell).
+async fn subscribe_fixed(broker: &Broker, stream: &mut TcpStream) -> Result<(), String> {
+    let mut wire = BytesMut::new();
+    for (verb, names) in [
+        (&b"PSUBSCRIBE"[..], broker.fixed_patterns.borrow().clone()),
+        (&b"SUBSCRIBE"[..], broker.fixed_channels.borrow().clone()),
+    ] {
+        if names.is_empty() {
+            continue;
+        }
+        let mut args: Vec<&[u8]> = Vec::with_capacity(names.len() + 1);
+        args.push(verb);
+        args.extend(names.iter().map(|n| n.as_bytes()));
+        resp::encode_command(&mut wire, &args);
+    }
+    if wire.is_empty() {
+        return Ok(());
+    }
+    stream
+        .write_all(&wire)
+        .await
+        .map_err(|e| format!("write to {} failed: {e}", broker.config.display))
+}
+
 enum SubEvent {
     Read(io::Result<usize>),
     InterestChanged,
@@ -698,6 +769,9 @@ async fn subscriber_session(
     }
     let mut subscribed = HashSet::new();
     if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
+        return reason;
+    }
+    if let Err(reason) = subscribe_fixed(broker, stream).await {
         return reason;
     }
     // Until Redis confirms all of these, this shard may miss what is published on them.
@@ -742,6 +816,12 @@ async fn subscriber_session(
                             if incoming.send(message).await.is_err() {
                                 return "the shard is stopping".into();
                             }
+                        }
+                        Push::Subscribed { channel, .. } if broker.is_fixed_channel(&channel) => {
+                            broker.fixed_confirmed.borrow_mut().insert(channel);
+                        }
+                        Push::PSubscribed { pattern, .. } => {
+                            broker.fixed_confirmed.borrow_mut().insert(pattern);
                         }
                         Push::Subscribed { channel, .. } => {
                             broker.resubscribing.borrow_mut().remove(&channel);

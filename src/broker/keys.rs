@@ -1,9 +1,12 @@
 //! Every Redis name volley uses, and every Lua script it runs: the one place to read the
 //! cluster's data layout. Each name says what it holds and how long it lives.
 //!
-//! Owns names and scripts only; it sends nothing. Called by `backend::redis` (publish,
+//! Owns names and scripts only; it sends nothing. socket.io's own channels (for the
+//! adapter bridge) are here too, in [`SocketIoKeys`]. Called by `backend::redis` (publish,
 //! history, inbox, receipts, presence, membership) and `broker::client` (the heartbeat);
 //! `front` and `api` never build a Redis name themselves.
+
+use crate::protocol::socketio::adapter;
 
 /// The names under one `--redis-prefix`; every name is `{prefix}:...`.
 #[derive(Debug, Clone)]
@@ -98,6 +101,110 @@ impl Keys {
     /// whose heartbeat key is gone is a dead node.
     pub fn nodes(&self) -> String {
         format!("{}:nodes", self.prefix)
+    }
+}
+
+/// socket.io's own Redis names under `--socketio-redis-key` (socket.io's `key` option,
+/// default `socket.io`), for `--socketio-adapter` (issue 13, docs/SOCKETIO.md "Redis"). The
+/// formats are `@socket.io/redis-adapter` v8's; `protocol::socketio::adapter` builds and
+/// reads them, and its tests pin them against bytes the real packages wrote. Channels, not
+/// keys: nothing is stored.
+#[derive(Debug, Clone)]
+pub struct SocketIoKeys {
+    key: String,
+    /// What volley writes as the publisher uid of its broadcasts: `volley:<prefix>:<node>`.
+    uid: String,
+    /// `volley:<prefix>:`, which every volley process of this cluster starts its uid with.
+    uid_cluster: String,
+}
+
+impl SocketIoKeys {
+    pub fn new(key: &str, redis_prefix: &str, node_id: &str) -> SocketIoKeys {
+        let uid_cluster = format!("volley:{redis_prefix}:");
+        SocketIoKeys {
+            key: key.to_string(),
+            uid: format!("{uid_cluster}{node_id}"),
+            uid_cluster,
+        }
+    }
+
+    /// The uid this node writes into its broadcasts. Node servers drop nothing but their
+    /// own uid, so they deliver it.
+    pub fn uid(&self) -> &str {
+        &self.uid
+    }
+
+    /// True for a uid some volley process of this cluster wrote: every volley process
+    /// already delivered that message to its own clients through volley's channel, so its
+    /// adapter-format copy is for Node servers only.
+    pub fn is_volley_uid(&self, uid: &str) -> bool {
+        uid.starts_with(&self.uid_cluster)
+    }
+
+    /// Pub/sub channel `{key}#{nsp}#` (every socket of a namespace, or several rooms) or
+    /// `{key}#{nsp}#{room}#` (exactly one room): broadcasts as MessagePack
+    /// `[uid, packet, {rooms, except, flags}]`, from the emitter and from adapters.
+    pub fn broadcast(&self, nsp: &str, rooms: &[&str]) -> String {
+        adapter::broadcast_channel(&self.key, nsp, rooms)
+    }
+
+    /// Pattern `{key}#{nsp}#*` (PSUBSCRIBE): every broadcast channel of a namespace, as each
+    /// adapter subscribes it. Glob characters in the key or namespace are escaped, so the
+    /// pattern matches those names literally.
+    pub fn broadcast_pattern(&self, nsp: &str) -> String {
+        let mut pattern = String::with_capacity(self.key.len() + nsp.len() + 3);
+        for part in [self.key.as_str(), "#", nsp, "#"] {
+            for c in part.chars() {
+                if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                    pattern.push('\\');
+                }
+                pattern.push(c);
+            }
+        }
+        pattern.push('*');
+        pattern
+    }
+
+    /// Pub/sub channel `{key}-request#{nsp}#`: requests between servers (JSON, or
+    /// MessagePack for broadcasts with acks): socketsJoin, socketsLeave, disconnectSockets,
+    /// serverSideEmit, fetchSockets, allRooms. Its subscriber count (PUBSUB NUMSUB) is how
+    /// many answers a Node server waits for, so each volley shard subscribed answers.
+    pub fn request(&self, nsp: &str) -> String {
+        adapter::request_channel(&self.key, nsp)
+    }
+
+    /// Pub/sub channel `{key}-response#{nsp}#`: answers to requests, JSON (MessagePack for
+    /// a broadcast's acks).
+    pub fn response(&self, nsp: &str) -> String {
+        adapter::response_channel(&self.key, nsp)
+    }
+
+    /// Which of namespaces `nsps` a Redis channel is the broadcast channel of, and its room
+    /// (None for the namespace-wide one).
+    pub fn broadcast_of<'a, 'n>(
+        &self,
+        channel: &'a str,
+        nsps: impl IntoIterator<Item = &'n str>,
+    ) -> Option<(&'n str, Option<&'a str>)> {
+        nsps.into_iter()
+            .find_map(|nsp| adapter::channel_room(channel, &self.key, nsp).map(|room| (nsp, room)))
+    }
+
+    /// Which of namespaces `nsps` a Redis channel is the request channel of.
+    pub fn request_of<'n>(
+        &self,
+        channel: &str,
+        nsps: impl IntoIterator<Item = &'n str>,
+    ) -> Option<&'n str> {
+        nsps.into_iter().find(|nsp| channel == self.request(nsp))
+    }
+
+    /// True for a name under this key (`{key}#...` or `{key}-request#...`).
+    pub fn owns(&self, channel: &[u8]) -> bool {
+        let Some(rest) = channel.strip_prefix(self.key.as_bytes()) else {
+            return false;
+        };
+        rest.starts_with(b"#") || rest.starts_with(b"-request#")
     }
 }
 
@@ -240,5 +347,39 @@ mod tests {
         assert_eq!(keys.presence("room:a"), "volley:presence:room:a");
         assert_eq!(keys.node("abc"), "volley:node:abc");
         assert_eq!(keys.nodes(), "volley:nodes");
+    }
+
+    #[test]
+    fn socket_io_names_are_the_adapter_s() {
+        let sio = SocketIoKeys::new("socket.io", "volley", "n1");
+        assert_eq!(sio.uid(), "volley:volley:n1");
+        assert!(sio.is_volley_uid("volley:volley:other"));
+        assert!(!sio.is_volley_uid("emitter"));
+        assert!(!sio.is_volley_uid("volley:elsewhere:n1"));
+        assert_eq!(sio.broadcast("/", &[]), "socket.io#/#");
+        assert_eq!(sio.broadcast("/", &["r"]), "socket.io#/#r#");
+        assert_eq!(sio.broadcast_pattern("/"), "socket.io#/#*");
+        assert_eq!(
+            SocketIoKeys::new("a*b", "v", "n").broadcast_pattern("/[x]"),
+            "a\\*b#/\\[x\\]#*"
+        );
+        assert_eq!(sio.request("/chat"), "socket.io-request#/chat#");
+        assert_eq!(sio.response("/"), "socket.io-response#/#");
+        let nsps = ["/", "/chat"];
+        assert_eq!(sio.broadcast_of("socket.io#/#", nsps), Some(("/", None)));
+        assert_eq!(
+            sio.broadcast_of("socket.io#/chat#lobby#", nsps),
+            Some(("/chat", Some("lobby")))
+        );
+        assert_eq!(sio.broadcast_of("socket.io#/admin#", nsps), None);
+        assert_eq!(
+            sio.request_of("socket.io-request#/chat#", nsps),
+            Some("/chat")
+        );
+        assert_eq!(sio.request_of("socket.io-response#/#", nsps), None);
+        assert!(sio.owns(b"socket.io#/#x#"));
+        assert!(sio.owns(b"socket.io-request#/#"));
+        assert!(!sio.owns(b"socket.io-response#/#"));
+        assert!(!sio.owns(b"volley:all"));
     }
 }

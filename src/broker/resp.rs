@@ -1,5 +1,6 @@
 //! RESP2 glue over the redis-protocol crate: encode commands, decode replies and pub/sub
-//! pushes from a read buffer, and sort what arrives into what the broker acts on. Sans-IO.
+//! pushes (channel and pattern subscriptions) from a read buffer, and sort what arrives
+//! into what the broker acts on. Sans-IO.
 //!
 //! RESP2 rather than RESP3: a subscriber connection in RESP2 receives only pub/sub frames,
 //! which keeps the subscriber loop simple, and every Redis since 2.x speaks it.
@@ -66,6 +67,9 @@ pub enum Push {
     Subscribed { channel: Bytes, count: i64 },
     /// Confirmation of UNSUBSCRIBE.
     Unsubscribed { channel: Bytes, count: i64 },
+    /// Confirmation of PSUBSCRIBE (a pattern's messages arrive as [`Push::Message`] with
+    /// the channel they were published on).
+    PSubscribed { pattern: Bytes, count: i64 },
     /// Answer to PING on a subscribed connection.
     Pong,
     /// An error reply, in Redis's words (e.g. NOAUTH, WRONGPASS, MISCONF).
@@ -91,6 +95,23 @@ pub fn classify(frame: BytesFrame) -> Push {
                 (b"message", 3) => {
                     if let (Some(channel), Some(payload)) = (bulk(&parts[1]), bulk(&parts[2])) {
                         return Push::Message { channel, payload };
+                    }
+                }
+                // A pattern subscription's message: the pattern it matched, then the
+                // channel and payload, as a plain message has them.
+                (b"pmessage", 4) => {
+                    if let (Some(channel), Some(payload)) = (bulk(&parts[2]), bulk(&parts[3])) {
+                        return Push::Message { channel, payload };
+                    }
+                }
+                (b"psubscribe", 3) => {
+                    if let (Some(pattern), BytesFrame::Integer(count)) =
+                        (bulk(&parts[1]), &parts[2])
+                    {
+                        return Push::PSubscribed {
+                            pattern,
+                            count: *count,
+                        };
                     }
                 }
                 (b"subscribe", 3) | (b"unsubscribe", 3) => {
@@ -173,6 +194,29 @@ mod tests {
             );
             assert!(buf.is_empty());
         }
+    }
+
+    #[test]
+    fn pattern_pushes_carry_the_channel_they_came_on() {
+        let wire = b"*3\r\n$10\r\npsubscribe\r\n$13\r\nsocket.io#/#*\r\n:2\r\n*4\r\n$8\r\npmessage\r\n$13\r\nsocket.io#/#*\r\n$15\r\nsocket.io#/#ab#\r\n$2\r\nhi\r\n";
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut pushes = Vec::new();
+        while let Some(frame) = decode(&mut buf).unwrap() {
+            pushes.push(classify(frame));
+        }
+        assert_eq!(
+            pushes,
+            vec![
+                Push::PSubscribed {
+                    pattern: Bytes::from_static(b"socket.io#/#*"),
+                    count: 2
+                },
+                Push::Message {
+                    channel: Bytes::from_static(b"socket.io#/#ab#"),
+                    payload: Bytes::from_static(b"hi")
+                },
+            ]
+        );
     }
 
     #[test]

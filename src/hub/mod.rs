@@ -14,6 +14,7 @@ pub mod polling;
 pub mod receipts;
 pub mod recovery;
 pub mod session;
+pub mod sockets;
 #[cfg(test)]
 mod tests;
 

@@ -13,6 +13,7 @@ pub mod gaps;
 pub mod hooks;
 pub mod ops;
 pub mod recovery;
+pub mod sio_adapter;
 pub mod socketio;
 
 use std::cell::Cell;
@@ -401,6 +402,11 @@ impl Services {
         let Some(redis) = &self.backend.redis else {
             return;
         };
+        // socket.io's own channels (--socketio-adapter): not envelopes.
+        if sio_adapter::owns(self, &channel) {
+            sio_adapter::on_message(self, &channel, &payload);
+            return;
+        }
         let target = std::str::from_utf8(&channel)
             .ok()
             .and_then(|c| redis.keys.channel_of(c))

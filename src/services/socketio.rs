@@ -350,8 +350,9 @@ fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<()
     }
 }
 
-/// DISCONNECT of one namespace: the connection stays, with its other namespaces.
-fn disconnect(svc: &Rc<Services>, key: ConnKey, nsp: u8, socket: Sid) {
+/// DISCONNECT of one namespace: the connection stays, with its other namespaces. Also the
+/// end of a server-side disconnect (`sio_adapter`, after it sent the DISCONNECT packet).
+pub(super) fn disconnect(svc: &Rc<Services>, key: ConnKey, nsp: u8, socket: Sid) {
     svc.hub.with_session(key, |s| {
         let Some(sio) = s.sio.as_mut() else {
             return;

@@ -19,9 +19,10 @@
 //!   refused: socket.io payloads are JSON, and JSON has no dates.
 //!
 //! Not here: the sharded adapter (`createShardedAdapter`, SPUBLISH, a different message
-//! shape), answering requests, and which rooms exist (the caller's index). Called by the
-//! broker glue that subscribes to these channels and by the socket.io front's publish path
-//! (neither written yet). Knows nothing of Redis connections.
+//! shape), answering requests, and which rooms exist (the caller's index). Called by
+//! `services::sio_adapter` (what arrives on these channels, with `--socketio-adapter`),
+//! `backend::socketio` (volley's broadcasts in this format) and `broker::keys` (the channel
+//! names). Knows nothing of Redis connections.
 
 use std::fmt;
 
