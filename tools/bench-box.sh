@@ -224,7 +224,7 @@ import glob, json, os, re
 e = os.environ
 r = json.load(open(os.path.join(e["OUT_DIR"], "box.json")))
 # Start-up lines, in the plain or the tracing format (`<time> <LEVEL> volley: ...`).
-known = [r"volley: warning: open file limit is", r"volley: listening on",
+known = [r"volley: warning: open file limit is", r"volley: listening on", r"volley: dev console at",
          r"volley: WARNING: no --jwt-secret", r"volley: no --api-key:",
          r"redis (subscriber|command) link to \S+ is up( shard=\d+)?$"]
 odd = []

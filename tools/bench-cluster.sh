@@ -398,7 +398,7 @@ for r in reports:
         reasons["connect: " + why] = reasons.get("connect: " + why, 0) + c
 # volley stderr: anything but the start-up lines
 # (plain or tracing format: `<time> <LEVEL> volley: ...`)
-known = [r"volley: warning: open file limit is", r"volley: listening on",
+known = [r"volley: warning: open file limit is", r"volley: listening on", r"volley: dev console at",
          r"volley: WARNING: no --jwt-secret", r"volley: no --api-key:",
          r"redis (subscriber|command) link to \S+ is up( shard=\d+)?$"]
 odd = []
