@@ -136,6 +136,7 @@ impl Redis {
             seq: None,
             epoch: None,
             from: publish.from.clone(),
+            event: publish.event.clone(),
         });
         let seq_at = seq_at.to_string();
         let reply = self
@@ -230,6 +231,7 @@ impl Redis {
             seq: None,
             epoch: None,
             from: None,
+            event: None,
         });
         let channel = self.keys.channel(&format!("user:{user}"));
         match self
@@ -702,6 +704,7 @@ fn stored_from_envelope(payload: &Bytes) -> Option<Stored> {
         seq: envelope.seq?,
         id: envelope.id,
         from: envelope.from,
+        event: envelope.event,
         kind: envelope.kind,
         payload: envelope.payload,
     })

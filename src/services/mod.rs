@@ -180,6 +180,7 @@ impl Services {
             target: Target::Room(room.to_string()),
             id: self.ctx.next_message_id(),
             from: user.map(|u| format!("user:{u}")),
+            event: None,
             kind: PayloadKind::Json,
             payload: Bytes::from(json!({ "presence": event, "user": user }).to_string()),
         };
@@ -274,12 +275,14 @@ impl Services {
         reference: Option<Ref>,
         target: Target,
         payload: Bytes,
+        event: Option<String>,
     ) {
         let from = self.hub.with_session(key, |s| s.from()).flatten();
         let publish = Publish {
             target,
             id: self.ctx.next_message_id(),
             from,
+            event,
             kind: PayloadKind::Json,
             payload,
         };
@@ -445,6 +448,7 @@ impl Services {
                     target: envelope.target,
                     id: envelope.id.clone(),
                     from: envelope.from,
+                    event: envelope.event,
                     kind: envelope.kind,
                     payload: envelope.payload,
                 },
@@ -531,6 +535,7 @@ impl Services {
                             target: target.clone(),
                             id: message.id,
                             from: message.from,
+                            event: message.event,
                             kind: message.kind,
                             payload: message.payload,
                         },

@@ -527,9 +527,17 @@ fn op_of(svc: &Services, name: &str, arg: Option<&Json>) -> Result<ClientOp, Str
                     svc.ctx.config.message_bytes_max
                 ));
             }
+            let event = match arg.get("event") {
+                None | Some(Json::Null) => None,
+                Some(Json::String(name)) => {
+                    crate::envelope::event_name(Some(name)).map_err(|e| format!("publish: {e}"))?
+                }
+                Some(_) => return Err("publish: event must be a string".into()),
+            };
             ClientOp::Publish {
                 target,
                 data: Bytes::from(data),
+                event,
             }
         }
         "recover" => ClientOp::Recover {
