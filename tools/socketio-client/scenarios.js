@@ -164,6 +164,54 @@ const scenarios = {
     s.close();
   },
 
+  // Event names (issue 12): what a room got while this client was away (one push named
+  // `chat`, one unnamed) is replayed by `join {since: 0}` under the same names; then live
+  // pushes, one named `price` and one unnamed, and a named push to the user; every event
+  // the socket gets is printed in order with whether it came with an ack callback (and it
+  // is acked). Publishes go to `publishUrl` (another process, through Redis) when given.
+  // Reserved names are refused with 400.
+  async named(transport, publishUrl) {
+    const pub = (path, body) => fetch((publishUrl || url) + path, { method: "POST", body })
+      .then(async (res) => ({ status: res.status, body: await res.json().catch(() => null) }));
+    const room = "named-" + Math.random().toString(36).slice(2);
+    out({ away: [
+      await pub(`/api/rooms/${room}/messages?event=chat`, JSON.stringify({ n: 1 })),
+      await pub(`/api/rooms/${room}/messages`, JSON.stringify({ n: 2 })),
+    ] });
+    const opts = { auth: { user: "ann" }, reconnection: false };
+    if (transport === "websocket") opts.transports = ["websocket"];
+    const s = io(url, opts);
+    await connected(s);
+    const events = [];
+    let wanted = 0;
+    let enough = () => {};
+    s.onAny((event, ...args) => {
+      const last = args[args.length - 1];
+      const ack = typeof last === "function";
+      if (ack) { args.pop(); last(); }
+      events.push({ event, arg: args[0], args: args.length, ack });
+      if (events.length >= wanted) enough();
+    });
+    const until = (n) => new Promise((r) => { wanted = n; enough = r; if (events.length >= n) r(); });
+    out({ join: await s.emitWithAck("join", { room, since: 0 }) });
+    await until(3); // chat, message, recovered
+    await pub(`/api/rooms/${room}/messages?event=price`, JSON.stringify({ n: 3 }));
+    await until(4);
+    await pub(`/api/rooms/${room}/messages?event=message`, JSON.stringify({ n: 4 }));
+    await until(5);
+    await pub(`/api/users/ann/messages?event=${encodeURIComponent("dm ✉")}`, "hello");
+    await until(6);
+    out({ events });
+    const refused = {};
+    for (const name of ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener", ""]) {
+      refused[name] = await pub(`/api/rooms/${room}/messages?event=${name}`, "{}");
+    }
+    refused.long = await pub(`/api/rooms/${room}/messages?event=${"x".repeat(129)}`, "{}");
+    refused.control = await pub(`/api/rooms/${room}/messages?event=a%0Ab`, "{}");
+    out({ refused });
+    s.close();
+  },
+
   // Hostile input on raw Engine.IO WebSockets; a neighbour socket.io client must still
   // get a broadcast afterwards.
   async abuse() {
