@@ -101,6 +101,8 @@ pub struct SioSnapshot {
     pub codec_nsp: u8,
     /// Frames queued for its next GET (WebSocket frames, as every codec makes them).
     pub queued: Vec<Bytes>,
+    /// The handshake headers a connect hook may see (`--app-webhook` only).
+    pub headers: Option<Box<[(String, String)]>>,
 }
 
 /// The steps of a polling session's upgrade to WebSocket, as its owner sees them.

@@ -13,11 +13,14 @@ use std::rc::Rc;
 use bytes::Bytes;
 use serde_json::Value as Json;
 
+use super::hooks::HookError;
 use super::ops;
 use super::Services;
+use crate::auth::Claims;
 use crate::config::{ClientAuth, SOCKETIO_NAMESPACE_BYTES_MAX};
 use crate::conn::{ConnKey, Inbound};
 use crate::envelope::Target;
+use crate::hooks;
 use crate::hub::Session;
 use crate::mesh::{ShardMsg, SioReply, SioSnapshot, SioUpgradeStep};
 use crate::metrics::Metrics;
@@ -265,27 +268,130 @@ fn on_whole_packet(
     }
 }
 
-/// CONNECT: who the client is (auth payload), its socket id room, the reply.
+/// CONNECT: who the client is (auth payload), with `--app-webhook` the application's word
+/// (docs/API.md, "Application hooks"), its socket id room, the reply. Without hooks the
+/// reply goes out at once; with them it waits for the hook (bounded by
+/// `--app-webhook-timeout-ms`), and a refusal or a failed call is a CONNECT_ERROR.
 fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
     let name = namespace_name(nsp);
-    if let Err(message) = identify(svc, key, auth) {
-        Metrics::inc(&svc.ctx.metrics.http_errors_total);
-        send_packet(svc, key, &packet::encode_connect_error(name, &message));
+    let identity = match identify(svc, key, auth) {
+        Ok(identity) => identity,
+        Err(message) => {
+            refuse_connect(svc, key, nsp, &message);
+            return;
+        }
+    };
+    let socket = new_socket_id(svc, key);
+    if !svc.has_hooks() {
+        if admit(svc, key, nsp, socket, identity) {
+            send_packet(svc, key, &packet::encode_connect(name, socket.as_str()));
+        }
         return;
     }
+    // The hook document is JSON: a binary auth payload (rare) is sent as null.
+    let auth = auth.and_then(to_json);
+    let owner = svc.clone();
+    let task = async move {
+        let (current, headers) = owner
+            .hub
+            .with_session(key, |s| {
+                let headers = s.sio.as_ref().and_then(|sio| sio.headers.clone());
+                (s.user.clone(), headers)
+            })
+            .unwrap_or_default();
+        let user = identity.as_ref().map(|(user, _)| user.clone()).or(current);
+        let connect = hooks::Connect {
+            socket: hooks::Socket {
+                protocol: SOCKETIO_PROTOCOL,
+                namespace: Some(name),
+                id: socket.as_str(),
+                user: user.as_deref(),
+            },
+            auth: auth.as_ref(),
+            headers: headers.as_deref().unwrap_or_default(),
+        };
+        let outcome = match owner.hook_connect(&connect).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                refuse_connect(&owner, key, nsp, &e.client_message());
+                return;
+            }
+        };
+        if let Some(message) = &outcome.refuse {
+            refuse_connect(&owner, key, nsp, message);
+            return;
+        }
+        // The connection may have closed while the application thought: then the key is
+        // stale (its generation moved on) and nothing below reaches anyone.
+        if !admit(&owner, key, nsp, socket, identity) {
+            return;
+        }
+        // Rooms first (with the user's claims now set), so a push to them sent once the
+        // client sees `connect` reaches it; then the reply, then the emits.
+        owner.hook_apply_rooms(key, &outcome);
+        owner.hook_wait_joined(&outcome).await;
+        let Some(socket) = socket_of(&owner, key, nsp) else {
+            return;
+        };
+        send_packet(&owner, key, &packet::encode_connect(name, socket.as_str()));
+        for emit in &outcome.emit {
+            if let Some(frame) = codec::emit_frame(name, &emit.event, &emit.args) {
+                owner.hub.send(key, frame);
+            }
+        }
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+        refuse_connect(svc, key, nsp, &HookError::Busy.client_message());
+    }
+}
+
+/// The `protocol` of socket.io clients in hook documents.
+const SOCKETIO_PROTOCOL: &str = "socket.io";
+
+/// A refused CONNECT: socket.io's CONNECT_ERROR with the reason as its `message`.
+fn refuse_connect(svc: &Services, key: ConnKey, nsp: u8, message: &str) {
+    Metrics::inc(&svc.ctx.metrics.http_errors_total);
+    let name = namespace_name(nsp);
+    send_packet(svc, key, &packet::encode_connect_error(name, message));
+}
+
+/// A new namespace socket's id: it names this connection (shard, slot, generation).
+fn new_socket_id(svc: &Services, key: ConnKey) -> Sid {
     let spare = random_sid(svc.ctx.id);
     let random = spare.as_str().as_bytes();
-    let socket = socket_id(
+    socket_id(
         svc.ctx.id as u16,
         key.index,
         key.generation,
         [random[16], random[17], random[18], random[19]],
-    );
+    )
+}
+
+/// The socket id of namespace `nsp` on the connection, if it is connected.
+fn socket_of(svc: &Services, key: ConnKey, nsp: u8) -> Option<Sid> {
+    svc.hub
+        .with_session(key, |s| s.sio.as_ref().and_then(|sio| sio.socket(nsp)))
+        .flatten()
+}
+
+/// Gives the connection its user (if the CONNECT named one) and the namespace socket;
+/// false when the connection is gone. A namespace connected meanwhile (a second CONNECT
+/// while a hook was asked about the first) keeps its socket; the caller's reply then
+/// names that one.
+fn admit(svc: &Rc<Services>, key: ConnKey, nsp: u8, socket: Sid, identity: Identity) -> bool {
+    if let Err(message) = apply_identity(svc, key, identity) {
+        refuse_connect(svc, key, nsp, &message);
+        return false;
+    }
     let added = svc
         .hub
         .with_session(key, |s| {
-            let first = s.sio.as_ref()?.sockets.is_empty();
             let sio = s.sio.as_mut()?;
+            if sio.socket(nsp).is_some() {
+                return Some(false);
+            }
+            let first = sio.sockets.is_empty();
             // Almost every connection uses one namespace: do not reserve four.
             sio.sockets.reserve_exact(1);
             sio.sockets.push((nsp, socket));
@@ -294,22 +400,30 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
                 // Pushes go out on the first namespace the client connected.
                 s.codec = Codec::SocketIo(nsp);
             }
-            Some(())
+            Some(true)
         })
         .flatten();
-    if added.is_none() {
-        return;
+    match added {
+        None => false,
+        Some(false) => true,
+        Some(true) => {
+            // The room named by the socket id: the hub finds the connection from the id
+            // itself (no index entry); Redis still needs to know this process wants it.
+            socket_interest(svc, socket.as_str(), true);
+            true
+        }
     }
-    // The room named by the socket id: the hub finds the connection from the id itself
-    // (no index entry); Redis still needs to know this process wants the room.
-    socket_interest(svc, socket.as_str(), true);
-    send_packet(svc, key, &packet::encode_connect(name, socket.as_str()));
 }
+
+/// The user a CONNECT names, verified, to give the connection once it is admitted; None
+/// when it names none or the one the connection has.
+type Identity = Option<(Rc<str>, Option<Rc<Claims>>)>;
 
 /// The CONNECT auth payload: `token` verified like `/ws` tokens; in open mode `user`
 /// names the client like `?user=`. A connection has one user: a second namespace must
-/// not name another.
-fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<(), String> {
+/// not name another. Changes nothing: [`apply_identity`] does, once the CONNECT is
+/// accepted.
+fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<Identity, String> {
     let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
     let current = svc.hub.with_session(key, |s| s.user.clone()).flatten();
     let (user, claims) = match &svc.ctx.config.client_auth {
@@ -321,7 +435,7 @@ fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<()
                 (Rc::<str>::from(claims.sub.as_str()), Some(Rc::new(claims)))
             }
             // A token given in the query or a header was verified at the handshake.
-            None if current.is_some() => return Ok(()),
+            None if current.is_some() => return Ok(None),
             None => return Err(
                 "missing token: send it as auth: { token } (or ?token= / Authorization: Bearer)"
                     .into(),
@@ -329,7 +443,7 @@ fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<()
         },
         ClientAuth::Open => {
             let Some(user) = auth.and_then(|a| a.get("user")) else {
-                return Ok(());
+                return Ok(None);
             };
             let user = user.as_str().ok_or("auth.user must be a string")?;
             check_name(user, svc.ctx.config.name_bytes_max).map_err(|e| e.message("auth.user"))?;
@@ -337,10 +451,25 @@ fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<()
         }
     };
     match current {
+        Some(current) if current == user => Ok(None),
+        Some(current) => Err(one_user(&current)),
+        None => Ok(Some((user, claims))),
+    }
+}
+
+fn one_user(current: &str) -> String {
+    format!("this connection is user {current:?}; one connection has one user")
+}
+
+/// Gives the connection the user [`identify`] found, checking again that it has no other
+/// (another namespace's CONNECT may have named one while a hook was asked).
+fn apply_identity(svc: &Rc<Services>, key: ConnKey, identity: Identity) -> Result<(), String> {
+    let Some((user, claims)) = identity else {
+        return Ok(());
+    };
+    match svc.hub.with_session(key, |s| s.user.clone()).flatten() {
         Some(current) if current == user => Ok(()),
-        Some(current) => Err(format!(
-            "this connection is user {current:?}; one connection has one user"
-        )),
+        Some(current) => Err(one_user(&current)),
         None => {
             if svc.hub.set_user(key, user, claims) {
                 svc.user_connected(key);
@@ -446,6 +575,11 @@ fn event(svc: &Rc<Services>, key: ConnKey, nsp: u8, id: Option<u64>, args: Optio
             )),
             json => op_of(svc, name, json.flatten().as_ref()),
         },
+        _ if svc.has_hooks() && check_name(name, svc.ctx.config.name_bytes_max).is_ok() => {
+            let name = name.to_string();
+            app_event(svc, key, nsp, id, name, items.get(1..).unwrap_or_default());
+            return;
+        }
         _ => {
             let message = format!(
                 "{name:?} is not a volley op (join, leave, publish, recover, ack); application events need the app webhook"
@@ -475,6 +609,92 @@ fn event(svc: &Rc<Services>, key: ConnKey, nsp: u8, id: Option<u64>, args: Optio
                 message,
             },
         ),
+    }
+}
+
+/// A client event that is not a volley op, with `--app-webhook`: the application answers it
+/// (docs/API.md, "Application hooks"). Its rooms are applied, its emits go to this socket,
+/// then its ack answers the client's ack (an array is the ack's arguments, another value
+/// the one argument, none no argument). A refusal or a failed call is an op error (the
+/// ack's `{ok:false,error}`, or an `error` event when no ack was asked) and no strike: the
+/// application, not the client, decided or failed.
+fn app_event(
+    svc: &Rc<Services>,
+    key: ConnKey,
+    nsp: u8,
+    ack_id: Option<u64>,
+    name: String,
+    args: &[Value],
+) {
+    let reference = ack_id.map(|id| ack_ref(nsp, id));
+    let error = move |code, message| OpError {
+        reference: reference.clone(),
+        code,
+        message,
+    };
+    // Hook documents are JSON.
+    let Some(args) = args.iter().map(to_json).collect::<Option<Vec<Json>>>() else {
+        let message = format!("{name}: binary arguments are not sent to the application; send JSON");
+        ops::reply_error(svc, key, error(ErrorCode::BadField, message));
+        return;
+    };
+    let Some(socket) = socket_of(svc, key, nsp) else {
+        return;
+    };
+    let owner = svc.clone();
+    let refused = error.clone();
+    let task = async move {
+        let nsp_name = namespace_name(nsp);
+        let args = Json::Array(args);
+        let event = hooks::Event {
+            socket: hooks::Socket {
+                protocol: SOCKETIO_PROTOCOL,
+                namespace: Some(nsp_name),
+                id: socket.as_str(),
+                user: None,
+            },
+            name: &name,
+            args: &args,
+            ack: ack_id.is_some(),
+        };
+        let result = owner.hook_event(key, &event).await;
+        // The socket may be gone by now (the connection closed: its key is stale; or the
+        // namespace was disconnected): then nobody waits for the answer.
+        if socket_of(&owner, key, nsp) != Some(socket) {
+            return;
+        }
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let message = e.client_message();
+                ops::send_error(&owner, key, &error(ErrorCode::Internal, message));
+                return;
+            }
+        };
+        if let Some(message) = outcome.refuse {
+            let message = format!("refused by the application: {message}");
+            ops::send_error(&owner, key, &error(ErrorCode::Forbidden, message));
+            return;
+        }
+        for emit in &outcome.emit {
+            if let Some(frame) = codec::emit_frame(nsp_name, &emit.event, &emit.args) {
+                owner.hub.send(key, frame);
+            }
+        }
+        if let Some(id) = ack_id {
+            let args = outcome.ack.unwrap_or_else(|| Json::Array(Vec::new()));
+            if let Some(frame) = codec::ack_args_frame(nsp_name, id, &args) {
+                owner.hub.send(key, frame);
+            }
+        }
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+        ops::send_error(
+            svc,
+            key,
+            &refused(ErrorCode::Internal, HookError::Busy.client_message()),
+        );
     }
 }
 
@@ -598,7 +818,11 @@ fn reply_text(body: Vec<u8>) -> SioReply {
 }
 
 /// A polling handshake: a new session on this shard, answered with the open packet.
-pub fn polling_open(svc: &Rc<Services>, mut session: Session) -> SioReply {
+pub fn polling_open(
+    svc: &Rc<Services>,
+    mut session: Session,
+    headers: Option<Box<[(String, String)]>>,
+) -> SioReply {
     let config = &svc.ctx.config.socketio;
     if svc.hub.polling_len() >= config.polling_sessions_max as usize {
         Metrics::inc(&svc.ctx.metrics.rejected_full_total);
@@ -616,7 +840,9 @@ pub fn polling_open(svc: &Rc<Services>, mut session: Session) -> SioReply {
     }
     let sid = random_sid(svc.ctx.id);
     let deadline_s = svc.ctx.now_s() + config.connect_timeout_ms.div_ceil(1000);
-    session.sio = Some(Box::new(SioState::new(sid, deadline_s)));
+    let mut sio = SioState::new(sid, deadline_s);
+    sio.headers = headers;
+    session.sio = Some(Box::new(sio));
     let key = svc.hub.insert_polling(sid, session);
     svc.connected(key);
     reply_text(open_packet(svc, sid.as_str(), &["websocket"]).into_bytes())
@@ -812,6 +1038,7 @@ pub fn owned_upgrade(svc: &Rc<Services>, sid: Sid, step: SioUpgradeStep) -> Opti
                     _ => 0,
                 },
                 queued: p.take(),
+                headers: p.session.sio.as_mut().and_then(|s| s.headers.take()),
             })?;
             snapshot.rooms = svc
                 .hub
@@ -885,6 +1112,9 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
             let sio = s.sio.as_mut()?;
             sio.sockets = snapshot.sockets;
             sio.connect_deadline_s = 0;
+            if snapshot.headers.is_some() {
+                sio.headers = snapshot.headers;
+            }
             sio.held.take()
         })
         .flatten();

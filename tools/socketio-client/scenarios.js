@@ -212,6 +212,60 @@ const scenarios = {
     s.close();
   },
 
+  // Application hooks (tests/hooks.rs with tests/hook_backend.py behind --app-webhook):
+  // a refused CONNECT, then a client (transports from args) whose CONNECT joins a room and
+  // gets a `welcome`, whose events the application acks, emits back to, joins and refuses.
+  async hooks(transport) {
+    const base = { reconnection: false, extraHeaders: { "x-request-id": "req-7", cookie: "secret=1" } };
+    if (transport === "websocket") base.transports = ["websocket"];
+    const mallory = io(url, { ...base, auth: { user: "mallory" } });
+    out({ mallory: await connected(mallory).then(() => "connected", (e) => e.message) });
+    mallory.close();
+    const s = io(url, { ...base, auth: { user: "ann", room: "vip" } });
+    const welcome = new Promise((r) => s.once("welcome", r));
+    await connected(s);
+    out({ connected: s.id, welcome: await welcome });
+    const chatBack = new Promise((r) => s.once("chat-back", (...args) => r(args)));
+    out({ chat: await s.emitWithAck("chat", { text: "hi" }), chat_back: await chatBack });
+    const vip = nextMessage(s);
+    await post("/api/rooms/vip/messages", JSON.stringify({ m: 1 }));
+    out({ vip: (await vip).msg });
+    out({ enter: await s.emitWithAck("enter", { room: "club" }) });
+    const club = nextMessage(s);
+    await post("/api/rooms/club/messages", JSON.stringify({ m: 2 }));
+    out({ club: (await club).msg });
+    out({ many: await new Promise((r) => s.emit("many", 1, "two", { three: 3 }, (...args) => r(args))) });
+    out({ deny: await s.emitWithAck("deny") });
+    out({ other: await new Promise((r) => s.emit("other", (...args) => r(args))) });
+    const noAck = new Promise((r) => s.once("chat-back", (...args) => r(args)));
+    s.emit("chat", "no ack");
+    out({ no_ack_back: await noAck });
+    out({ volley_op: await s.emitWithAck("join", "lobby") });
+    out({ transport: s.io.engine.transport.name });
+    s.close();
+  },
+
+  // A webhook that hangs (tests/hooks.rs, --app-webhook-timeout-ms 1000): a CONNECT and an
+  // event each get an error in time, and another client gets a broadcast meanwhile.
+  async hook_timeout() {
+    const other = io(url, { transports: ["websocket"], auth: { user: "bob" } });
+    await connected(other);
+    const ann = io(url, { transports: ["websocket"], auth: { user: "ann" } });
+    await connected(ann);
+    const slow = ann.emitWithAck("slow");
+    const slowConnect = io(url, { transports: ["websocket"], auth: { user: "slowpoke" }, reconnection: false });
+    const refused = connected(slowConnect).then(() => "connected", (e) => e.message);
+    await sleep(200);
+    const got = nextMessage(other);
+    const published = await post("/api/broadcast", JSON.stringify({ during: "slow hook" }));
+    out({ published, meanwhile: (await got).msg });
+    out({ slow: await slow, slow_connect: await refused });
+    out({ after: await ann.emitWithAck("chat", "again") });
+    slowConnect.close();
+    ann.close();
+    other.close();
+  },
+
   // Hostile input on raw Engine.IO WebSockets; a neighbour socket.io client must still
   // get a broadcast afterwards.
   async abuse() {
