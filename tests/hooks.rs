@@ -460,3 +460,42 @@ fn a_hung_webhook_gives_socketio_clients_errors_and_the_shard_keeps_serving() {
     );
     assert_eq!(server.total("hook_timeouts_total"), 2);
 }
+
+/// examples/hooks/socketio_test_app.py, socket.io's protocol test suite app written as a
+/// hook, driven by the real socket.io-client.
+#[test]
+fn the_socketio_reference_app_runs_as_a_tiny_hook_backend() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/hooks/socketio_test_app.py"
+    );
+    let mut child = Command::new("python3")
+        .args([script, "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs examples/hooks/socketio_test_app.py");
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let app = Backend {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port.trim().parse::<u16>().unwrap())),
+    };
+    let url = format!("http://{}/", app.addr);
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--app-webhook",
+        &url,
+        "--socketio-namespace",
+        "/custom",
+    ]);
+    let lines = socketio_scenario(&server, "reference_app", &[]);
+    assert_eq!(seen(&lines, "root_auth"), &json!({"user": "zoe", "token": "t-1"}));
+    assert_eq!(seen(&lines, "custom_auth"), &json!({"user": "zoe"}));
+    assert_eq!(seen(&lines, "bare_auth"), &json!({}));
+    assert_eq!(seen(&lines, "message_back"), &json!([1, "2", {"3": [4]}]));
+    assert_eq!(seen(&lines, "acked"), &json!([1, "2", {"3": [4]}]));
+    assert_eq!(seen(&lines, "custom_acked"), "x");
+}

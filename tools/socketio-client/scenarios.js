@@ -245,6 +245,27 @@ const scenarios = {
     s.close();
   },
 
+  // socket.io's protocol test suite app (examples/hooks/socketio_test_app.py behind
+  // --app-webhook): `auth` on connect (on / and /custom), `message` answered with
+  // `message-back`, `message-with-ack` acked with its args.
+  async reference_app() {
+    const manager = new Manager(url, { transports: ["websocket"], reconnection: false });
+    const root = manager.socket("/", { auth: { user: "zoe", token: "t-1" } });
+    const custom = manager.socket("/custom", { auth: { user: "zoe" } });
+    const bare = io(url, { transports: ["websocket"], forceNew: true, reconnection: false });
+    const auth = (s) => new Promise((r) => s.once("auth", r));
+    const [rootAuth, customAuth, bareAuth] = [auth(root), auth(custom), auth(bare)];
+    await Promise.all([connected(root), connected(custom), connected(bare)]);
+    out({ root_auth: await rootAuth, custom_auth: await customAuth, bare_auth: await bareAuth });
+    const back = new Promise((r) => root.once("message-back", (...args) => r(args)));
+    root.emit("message", 1, "2", { 3: [4] });
+    out({ message_back: await back });
+    out({ acked: await new Promise((r) => root.emit("message-with-ack", 1, "2", { 3: [4] }, (...args) => r(args))) });
+    out({ custom_acked: await custom.timeout(5000).emitWithAck("message-with-ack", "x") });
+    manager.engine.close();
+    bare.close();
+  },
+
   // A webhook that hangs (tests/hooks.rs, --app-webhook-timeout-ms 1000): a CONNECT and an
   // event each get an error in time, and another client gets a broadcast meanwhile.
   async hook_timeout() {
