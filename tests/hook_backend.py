@@ -15,7 +15,7 @@ Behaviour by event name (the native op):
   other  an empty answer (ack null)
   many   ack with every arg, in order (socket.io: the ack's arguments)
 Connects (socket.io namespace CONNECTs): user "mallory" is refused with "banned"; user
-"slowpoke" waits 5 s; others are accepted, join the room named by auth.room (if any) and
+"slowpoke" waits 5 s; "sleepy" waits 0.5 s, then as others; others are accepted, join the room named by auth.room (if any) and
 get the event "welcome" with {user, socket, namespace, auth}.
 """
 import json
@@ -64,6 +64,8 @@ class Hook(BaseHTTPRequestHandler):
             if doc["user"] == "slowpoke":
                 time.sleep(5)
                 return self.answer({"v": 1})
+            if doc["user"] == "sleepy":
+                time.sleep(0.5)
             auth = doc["auth"] or {}
             welcome = {k: doc[k] for k in ("user", "socket", "namespace", "auth")}
             return self.answer({

@@ -417,6 +417,13 @@ fn socketio_connects_and_events_reach_the_app_over_polling_and_the_upgrade() {
     let lines = socketio_scenario(&server, "hooks", &[]);
     check_socketio_hooks(&backend, &lines);
     assert_eq!(seen(&lines, "transport"), "websocket");
+    // A CONNECT whose hook answers only after the client upgraded: the hand-over waits for
+    // the answer, so the reply and the welcome reach the client on its WebSocket.
+    let lines = socketio_scenario(&server, "sleepy_connect", &[]);
+    assert_eq!(seen(&lines, "sleepy"), "connected");
+    assert_eq!(seen(&lines, "upgraded"), "websocket");
+    assert_eq!(seen(&lines, "welcome")["user"], "sleepy");
+    assert_eq!(seen(&lines, "volley_op"), &json!({"ok": true}));
 }
 
 #[test]

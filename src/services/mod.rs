@@ -695,7 +695,7 @@ impl Services {
                 reply,
             } => socketio::on_mesh_polling(self, sid, post, body, reply),
             ShardMsg::SioUpgrade { sid, step, reply } => {
-                let _ = reply.send(socketio::owned_upgrade(self, sid, step));
+                socketio::on_mesh_upgrade(self, sid, step, reply)
             }
             ShardMsg::Receipt { id, reply } => {
                 let receipt = self.hub.receipt(&id);

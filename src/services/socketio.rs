@@ -9,6 +9,7 @@
 //! Called by `ops::dispatch` for `Codec::SocketIo` connections.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value as Json;
@@ -291,7 +292,9 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
     // The hook document is JSON: a binary auth payload (rare) is sent as null.
     let auth = auth.and_then(to_json);
     let owner = svc.clone();
+    let pending = HookPending::new(svc, key);
     let task = async move {
+        let _pending = pending;
         let (current, headers) = owner
             .hub
             .with_session(key, |s| {
@@ -643,7 +646,9 @@ fn app_event(
     };
     let owner = svc.clone();
     let refused = error.clone();
+    let pending = HookPending::new(svc, key);
     let task = async move {
+        let _pending = pending;
         let nsp_name = namespace_name(nsp);
         let args = Json::Array(args);
         let event = hooks::Event {
@@ -1001,7 +1006,7 @@ async fn upgrade_request(
 ) -> Option<SioSnapshot> {
     let owner = usize::from(sid.owner());
     if owner == svc.ctx.id {
-        return owned_upgrade(svc, sid, step);
+        return owned_upgrade(svc, sid, step).await;
     }
     if owner >= svc.ctx.peers.count() {
         return None;
@@ -1013,8 +1018,89 @@ async fn upgrade_request(
     answer.await.ok().flatten()
 }
 
+/// An upgrade step forwarded by another shard: answered by a tracked task (a `Take` may
+/// wait for the session's hook calls).
+pub fn on_mesh_upgrade(
+    svc: &Rc<Services>,
+    sid: Sid,
+    step: SioUpgradeStep,
+    reply: futures_channel::oneshot::Sender<Option<SioSnapshot>>,
+) {
+    let owner = svc.clone();
+    let task = async move {
+        let _ = reply.send(owned_upgrade(&owner, sid, step).await);
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+    }
+}
+
+/// How often a `Take` looks whether the session's hook calls are done.
+const HOOKS_PENDING_POLL: Duration = Duration::from_millis(5);
+
+/// Counts a hook call of a socket.io connection for as long as it runs (its task holds
+/// it), so a polling session is not handed to a WebSocket with an answer still to come:
+/// the answer would find the polling session gone. Dropped with the task, whether it ran
+/// or not; a stale key makes both ends no-ops.
+struct HookPending {
+    svc: Rc<Services>,
+    key: ConnKey,
+}
+
+impl HookPending {
+    fn new(svc: &Rc<Services>, key: ConnKey) -> HookPending {
+        svc.hub.with_session(key, |s| {
+            if let Some(sio) = s.sio.as_mut() {
+                sio.hooks_pending = sio.hooks_pending.saturating_add(1);
+            }
+        });
+        HookPending {
+            svc: svc.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for HookPending {
+    fn drop(&mut self) {
+        self.svc.hub.with_session(self.key, |s| {
+            if let Some(sio) = s.sio.as_mut() {
+                sio.hooks_pending = sio.hooks_pending.saturating_sub(1);
+            }
+        });
+    }
+}
+
+/// Waits until polling session `sid` has no hook call in flight. Each call ends by
+/// `--app-webhook-timeout-ms`, so this does too; it is bounded again here by that plus a
+/// second. Meanwhile the new WebSocket holds what its client sends (`HELD_MAX`), and what
+/// the hooks answer and what is pushed queues in the polling session, which the hand-over
+/// carries.
+async fn hooks_done(svc: &Services, sid: Sid) {
+    let Some(webhook) = &svc.ctx.config.app_webhook else {
+        return;
+    };
+    let deadline = Instant::now() + webhook.timeout + Duration::from_secs(1);
+    let pending = || {
+        let key = svc.hub.polling_key(&sid)?;
+        svc.hub
+            .with_polling(key, |p| p.session.sio.as_ref().map(|s| s.hooks_pending))
+            .flatten()
+    };
+    while pending().unwrap_or(0) > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(HOOKS_PENDING_POLL).await;
+    }
+}
+
 /// A step of the upgrade of a polling session this shard owns.
-pub fn owned_upgrade(svc: &Rc<Services>, sid: Sid, step: SioUpgradeStep) -> Option<SioSnapshot> {
+pub async fn owned_upgrade(
+    svc: &Rc<Services>,
+    sid: Sid,
+    step: SioUpgradeStep,
+) -> Option<SioSnapshot> {
+    if step == SioUpgradeStep::Take {
+        hooks_done(svc, sid).await;
+    }
     let key = svc.hub.polling_key(&sid)?;
     match step {
         SioUpgradeStep::Check => Some(SioSnapshot::default()),

@@ -266,6 +266,19 @@ const scenarios = {
     bare.close();
   },
 
+  // A CONNECT sent on polling whose hook answers after the upgrade to WebSocket is done
+  // (tests/hook_backend.py answers user "sleepy" after 0.5 s): the CONNECT reply and the
+  // welcome still arrive, on the WebSocket.
+  async sleepy_connect() {
+    const s = io(url, { auth: { user: "sleepy" }, reconnection: false });
+    const upgraded = new Promise((r) => s.io.on("open", () => s.io.engine.once("upgrade", (t) => r(t.name))));
+    const welcome = new Promise((r) => s.once("welcome", r));
+    const result = await connected(s).then(() => "connected", (e) => e.message);
+    out({ sleepy: result, upgraded: await upgraded, welcome: await welcome });
+    out({ volley_op: await s.emitWithAck("join", "lobby"), transport: s.io.engine.transport.name });
+    s.close();
+  },
+
   // A webhook that hangs (tests/hooks.rs, --app-webhook-timeout-ms 1000): a CONNECT and an
   // event each get an error in time, and another client gets a broadcast meanwhile.
   async hook_timeout() {
