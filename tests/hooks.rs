@@ -393,7 +393,10 @@ fn check_socketio_hooks(backend: &Backend, lines: &[Value]) {
         (&chat["user"], &chat["args"], &chat["ack"]),
         (&json!("ann"), &json!([{"text": "hi"}]), &json!(true))
     );
-    let no_ack = events.iter().find(|d| d["args"] == json!(["no ack"])).unwrap();
+    let no_ack = events
+        .iter()
+        .find(|d| d["args"] == json!(["no ack"]))
+        .unwrap();
     assert_eq!(no_ack["ack"], false);
     assert!(
         events.iter().all(|d| d["event"] != "join"),
@@ -499,7 +502,10 @@ fn the_socketio_reference_app_runs_as_a_tiny_hook_backend() {
         "/custom",
     ]);
     let lines = socketio_scenario(&server, "reference_app", &[]);
-    assert_eq!(seen(&lines, "root_auth"), &json!({"user": "zoe", "token": "t-1"}));
+    assert_eq!(
+        seen(&lines, "root_auth"),
+        &json!({"user": "zoe", "token": "t-1"})
+    );
     assert_eq!(seen(&lines, "custom_auth"), &json!({"user": "zoe"}));
     assert_eq!(seen(&lines, "bare_auth"), &json!({}));
     assert_eq!(seen(&lines, "message_back"), &json!([1, "2", {"3": [4]}]));

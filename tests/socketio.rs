@@ -531,7 +531,10 @@ fn check_named(lines: &[Value]) {
     for e in events.iter().filter(|e| e["event"] != "recovered") {
         assert_eq!((&e["args"], &e["ack"]), (&json!(1), &json!(true)), "{e}");
     }
-    let refused = line(lines, "refused")["refused"].as_object().unwrap().clone();
+    let refused = line(lines, "refused")["refused"]
+        .as_object()
+        .unwrap()
+        .clone();
     assert_eq!(refused.len(), 9);
     for (name, answer) in &refused {
         assert_eq!(answer["status"], 400, "{name}: {answer}");
@@ -556,10 +559,18 @@ fn a_publish_names_the_event_socketio_clients_get_and_a_replay_keeps_it() {
     let mut bob = connect_native(server.addr, "user=bob");
     send_op(&mut bob, json!({"op": "join", "room": "r", "ref": 1}));
     assert_eq!(next_json(&mut bob)["ok"], true);
-    let (status, _) = request(server.addr, "POST", "/api/rooms/r/messages?event=chat", b"1");
+    let (status, _) = request(
+        server.addr,
+        "POST",
+        "/api/rooms/r/messages?event=chat",
+        b"1",
+    );
     assert_eq!(status, 200);
     let named = next_message(&mut bob);
-    assert_eq!((&named["event"], &named["data"]), (&json!("chat"), &json!(1)));
+    assert_eq!(
+        (&named["event"], &named["data"]),
+        (&json!("chat"), &json!(1))
+    );
     request(server.addr, "POST", "/api/rooms/r/messages", b"2");
     assert!(next_message(&mut bob).get("event").is_none());
     send_op(
@@ -574,13 +585,19 @@ fn a_publish_names_the_event_socketio_clients_get_and_a_replay_keeps_it() {
         (second, first)
     };
     assert_eq!((&reply["ref"], &reply["ok"]), (&json!(8), &json!(true)));
-    assert_eq!((&own["event"], &own["from"]), (&json!("typing"), &json!("user:bob")));
+    assert_eq!(
+        (&own["event"], &own["from"]),
+        (&json!("typing"), &json!("user:bob"))
+    );
     send_op(
         &mut bob,
         json!({"op": "publish", "room": "r", "data": 4, "event": "disconnect", "ref": 9}),
     );
     let refused = next_json(&mut bob);
-    assert_eq!((&refused["ref"], &refused["ok"]), (&json!(9), &json!(false)));
+    assert_eq!(
+        (&refused["ref"], &refused["ok"]),
+        (&json!(9), &json!(false))
+    );
     assert_eq!(refused["error"]["code"], "bad_field", "{refused}");
     // A batch item may name its event too; a reserved name fails the whole batch.
     let (status, _) = request(

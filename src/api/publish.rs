@@ -111,8 +111,8 @@ fn event_param(head: &Head) -> Result<Option<String>, String> {
     let Some(raw) = head.query_param("event") else {
         return Ok(None);
     };
-    let name = http::percent_decode(raw)
-        .ok_or("event: a bad %-escape, or not UTF-8 once decoded")?;
+    let name =
+        http::percent_decode(raw).ok_or("event: a bad %-escape, or not UTF-8 once decoded")?;
     crate::envelope::event_name(Some(&name))
 }
 

@@ -1196,8 +1196,7 @@ mod tests {
 
     #[test]
     fn a_publish_may_name_its_event_and_the_message_carries_it() {
-        let request =
-            decode(r#"{"op":"publish","room":"lobby","data":1,"event":"chat"}"#).unwrap();
+        let request = decode(r#"{"op":"publish","room":"lobby","data":1,"event":"chat"}"#).unwrap();
         let Op::Publish { event, .. } = request.op else {
             panic!("not a publish")
         };

@@ -637,7 +637,8 @@ fn app_event(
     };
     // Hook documents are JSON.
     let Some(args) = args.iter().map(to_json).collect::<Option<Vec<Json>>>() else {
-        let message = format!("{name}: binary arguments are not sent to the application; send JSON");
+        let message =
+            format!("{name}: binary arguments are not sent to the application; send JSON");
         ops::reply_error(svc, key, error(ErrorCode::BadField, message));
         return;
     };

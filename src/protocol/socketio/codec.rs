@@ -400,7 +400,9 @@ mod tests {
         );
         named.kind = PayloadKind::Binary;
         let frame = SocketIo { nsp: 0 }.message(&named);
-        assert!(packets(&frame)[0].1.starts_with(format!("451-{id}[\"chat\",").as_bytes()));
+        assert!(packets(&frame)[0]
+            .1
+            .starts_with(format!("451-{id}[\"chat\",").as_bytes()));
         let emit = SocketIo { nsp: 0 }
             .event("auth", &json!([{"a": 1}, 2]))
             .unwrap();
