@@ -629,3 +629,49 @@ fn event_names_travel_through_redis_to_another_process_and_its_history() {
     let lines = scenario(&b, "named", &["", &format!("http://{}", a.addr)]);
     check_named(&lines);
 }
+
+/// A user whose socket.io session is still on long-polling is present like any other:
+/// `/api/users/{id}` counts the session, a room it joined lists the user, locally and,
+/// with Redis, cluster-wide.
+#[test]
+fn long_polling_sessions_count_in_user_and_room_presence() {
+    let redis = common::redis::Redis::start();
+    for args in [
+        vec!["--shards", "2"],
+        vec!["--shards", "2", "--redis", &redis.url()],
+    ] {
+        let server = Server::start(&args);
+        let sid = handshake(&server);
+        let post = |body: &[u8]| polling(&server, "POST", &format!("&sid={sid}"), body);
+        assert_eq!(post(br#"40{"user":"pat"}"#).1, "ok");
+        assert_eq!(post(br#"421["join","poll-room"]"#).1, "ok");
+        // The CONNECT reply, then the join's ack (one GET may carry both).
+        let mut got = String::new();
+        while !got.contains("431[{\"ok\":true}]") {
+            assert!(got.len() < 1000, "{got}");
+            got += &polling(&server, "GET", &format!("&sid={sid}"), b"").1;
+        }
+        let user = get_json(&server, "/api/users/pat");
+        assert_eq!(
+            (&user["connections"], &user["online"]),
+            (&json!(1), &json!(true)),
+            "{user}"
+        );
+        let room = get_json(&server, "/api/rooms/poll-room");
+        assert_eq!(room["members"], json!(["pat"]), "{room}");
+        assert_eq!(room["connections"], 1);
+        let presence = get_json(&server, "/api/rooms/poll-room/presence");
+        assert_eq!(presence["members"], json!(["pat"]), "{args:?}: {presence}");
+        assert_eq!(presence["count"], 1);
+        let presence = get_json(&server, "/api/users/pat/presence");
+        assert_eq!(presence["online"], true, "{args:?}: {presence}");
+        // Gone with the session.
+        assert_eq!(post(b"1").1, "ok");
+        server.wait_for("the polling session to end", |s| {
+            s["total"]["connections"].as_u64() == Some(0)
+        });
+        let room = get_json(&server, "/api/rooms/poll-room");
+        assert_eq!(room["members"], json!([]), "{room}");
+        assert_eq!(get_json(&server, "/api/users/pat")["online"], false);
+    }
+}
