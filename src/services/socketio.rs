@@ -1,7 +1,10 @@
 //! What a socket.io client's packets do, whatever transport carried them: Engine.IO pongs,
 //! probes and closes; Socket.IO CONNECT (namespace, auth, socket id room), DISCONNECT,
 //! events (volley's ops `join`, `leave`, `publish`, `recover`, `ack`, answered through the
-//! ack the client asked for) and ACKs of server pushes (counted as volley acks).
+//! ack the client asked for) and ACKs of server pushes (counted as volley acks). With
+//! `--app-webhook`, CONNECTs and the other events go to the application first
+//! (`Services::hook_connect`, `Services::hook_event`), and a polling session is handed to
+//! its WebSocket only once those calls are answered.
 //!
 //! The ops themselves are acted on by `ops::handle`, as for every codec; replies go out
 //! through `protocol::socketio::codec`. Any packet that is not Engine.IO or Socket.IO
