@@ -24,6 +24,7 @@ fn sample_envelope(payload_bytes: usize) -> Vec<u8> {
         seq: Some(17),
         epoch: None,
         from: Some("user:ann".into()),
+        event: None,
     })
     .0
 }

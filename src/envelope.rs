@@ -16,6 +16,21 @@ use rmp::Marker;
 pub const VERSION: u64 = 1;
 /// Longest origin, id or target string accepted, in bytes.
 pub const NAME_BYTES_MAX: usize = 1024;
+/// Longest event name a message may carry, in bytes: a name, not a document.
+pub const EVENT_BYTES_MAX: usize = 128;
+/// Event names socket.io keeps for itself: a server may not emit them (socket.io's
+/// `RESERVED_EVENTS`), since a client's handler for them would fire with a push's payload
+/// (`connect`, `connect_error` and `disconnect` on the client; the rest on servers).
+pub const RESERVED_EVENTS: [&str; 6] = [
+    "connect",
+    "connect_error",
+    "disconnect",
+    "disconnecting",
+    "newListener",
+    "removeListener",
+];
+/// The event name of a message without one: what clients have always received.
+pub const DEFAULT_EVENT: &str = "message";
 /// Deepest nesting an unknown value may have before the envelope is refused.
 const SKIP_DEPTH_MAX: usize = 32;
 /// Most map entries an envelope may have (known keys plus unknown ones).
@@ -47,6 +62,41 @@ impl Target {
             "room" => Some(Target::Room(name.to_string())),
             _ => None,
         }
+    }
+}
+
+/// The one check of a message's event name (docs/API.md, "Event names"): 1 to
+/// [`EVENT_BYTES_MAX`] bytes, no control characters, none of [`RESERVED_EVENTS`]. Says what
+/// is wrong in words a publisher can act on.
+pub fn check_event(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("event must not be empty (omit it for the default event, message)".into());
+    }
+    if name.len() > EVENT_BYTES_MAX {
+        return Err(format!(
+            "event is {} bytes; the limit is {EVENT_BYTES_MAX} bytes",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("event must not contain control characters".into());
+    }
+    if RESERVED_EVENTS.contains(&name) {
+        return Err(format!(
+            "event {name:?} is reserved by socket.io ({}); pick another name",
+            RESERVED_EVENTS.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A publisher's event name as messages carry it: checked, and None for the default
+/// (`message`), so a message named `message` and one with no name are the same bytes.
+pub fn event_name(name: Option<&str>) -> Result<Option<String>, String> {
+    match name {
+        None => Ok(None),
+        Some(DEFAULT_EVENT) => Ok(None),
+        Some(name) => check_event(name).map(|()| Some(name.to_string())),
     }
 }
 
@@ -97,6 +147,9 @@ pub struct Envelope {
     pub epoch: Option<u64>,
     /// `user:<id>` of a publishing client, if any.
     pub from: Option<String>,
+    /// The event name clients receive it as (socket.io's event, native `event`); None for
+    /// the default, `message`. Checked by [`check_event`] on both ends.
+    pub event: Option<String>,
 }
 
 /// Why an envelope could not be decoded. In every case the caller drops the message,
@@ -113,6 +166,8 @@ pub enum Error {
     BadTarget(String),
     /// A string or the map is longer than the limits above.
     TooLarge(&'static str),
+    /// `event` fails [`check_event`] (the words say why).
+    BadEvent(String),
 }
 
 impl fmt::Display for Error {
@@ -129,6 +184,7 @@ impl fmt::Display for Error {
                 "envelope target {t:?} is not all, user:<id> or room:<name>"
             ),
             Error::TooLarge(what) => write!(f, "envelope {what} is too large"),
+            Error::BadEvent(why) => write!(f, "envelope {why}"),
         }
     }
 }
@@ -145,7 +201,7 @@ pub const EPOCH_AFTER_SEQ: usize = 8 + 1 + 5 + 1;
 /// `epoch` follow at `EPOCH_AFTER_SEQ` from there, patched the same way.
 pub fn encode(envelope: &Envelope) -> (Vec<u8>, usize) {
     let mut out = Vec::with_capacity(112 + envelope.payload.len());
-    let entries = 8 + envelope.from.is_some() as u32;
+    let entries = 8 + envelope.from.is_some() as u32 + envelope.event.is_some() as u32;
     let mut flags = envelope.flags & !FLAG_JSON;
     if envelope.kind == PayloadKind::Json {
         flags |= FLAG_JSON;
@@ -165,6 +221,10 @@ pub fn encode(envelope: &Envelope) -> (Vec<u8>, usize) {
     if let Some(from) = &envelope.from {
         let _ = rmp::encode::write_str(&mut out, "from");
         let _ = rmp::encode::write_str(&mut out, from);
+    }
+    if let Some(event) = &envelope.event {
+        let _ = rmp::encode::write_str(&mut out, "event");
+        let _ = rmp::encode::write_str(&mut out, event);
     }
     let _ = rmp::encode::write_str(&mut out, "seq");
     // Always the fixed-width uint64 form, so the script can patch it in place.
@@ -365,6 +425,7 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
     let mut seq = None;
     let mut epoch = None;
     let mut from = None;
+    let mut event = None;
     for _ in 0..entries {
         let key = r.str("key", 64)?;
         match key {
@@ -381,6 +442,14 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
             "seq" => seq = Some(r.uint("seq")?).filter(|&s| s > 0),
             "epoch" => epoch = Some(r.uint("epoch")?).filter(|&e| e > 0),
             "from" => from = Some(r.str("from", NAME_BYTES_MAX)?.to_string()),
+            // The default name written out is the same as none.
+            "event" => match r.str("event", EVENT_BYTES_MAX)? {
+                DEFAULT_EVENT => event = None,
+                name => {
+                    check_event(name).map_err(Error::BadEvent)?;
+                    event = Some(name.to_string());
+                }
+            },
             "payload" => {
                 let marker = r.marker()?;
                 let (kind, len) = if let Some(len) = r.str_len(marker)? {
@@ -420,6 +489,7 @@ pub fn decode(input: &Bytes) -> Result<Envelope, Error> {
         seq,
         epoch,
         from,
+        event,
     })
 }
 
@@ -448,6 +518,7 @@ mod tests {
             seq: None,
             epoch: None,
             from: None,
+            event: None,
         }
     }
 
@@ -552,6 +623,57 @@ mod tests {
         assert!(Error::UnsupportedVersion(2)
             .to_string()
             .contains("version 2"));
+    }
+
+    #[test]
+    fn an_event_name_travels_and_envelopes_without_one_still_decode() {
+        let mut named = sample(PayloadKind::Json, b"{}");
+        named.flags = FLAG_JSON;
+        named.event = Some("chat".into());
+        let (bytes, seq_at) = encode(&named);
+        assert_eq!(decode(&Bytes::from(bytes.clone())).unwrap(), named);
+        // The seq slot still is where encode says, with the extra key before it.
+        let mut patched = bytes;
+        patched[seq_at..seq_at + 8].copy_from_slice(&5u64.to_be_bytes());
+        assert_eq!(decode(&Bytes::from(patched)).unwrap().seq, Some(5));
+        // Written by hand, as another publisher would: `message` is the default.
+        let by_hand = |event: &str| {
+            let mut out = Vec::new();
+            rmp::encode::write_map_len(&mut out, 4).unwrap();
+            rmp::encode::write_str(&mut out, "v").unwrap();
+            rmp::encode::write_uint(&mut out, 1).unwrap();
+            rmp::encode::write_str(&mut out, "target").unwrap();
+            rmp::encode::write_str(&mut out, "all").unwrap();
+            rmp::encode::write_str(&mut out, "event").unwrap();
+            rmp::encode::write_str(&mut out, event).unwrap();
+            rmp::encode::write_str(&mut out, "payload").unwrap();
+            rmp::encode::write_str(&mut out, "hi").unwrap();
+            decode(&Bytes::from(out))
+        };
+        assert_eq!(by_hand("news").unwrap().event.as_deref(), Some("news"));
+        assert_eq!(by_hand("message").unwrap().event, None);
+        assert!(matches!(by_hand("connect"), Err(Error::BadEvent(_))));
+        assert!(matches!(by_hand(""), Err(Error::BadEvent(_))));
+        assert!(matches!(by_hand("a\nb"), Err(Error::BadEvent(_))));
+        assert_eq!(by_hand(&"e".repeat(129)), Err(Error::TooLarge("event")));
+    }
+
+    #[test]
+    fn event_names_are_checked_in_one_place() {
+        assert_eq!(event_name(None), Ok(None));
+        assert_eq!(event_name(Some("message")), Ok(None));
+        assert_eq!(event_name(Some("chat")), Ok(Some("chat".into())));
+        assert_eq!(event_name(Some("价格 更新")), Ok(Some("价格 更新".into())));
+        for reserved in RESERVED_EVENTS {
+            let why = event_name(Some(reserved)).unwrap_err();
+            assert!(why.contains("reserved"), "{why}");
+        }
+        assert!(check_event("").unwrap_err().contains("empty"));
+        assert!(check_event(&"x".repeat(EVENT_BYTES_MAX + 1))
+            .unwrap_err()
+            .contains("128"));
+        assert!(check_event(&"x".repeat(EVENT_BYTES_MAX)).is_ok());
+        assert!(check_event("tab\there").unwrap_err().contains("control"));
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Publish {
     pub id: String,
     /// `user:<id>` of a publishing client; None for the HTTP API.
     pub from: Option<String>,
+    /// The event name clients receive it as; None for the default, `message`
+    /// (checked by `envelope::event_name`).
+    pub event: Option<String>,
     pub kind: PayloadKind,
     pub payload: Bytes,
 }
@@ -49,6 +52,8 @@ pub struct Stored {
     pub seq: u64,
     pub id: String,
     pub from: Option<String>,
+    /// The event name it was published with, so a replay re-emits it under that name.
+    pub event: Option<String>,
     pub kind: PayloadKind,
     pub payload: Bytes,
 }
@@ -96,6 +101,8 @@ pub struct SioSnapshot {
     pub codec_nsp: u8,
     /// Frames queued for its next GET (WebSocket frames, as every codec makes them).
     pub queued: Vec<Bytes>,
+    /// The handshake headers a connect hook may see (`--app-webhook` only).
+    pub headers: Option<Box<[(String, String)]>>,
 }
 
 /// The steps of a polling session's upgrade to WebSocket, as its owner sees them.

@@ -418,6 +418,7 @@ fn envelope_seeds() -> Vec<Vec<u8>> {
         seq: None,
         epoch: None,
         from: None,
+        event: None,
     };
     let mut seeds = vec![encode(&base).0];
     let mut e = base.clone();
@@ -426,6 +427,7 @@ fn envelope_seeds() -> Vec<Vec<u8>> {
     e.payload = bytes::Bytes::from_static(br#"{"a":[1,2,{"b":null}]}"#);
     e.seq = Some(41);
     e.from = Some("user:7".into());
+    e.event = Some("chat".into());
     seeds.push(encode(&e).0);
     let mut e = base.clone();
     e.target = Target::Room("lobby".into());

@@ -13,7 +13,10 @@ Behaviour by event name (the native op):
   deny   refuse with "not allowed here"
   slow   sleep 5 s before answering (longer than the tests' timeouts)
   other  an empty answer (ack null)
-Connects of user "mallory" are refused with "banned".
+  many   ack with every arg, in order (socket.io: the ack's arguments)
+Connects (socket.io namespace CONNECTs): user "mallory" is refused with "banned"; user
+"slowpoke" waits 5 s; "sleepy" waits 0.5 s, then as others; others are accepted, join the room named by auth.room (if any) and
+get the event "welcome" with {user, socket, namespace, auth}.
 """
 import json
 import sys
@@ -58,7 +61,18 @@ class Hook(BaseHTTPRequestHandler):
         if doc["type"] == "connect":
             if doc["user"] == "mallory":
                 return self.answer({"v": 1, "error": "banned"})
-            return self.answer({"v": 1})
+            if doc["user"] == "slowpoke":
+                time.sleep(5)
+                return self.answer({"v": 1})
+            if doc["user"] == "sleepy":
+                time.sleep(0.5)
+            auth = doc["auth"] or {}
+            welcome = {k: doc[k] for k in ("user", "socket", "namespace", "auth")}
+            return self.answer({
+                "v": 1,
+                "join": [auth["room"]] if "room" in auth else [],
+                "emit": [{"event": "welcome", "args": [welcome]}],
+            })
         event, args = doc["event"], doc["args"]
         first = args[0] if args else None
         if event == "chat":
@@ -71,6 +85,8 @@ class Hook(BaseHTTPRequestHandler):
             return self.answer({"v": 1, "join": [first["room"]], "ack": "welcome"})
         if event == "exit":
             return self.answer({"v": 1, "leave": [first["room"]], "ack": "bye"})
+        if event == "many":
+            return self.answer({"v": 1, "ack": args})
         if event == "deny":
             return self.answer({"v": 1, "error": "not allowed here"})
         if event == "slow":

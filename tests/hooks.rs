@@ -297,3 +297,218 @@ fn a_full_queue_refuses_at_once() {
     refs.sort_by_key(|r| r.as_u64());
     assert_eq!(refs, vec![json!(1), json!(2)]);
 }
+
+/// Runs a scenario of tools/socketio-client/scenarios.js (the real socket.io-client 4.8,
+/// installed by tools/test.sh) against `server`; returns the JSON lines it printed.
+fn socketio_scenario(server: &Server, name: &str, args: &[&str]) -> Vec<Value> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/socketio-client");
+    assert!(
+        dir.join("node_modules/socket.io-client").is_dir(),
+        "socket.io-client is not installed: run tools/test.sh (it runs `npm ci` in tools/socketio-client)"
+    );
+    let out = Command::new("node")
+        .current_dir(dir)
+        .arg("scenarios.js")
+        .arg(name)
+        .arg(format!("http://{}", server.addr))
+        .args(args)
+        .output()
+        .expect("run node (v18+ is needed)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scenario {name} failed: {stdout}\n{}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The value of the first line that has `key`.
+fn seen<'a>(lines: &'a [Value], key: &str) -> &'a Value {
+    lines
+        .iter()
+        .find_map(|l| l.get(key))
+        .unwrap_or_else(|| panic!("no {key:?} in {lines:?}"))
+}
+
+fn check_socketio_hooks(backend: &Backend, lines: &[Value]) {
+    // The application refused the CONNECT: connect_error with its words.
+    assert_eq!(seen(lines, "mallory"), "banned");
+    // Accepted: the welcome emitted by the connect hook arrives, naming the socket as the
+    // client knows it.
+    let id = seen(lines, "connected").as_str().unwrap();
+    let welcome = seen(lines, "welcome");
+    assert_eq!(
+        welcome,
+        &json!({"user": "ann", "socket": id, "namespace": "/", "auth": {"user": "ann", "room": "vip"}})
+    );
+    // An event with an ack: the ack is the app's, the emit-back arrived.
+    assert_eq!(
+        seen(lines, "chat"),
+        &json!({"echo": {"text": "hi"}, "user": "ann"})
+    );
+    assert_eq!(seen(lines, "chat_back"), &json!([{"text": "hi"}]));
+    // Rooms joined by the hook (at connect, and by an event) get room pushes.
+    assert_eq!(seen(lines, "vip")["m"], 1);
+    assert_eq!(seen(lines, "enter"), "welcome");
+    assert_eq!(seen(lines, "club")["m"], 2);
+    // An array ack is the ack's arguments; no ack field is an ack without arguments.
+    assert_eq!(seen(lines, "many"), &json!([1, "two", {"three": 3}]));
+    assert_eq!(seen(lines, "other"), &json!([]));
+    let deny = seen(lines, "deny");
+    assert_eq!(deny["ok"], false, "{deny}");
+    assert_eq!(deny["error"]["code"], "forbidden");
+    assert!(deny["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not allowed here"));
+    // Without an ack the event still reaches the app and its emits come back.
+    assert_eq!(seen(lines, "no_ack_back"), &json!(["no ack"]));
+    // volley's own ops stay volley's.
+    assert_eq!(seen(lines, "volley_op"), &json!({"ok": true}));
+
+    // What the application received.
+    let (received, _) = backend.log();
+    let connects: Vec<&Value> = received.iter().filter(|d| d["type"] == "connect").collect();
+    assert_eq!(connects.len(), 2, "{connects:?}");
+    let ann = connects.iter().find(|d| d["user"] == "ann").unwrap();
+    assert_eq!(ann["_hook_header"], "connect");
+    assert_eq!(ann["protocol"], "socket.io");
+    assert_eq!(ann["namespace"], "/");
+    assert_eq!(ann["socket"], id);
+    assert_eq!(ann["auth"], json!({"user": "ann", "room": "vip"}));
+    assert_eq!(ann["headers"]["x-request-id"], "req-7");
+    assert!(ann["headers"].get("cookie").is_none(), "{ann}");
+    let events: Vec<&Value> = received.iter().filter(|d| d["type"] == "event").collect();
+    let chat = events.iter().find(|d| d["event"] == "chat").unwrap();
+    assert_eq!(
+        (&chat["protocol"], &chat["namespace"], &chat["socket"]),
+        (&json!("socket.io"), &json!("/"), &json!(id))
+    );
+    assert_eq!(
+        (&chat["user"], &chat["args"], &chat["ack"]),
+        (&json!("ann"), &json!([{"text": "hi"}]), &json!(true))
+    );
+    let no_ack = events
+        .iter()
+        .find(|d| d["args"] == json!(["no ack"]))
+        .unwrap();
+    assert_eq!(no_ack["ack"], false);
+    assert!(
+        events.iter().all(|d| d["event"] != "join"),
+        "volley ops never reach the app"
+    );
+}
+
+#[test]
+fn socketio_connects_and_events_reach_the_app_over_websocket() {
+    let backend = Backend::start();
+    let server = Server::start(&["--shards", "2", "--app-webhook", &backend.url()]);
+    let lines = socketio_scenario(&server, "hooks", &["websocket"]);
+    check_socketio_hooks(&backend, &lines);
+    assert_eq!(server.total("hook_refusals_total"), 2, "mallory, deny");
+}
+
+#[test]
+fn socketio_connects_and_events_reach_the_app_over_polling_and_the_upgrade() {
+    let backend = Backend::start();
+    let server = Server::start(&["--shards", "2", "--app-webhook", &backend.url()]);
+    let lines = socketio_scenario(&server, "hooks", &[]);
+    check_socketio_hooks(&backend, &lines);
+    assert_eq!(seen(&lines, "transport"), "websocket");
+    // A CONNECT whose hook answers only after the client upgraded: the hand-over waits for
+    // the answer, so the reply and the welcome reach the client on its WebSocket.
+    let lines = socketio_scenario(&server, "sleepy_connect", &[]);
+    assert_eq!(seen(&lines, "sleepy"), "connected");
+    assert_eq!(seen(&lines, "upgraded"), "websocket");
+    assert_eq!(seen(&lines, "welcome")["user"], "sleepy");
+    assert_eq!(seen(&lines, "volley_op"), &json!({"ok": true}));
+}
+
+#[test]
+fn without_a_webhook_socketio_events_stay_unknown_and_connects_are_not_asked() {
+    let server = Server::start(&["--shards", "1"]);
+    // The push scenario asks for an unknown event's ack and expects unknown_op; it checks
+    // nothing else about hooks.
+    let lines = socketio_scenario(&server, "push", &["websocket"]);
+    let unknown = seen(&lines, "unknown");
+    assert_eq!(unknown["error"]["code"], "unknown_op", "{unknown}");
+    assert_eq!(server.total("hook_calls_total"), 0);
+}
+
+/// A webhook that hangs: a socket.io CONNECT gets connect_error and an event its ack error,
+/// each within the timeout, and the shard delivers to others meanwhile.
+#[test]
+fn a_hung_webhook_gives_socketio_clients_errors_and_the_shard_keeps_serving() {
+    let backend = Backend::start();
+    let url = backend.url();
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--app-webhook",
+        &url,
+        "--app-webhook-timeout-ms",
+        "1000",
+    ]);
+    let lines = socketio_scenario(&server, "hook_timeout", &[]);
+    assert_eq!(seen(&lines, "published")["status"], 200);
+    assert_eq!(seen(&lines, "meanwhile")["during"], "slow hook");
+    let slow = seen(&lines, "slow");
+    assert_eq!(slow["ok"], false, "{slow}");
+    assert_eq!(slow["error"]["code"], "internal");
+    let words = "did not answer within 1000 ms";
+    assert!(slow["error"]["message"].as_str().unwrap().contains(words));
+    let refused = seen(&lines, "slow_connect").as_str().unwrap();
+    assert!(refused.contains(words), "{refused}");
+    assert_eq!(
+        seen(&lines, "after"),
+        &json!({"echo": "again", "user": "ann"})
+    );
+    assert_eq!(server.total("hook_timeouts_total"), 2);
+}
+
+/// examples/hooks/socketio_test_app.py, socket.io's protocol test suite app written as a
+/// hook, driven by the real socket.io-client.
+#[test]
+fn the_socketio_reference_app_runs_as_a_tiny_hook_backend() {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/hooks/socketio_test_app.py"
+    );
+    let mut child = Command::new("python3")
+        .args([script, "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs examples/hooks/socketio_test_app.py");
+    let mut port = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut port)
+        .unwrap();
+    let app = Backend {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port.trim().parse::<u16>().unwrap())),
+    };
+    let url = format!("http://{}/", app.addr);
+    let server = Server::start(&[
+        "--shards",
+        "2",
+        "--app-webhook",
+        &url,
+        "--socketio-namespace",
+        "/custom",
+    ]);
+    let lines = socketio_scenario(&server, "reference_app", &[]);
+    assert_eq!(
+        seen(&lines, "root_auth"),
+        &json!({"user": "zoe", "token": "t-1"})
+    );
+    assert_eq!(seen(&lines, "custom_auth"), &json!({"user": "zoe"}));
+    assert_eq!(seen(&lines, "bare_auth"), &json!({}));
+    assert_eq!(seen(&lines, "message_back"), &json!([1, "2", {"3": [4]}]));
+    assert_eq!(seen(&lines, "acked"), &json!([1, "2", {"3": [4]}]));
+    assert_eq!(seen(&lines, "custom_acked"), "x");
+}

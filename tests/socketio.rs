@@ -500,3 +500,178 @@ fn polling_sessions_are_bounded_and_allow_one_pending_get() {
         ]
     );
 }
+
+/// What the `named` scenario saw: the replay and the live pushes under the names they were
+/// published with, `message` when none (or `message` itself) was given; reserved names
+/// refused.
+fn check_named(lines: &[Value]) {
+    let away = line(lines, "away")["away"].as_array().unwrap().clone();
+    assert!(away.iter().all(|p| p["status"] == 200), "{away:?}");
+    assert_eq!(line(lines, "join")["join"], json!({"ok": true}));
+    let events = line(lines, "events")["events"].as_array().unwrap().clone();
+    let names: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["chat", "message", "recovered", "price", "message", "dm ✉"],
+        "{events:?}"
+    );
+    // The replayed `chat` is the message published while away, with its seq and id.
+    assert_eq!(events[0]["arg"]["n"], 1);
+    assert_eq!(events[0]["arg"]["_volley"]["seq"], away[0]["body"]["seq"]);
+    assert_eq!(events[0]["arg"]["_volley"]["id"], away[0]["body"]["id"]);
+    assert_eq!(events[1]["arg"]["n"], 2);
+    assert_eq!(events[2]["arg"]["replayed"], 2);
+    assert_eq!(events[3]["arg"]["n"], 3);
+    assert_eq!(events[4]["arg"]["n"], 4);
+    assert_eq!(events[5]["arg"], "hello");
+    // One argument, and an ack callback for every push (a named one counts as any other).
+    for e in events.iter().filter(|e| e["event"] != "recovered") {
+        assert_eq!((&e["args"], &e["ack"]), (&json!(1), &json!(true)), "{e}");
+    }
+    let refused = line(lines, "refused")["refused"]
+        .as_object()
+        .unwrap()
+        .clone();
+    assert_eq!(refused.len(), 9);
+    for (name, answer) in &refused {
+        assert_eq!(answer["status"], 400, "{name}: {answer}");
+        let error = answer["body"]["error"].as_str().unwrap();
+        let why = match name.as_str() {
+            "" => "empty",
+            "long" => "128 bytes",
+            "control" => "control characters",
+            _ => "reserved by socket.io",
+        };
+        assert!(error.contains(why), "{name}: {error}");
+    }
+}
+
+#[test]
+fn a_publish_names_the_event_socketio_clients_get_and_a_replay_keeps_it() {
+    let server = Server::start(&["--shards", "2"]);
+    let lines = scenario(&server, "named", &["websocket"]);
+    check_named(&lines);
+    // Native clients see the name as "event", only when there is one; a client publish
+    // may name its event too.
+    let mut bob = connect_native(server.addr, "user=bob");
+    send_op(&mut bob, json!({"op": "join", "room": "r", "ref": 1}));
+    assert_eq!(next_json(&mut bob)["ok"], true);
+    let (status, _) = request(
+        server.addr,
+        "POST",
+        "/api/rooms/r/messages?event=chat",
+        b"1",
+    );
+    assert_eq!(status, 200);
+    let named = next_message(&mut bob);
+    assert_eq!(
+        (&named["event"], &named["data"]),
+        (&json!("chat"), &json!(1))
+    );
+    request(server.addr, "POST", "/api/rooms/r/messages", b"2");
+    assert!(next_message(&mut bob).get("event").is_none());
+    send_op(
+        &mut bob,
+        json!({"op": "publish", "room": "r", "data": 3, "event": "typing", "ref": 8}),
+    );
+    // Its reply and its message, in either order.
+    let (first, second) = (next_json(&mut bob), next_json(&mut bob));
+    let (reply, own) = if first["type"] == "reply" {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    assert_eq!((&reply["ref"], &reply["ok"]), (&json!(8), &json!(true)));
+    assert_eq!(
+        (&own["event"], &own["from"]),
+        (&json!("typing"), &json!("user:bob"))
+    );
+    send_op(
+        &mut bob,
+        json!({"op": "publish", "room": "r", "data": 4, "event": "disconnect", "ref": 9}),
+    );
+    let refused = next_json(&mut bob);
+    assert_eq!(
+        (&refused["ref"], &refused["ok"]),
+        (&json!(9), &json!(false))
+    );
+    assert_eq!(refused["error"]["code"], "bad_field", "{refused}");
+    // A batch item may name its event too; a reserved name fails the whole batch.
+    let (status, _) = request(
+        server.addr,
+        "POST",
+        "/api/batch",
+        br#"{"messages":[{"room":"r","data":5,"event":"batch"}]}"#,
+    );
+    assert_eq!(status, 200);
+    assert_eq!(next_message(&mut bob)["event"], "batch");
+    let (status, body) = request(
+        server.addr,
+        "POST",
+        "/api/batch",
+        br#"{"messages":[{"room":"r","data":5},{"room":"r","data":6,"event":"connect"}]}"#,
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("messages[1]"), "{body}");
+}
+
+#[test]
+fn event_names_travel_through_redis_to_another_process_and_its_history() {
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    // The client is on B (default transports: polling, then the upgrade), every publish
+    // goes to A: the replay reads what A's publishes stored in Redis, the live pushes come
+    // through B's subscriptions.
+    let lines = scenario(&b, "named", &["", &format!("http://{}", a.addr)]);
+    check_named(&lines);
+}
+
+/// A user whose socket.io session is still on long-polling is present like any other:
+/// `/api/users/{id}` counts the session, a room it joined lists the user, locally and,
+/// with Redis, cluster-wide.
+#[test]
+fn long_polling_sessions_count_in_user_and_room_presence() {
+    let redis = common::redis::Redis::start();
+    for args in [
+        vec!["--shards", "2"],
+        vec!["--shards", "2", "--redis", &redis.url()],
+    ] {
+        let server = Server::start(&args);
+        let sid = handshake(&server);
+        let post = |body: &[u8]| polling(&server, "POST", &format!("&sid={sid}"), body);
+        assert_eq!(post(br#"40{"user":"pat"}"#).1, "ok");
+        assert_eq!(post(br#"421["join","poll-room"]"#).1, "ok");
+        // The CONNECT reply, then the join's ack (one GET may carry both).
+        let mut got = String::new();
+        while !got.contains("431[{\"ok\":true}]") {
+            assert!(got.len() < 1000, "{got}");
+            got += &polling(&server, "GET", &format!("&sid={sid}"), b"").1;
+        }
+        let user = get_json(&server, "/api/users/pat");
+        assert_eq!(
+            (&user["connections"], &user["online"]),
+            (&json!(1), &json!(true)),
+            "{user}"
+        );
+        let room = get_json(&server, "/api/rooms/poll-room");
+        assert_eq!(room["members"], json!(["pat"]), "{room}");
+        assert_eq!(room["connections"], 1);
+        let presence = get_json(&server, "/api/rooms/poll-room/presence");
+        assert_eq!(presence["members"], json!(["pat"]), "{args:?}: {presence}");
+        assert_eq!(presence["count"], 1);
+        let presence = get_json(&server, "/api/users/pat/presence");
+        assert_eq!(presence["online"], true, "{args:?}: {presence}");
+        // Gone with the session.
+        assert_eq!(post(b"1").1, "ok");
+        server.wait_for("the polling session to end", |s| {
+            s["total"]["connections"].as_u64() == Some(0)
+        });
+        let room = get_json(&server, "/api/rooms/poll-room");
+        assert_eq!(room["members"], json!([]), "{room}");
+        assert_eq!(get_json(&server, "/api/users/pat")["online"], false);
+    }
+}

@@ -198,6 +198,17 @@ fn a_node_socket_io_server_and_volley_form_one_cluster() {
             "{event} in {v1:?}"
         );
     }
+    // A push published with `?event=chat` is the event `chat` on both sides, once each.
+    let chats = |log: &[Value]| -> Vec<Value> {
+        log.iter()
+            .filter(|e| e[0] == "chat")
+            .map(|e| e[1].clone())
+            .collect()
+    };
+    assert_eq!(chats(n1), [json!({"named": true})], "{n1:?}");
+    let v1_chats = chats(v1);
+    assert_eq!(v1_chats.len(), 1, "{v1:?}");
+    assert_eq!(v1_chats[0]["named"], true);
     assert!(!events(n1).contains(&"direct_to_volley_client"));
     assert!(!events(n1).contains(&"vip"), "only v1 joined vip: {n1:?}");
     // Requests that wait for every server complete, volley's shards answering for theirs.

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""socket.io's reference app for its protocol test suite, as a volley hook:
+"""socket.io's reference app for its protocol test suite, as a volley application hook.
+In socket.io it is a few lines of a Node server:
 
     io.on("connection", (socket) => {
       socket.emit("auth", socket.handshake.auth);
@@ -7,15 +8,24 @@
       socket.on("message-with-ack", (...args) => { const ack = args.pop(); ack(...args); });
     });
 
-python3 socketio_test_app.py [port], then volley serve --app-webhook http://127.0.0.1:3000/
-(with the socket.io server on). Every namespace behaves the same, as in the reference app's
-/ and /custom."""
+Behind volley it is the function `handle` below: volley keeps the connections and POSTs
+each CONNECT and each client event here (docs/API.md, "Application hooks").
+
+    python3 examples/hooks/socketio_test_app.py 3000
+    volley serve --app-webhook http://127.0.0.1:3000/ --socketio-namespace /custom
+
+Prints the port it listens on (pass 0 for any free one). Every namespace behaves the same,
+as the reference app's `/` and `/custom` do for `auth`. Differences from a socket.io server:
+arguments are JSON (binary ones are refused by volley before they reach here), and an event
+that asked for an ack always gets one (empty when the answer has no `ack`)."""
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+
 def handle(doc):
     if doc["type"] == "connect":
+        # socket.handshake.auth is {} when the client sent none.
         return {"emit": [{"event": "auth", "args": [doc["auth"] or {}]}]}
     if doc["event"] == "message":
         return {"emit": [{"event": "message-back", "args": doc["args"]}]}
@@ -23,10 +33,13 @@ def handle(doc):
         return {"ack": doc["args"]}  # an array: the ack's arguments
     return {}
 
+
 class Hook(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"  # keep-alive: volley reuses its sockets
+
     def log_message(self, *args):
         pass
+
     def do_POST(self):
         doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         body = json.dumps({"v": 1, **handle(doc)}).encode()
@@ -36,5 +49,10 @@ class Hook(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-port = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
-ThreadingHTTPServer(("127.0.0.1", port), Hook).serve_forever()
+
+if __name__ == "__main__":
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
+    server = ThreadingHTTPServer(("127.0.0.1", port), Hook)
+    server.daemon_threads = True
+    print(server.server_address[1], flush=True)
+    server.serve_forever()

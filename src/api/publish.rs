@@ -106,6 +106,16 @@ fn message_id(svc: &Services, head: &Head) -> Result<(String, bool), String> {
     Ok((key.to_string(), true))
 }
 
+/// `?event=` (percent-decoded), checked: None for none or `message`.
+fn event_param(head: &Head) -> Result<Option<String>, String> {
+    let Some(raw) = head.query_param("event") else {
+        return Ok(None);
+    };
+    let name =
+        http::percent_decode(raw).ok_or("event: a bad %-escape, or not UTF-8 once decoded")?;
+    crate::envelope::event_name(Some(&name))
+}
+
 fn published_json(published: &Published) -> serde_json::Value {
     let mut answer =
         json!({ "id": published.id, "seq": published.seq, "recipients": published.recipients });
@@ -122,7 +132,8 @@ fn published_json(published: &Published) -> serde_json::Value {
 }
 
 /// `POST /api/broadcast`, `/api/users/{id}/messages`, `/api/rooms/{room}/messages`, with
-/// `?scope=local|cluster` and, for users, `?wait=ack&timeout_ms=N`.
+/// `?scope=local|cluster`, `?event=<name>` (the event clients get it as; `message` by
+/// default) and, for users, `?wait=ack&timeout_ms=N`.
 pub async fn publish_to(
     svc: &Rc<Services>,
     head: &Head,
@@ -165,6 +176,10 @@ pub async fn publish_to(
             )
         }
     };
+    let event = match event_param(head) {
+        Ok(event) => event,
+        Err(message) => return error(svc, 400, &message, keep_alive),
+    };
     let (id, keyed) = match message_id(svc, head) {
         Ok(id) => id,
         Err(message) => return error(svc, 400, &message, keep_alive),
@@ -173,6 +188,7 @@ pub async fn publish_to(
         target,
         id: id.clone(),
         from: None,
+        event,
         kind: json::classify(body),
         payload: Bytes::copy_from_slice(body),
     };
@@ -201,7 +217,8 @@ pub async fn publish_to(
 }
 
 /// `POST /api/batch`: `{"messages":[{"user":"1","data":...},{"room":"r","data":...},
-/// {"broadcast":true,"data":...}]}`, published concurrently; one result per message.
+/// {"broadcast":true,"data":...}]}` (each may name its `event`), published concurrently;
+/// one result per message.
 pub async fn batch(svc: &Rc<Services>, body: &[u8], keep_alive: bool) -> Vec<u8> {
     #[derive(serde::Deserialize)]
     struct Item<'a> {
@@ -211,6 +228,7 @@ pub async fn batch(svc: &Rc<Services>, body: &[u8], keep_alive: bool) -> Vec<u8>
         broadcast: bool,
         #[serde(borrow)]
         data: Option<&'a serde_json::value::RawValue>,
+        event: Option<String>,
     }
     #[derive(serde::Deserialize)]
     struct Batch<'a> {
@@ -258,10 +276,15 @@ pub async fn batch(svc: &Rc<Services>, body: &[u8], keep_alive: bool) -> Vec<u8>
             let message = format!("messages[{i}].data is not JSON every client can parse: {e}");
             return error(svc, 400, &message, keep_alive);
         }
+        let event = match crate::envelope::event_name(item.event.as_deref()) {
+            Ok(event) => event,
+            Err(e) => return error(svc, 400, &format!("messages[{i}]: {e}"), keep_alive),
+        };
         publishes.push(Publish {
             target,
             id: svc.ctx.next_message_id(),
             from: None,
+            event,
             kind: PayloadKind::Json,
             payload: Bytes::copy_from_slice(data.get().as_bytes()),
         });

@@ -202,6 +202,7 @@ mod tests {
             seq,
             id: format!("m{seq}"),
             from: None,
+            event: None,
             kind: PayloadKind::Text,
             payload: Bytes::from(format!("{seq}")),
         }

@@ -345,6 +345,7 @@ fn stored(publish: &Publish, seq: u64) -> Stored {
         seq,
         id: publish.id.clone(),
         from: publish.from.clone(),
+        event: publish.event.clone(),
         kind: publish.kind,
         payload: publish.payload.clone(),
     }

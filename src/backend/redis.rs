@@ -158,6 +158,7 @@ impl Redis {
             seq: None,
             epoch: None,
             from: publish.from.clone(),
+            event: publish.event.clone(),
         });
         let seq_at = seq_at.to_string();
         let reply = self
@@ -255,6 +256,7 @@ impl Redis {
             seq: None,
             epoch: None,
             from: None,
+            event: None,
         });
         let channel = self.keys.channel(&format!("user:{user}"));
         match self
@@ -727,6 +729,7 @@ fn stored_from_envelope(payload: &Bytes) -> Option<Stored> {
         seq: envelope.seq?,
         id: envelope.id,
         from: envelope.from,
+        event: envelope.event,
         kind: envelope.kind,
         payload: envelope.payload,
     })

@@ -1,8 +1,8 @@
 //! `--socketio-adapter`, the publishing half (issue 13): a volley broadcast or room push,
 //! once published through volley's own channel, is written again in
 //! `@socket.io/redis-adapter` v8's format on socket.io's channel, so Node socket.io servers
-//! on that Redis deliver it to their clients as the event `message` with the payload as its
-//! one argument, on the namespace `/`.
+//! on that Redis deliver it to their clients as the publish's event (`?event=`, by default
+//! `message`) with the payload as its one argument, on the namespace `/`.
 //!
 //! Not written: user pushes (Node servers know no volley users), `?scope=local` publishes
 //! (this process only), and duplicates of an `Idempotency-Key` retry. The uid is this
@@ -17,7 +17,8 @@ use crate::mesh::Publish;
 use crate::metrics::Metrics;
 use crate::protocol::socketio::adapter::{self, Outgoing, Payload};
 
-/// The event name Node clients get: volley's pushes are `message` events (docs/SOCKETIO.md).
+/// The event name Node clients get for a push published without `?event=`, as volley's own
+/// socket.io clients do (docs/SOCKETIO.md).
 pub const EVENT: &str = "message";
 /// The namespace volley's pushes are written on: a volley push reaches every connection
 /// whatever it connected, and Node clients almost all connect `/`.
@@ -48,7 +49,7 @@ pub fn mirror(keys: &SocketIoKeys, broker: &Broker, metrics: &Metrics, publish: 
     let Ok(bytes) = adapter::encode_broadcast(&Outgoing {
         uid: keys.uid(),
         nsp: NAMESPACE,
-        event: EVENT,
+        event: publish.event.as_deref().unwrap_or(EVENT),
         payload,
         rooms,
         except: &[],

@@ -81,6 +81,12 @@ pub fn identify(svc: &Services, head: &Head) -> Result<Session, (u16, String)> {
     ))
 }
 
+/// What a connect hook may see of the handshake's headers, kept only when hooks are on.
+fn hook_headers(svc: &Services, head: &Head) -> Option<Box<[(String, String)]>> {
+    svc.has_hooks()
+        .then(|| crate::hooks::visible_headers(&head.headers).into_boxed_slice())
+}
+
 /// A WebSocket upgrade on the Engine.IO path: a new session (no sid), or the upgrade of a
 /// polling session (its sid). None when refused (the answer is written).
 pub async fn upgrade(
@@ -160,7 +166,9 @@ pub async fn upgrade(
             (session, sid, None)
         }
     };
-    session.sio = Some(Box::new(SioState::new(sid, now_s + connect_timeout_s)));
+    let mut sio_state = SioState::new(sid, now_s + connect_timeout_s);
+    sio_state.headers = hook_headers(svc, head);
+    session.sio = Some(Box::new(sio_state));
     if !svc.ctx.shared.try_reserve_connection() {
         Metrics::inc(&svc.ctx.metrics.rejected_full_total);
         let _ = stream.write_all(&refuse(503, "server full")).await;
@@ -199,7 +207,7 @@ pub async fn polling(svc: &Rc<Services>, head: &Head, body: Vec<u8>, keep_alive:
         Action::Handshake {
             transport: Transport::Polling,
         } => match identify(svc, head) {
-            Ok(session) => sio::polling_open(svc, session),
+            Ok(session) => sio::polling_open(svc, session, hook_headers(svc, head)),
             Err((status, message)) => sio::reply_json_error(status, &message),
         },
         // check_request lets a WebSocket handshake through only as an upgrade.

@@ -51,6 +51,7 @@ impl<'a> Frames<'a> {
             epoch: self.delivery.epoch,
             id: &publish.id,
             from: publish.from.as_deref(),
+            event: publish.event.as_deref(),
             kind: publish.kind,
             payload: &publish.payload,
         });
@@ -100,6 +101,7 @@ pub fn stored_frame(target: &Target, message: &Stored, epoch: Option<u64>, codec
         epoch,
         id: &message.id,
         from: message.from.as_deref(),
+        event: message.event.as_deref(),
         kind: message.kind,
         payload: &message.payload,
     })

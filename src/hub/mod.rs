@@ -15,6 +15,24 @@ pub mod receipts;
 pub mod recovery;
 pub mod session;
 pub mod sockets;
+/// The user of an indexed connection, whatever its transport: a polling session's key
+/// (`POLL_BIT` set) names the polling slab, not the connection slab, so reading `conns`
+/// alone would call every long-polling member anonymous.
+fn user_of<'a>(
+    conns: &'a Slab<Conn<Session>>,
+    polls: &'a Slab<Polling>,
+    key: ConnKey,
+) -> Option<&'a str> {
+    let session = if key.index & POLL_BIT != 0 {
+        let poll = polls.get((key.index & !POLL_BIT) as usize)?;
+        (poll.generation == key.generation).then_some(&poll.session)?
+    } else {
+        let conn = conns.get(key.index as usize)?;
+        (conn.generation() == key.generation).then_some(&conn.session)?
+    };
+    session.user.as_deref()
+}
+
 #[cfg(test)]
 mod tests;
 
@@ -595,11 +613,10 @@ impl Hub {
             },
             Target::Room(room) => {
                 let keys = index.room_conns(room);
-                let conns = self.conns.borrow();
+                let (conns, polls) = (self.conns.borrow(), self.polls.borrow());
                 let mut users: Vec<String> = keys
                     .iter()
-                    .filter_map(|k| conns.get(k.index as usize))
-                    .filter_map(|c| c.session.user.as_deref().map(str::to_string))
+                    .filter_map(|&k| user_of(&conns, &polls, k).map(str::to_string))
                     .collect();
                 users.sort_unstable();
                 users.dedup();
@@ -619,7 +636,7 @@ impl Hub {
     /// (`room:<name>`, member, connections) per room member ("" for anonymous members).
     pub fn presence_counts(&self) -> Vec<(String, String, u32)> {
         let index = self.index.borrow();
-        let conns = self.conns.borrow();
+        let (conns, polls) = (self.conns.borrow(), self.polls.borrow());
         let mut out = Vec::new();
         for (user, keys) in index.users() {
             out.push((format!("user:{user}"), String::new(), keys.len() as u32));
@@ -627,11 +644,8 @@ impl Hub {
         for (room, keys) in index.rooms() {
             let mut members: std::collections::HashMap<&str, u32> =
                 std::collections::HashMap::new();
-            for key in keys {
-                let member = conns
-                    .get(key.index as usize)
-                    .and_then(|c| c.session.user.as_deref())
-                    .unwrap_or("");
+            for &key in keys {
+                let member = user_of(&conns, &polls, key).unwrap_or("");
                 *members.entry(member).or_insert(0) += 1;
             }
             for (member, count) in members {

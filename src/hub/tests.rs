@@ -57,6 +57,7 @@ fn delivery(target: Target, seq: u64, payload: &'static str) -> Delivery {
             target,
             id: format!("n-0-{seq}"),
             from: None,
+            event: None,
             kind: PayloadKind::Json,
             payload: Bytes::from_static(payload.as_bytes()),
         },
@@ -237,6 +238,7 @@ fn the_local_backend_numbers_stores_and_replays() {
                 target: room.clone(),
                 id: ctx.next_message_id(),
                 from: None,
+                event: None,
                 kind: PayloadKind::Text,
                 payload: Bytes::from(format!("m{n}")),
             };
@@ -262,6 +264,7 @@ fn the_local_backend_numbers_stores_and_replays() {
             target: Target::User("ann".into()),
             id: ctx.next_message_id(),
             from: None,
+            event: None,
             kind: PayloadKind::Text,
             payload: Bytes::from_static(b"while away"),
         };

@@ -76,6 +76,8 @@ pub struct Message<'a> {
     pub id: &'a str,
     /// `user:<id>` of a publishing client; None for the HTTP API.
     pub from: Option<&'a str>,
+    /// The event name the publisher gave; None for the default (`message`).
+    pub event: Option<&'a str>,
     pub kind: PayloadKind,
     pub payload: &'a [u8],
 }
@@ -260,6 +262,7 @@ mod tests {
             epoch: None,
             id: "n-0-1",
             from: None,
+            event: None,
             kind,
             payload,
         };

@@ -107,6 +107,8 @@ pub enum Op<'a> {
         target: Target<'a>,
         /// The client's JSON exactly as sent; embed it with [`Payload::Json`].
         data: &'a RawValue,
+        /// The event name recipients get it as (`envelope::event_name`: None is `message`).
+        event: Option<String>,
     },
     Ack {
         /// `all`, `user:<id>` or `room:<name>`, checked; [`Channel::parse`] splits it.
@@ -183,6 +185,7 @@ struct Fields<'a> {
     seq: Option<&'a RawValue>,
     since: Option<&'a RawValue>,
     epoch: Option<&'a RawValue>,
+    event: Option<&'a RawValue>,
 }
 
 /// A key of the op object; anything else is `Other` and skipped.
@@ -197,6 +200,7 @@ enum Key {
     Seq,
     Since,
     Epoch,
+    Event,
     Other,
 }
 
@@ -212,6 +216,7 @@ impl Key {
             Key::Seq => "seq",
             Key::Since => "since",
             Key::Epoch => "epoch",
+            Key::Event => "event",
             Key::Other => "?",
         }
     }
@@ -236,6 +241,7 @@ impl<'de> Deserialize<'de> for Key {
                     "seq" => Key::Seq,
                     "since" => Key::Since,
                     "epoch" => Key::Epoch,
+                    "event" => Key::Event,
                     _ => Key::Other,
                 })
             }
@@ -273,6 +279,7 @@ impl<'de> Visitor<'de> for FieldsSeed<'_, 'de> {
                 Key::Seq => &mut self.0.seq,
                 Key::Since => &mut self.0.since,
                 Key::Epoch => &mut self.0.epoch,
+                Key::Event => &mut self.0.event,
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                     continue;
@@ -403,7 +410,16 @@ fn build_op<'a>(fields: &Fields<'a>, limits: &Limits) -> Result<Op<'a>, (ErrorCo
             }
             json::is_strict(data.get())
                 .map_err(|e| (ErrorCode::BadJson, format!("`data`: {e}")))?;
-            Ok(Op::Publish { target, data })
+            let event = match fields.event {
+                None => None,
+                Some(raw) => crate::envelope::event_name(Some(&json_str(raw, "event")?))
+                    .map_err(|e| (ErrorCode::BadField, e))?,
+            };
+            Ok(Op::Publish {
+                target,
+                data,
+                event,
+            })
         }
         "ack" => {
             let channel = channel_field(fields.channel, "ack", limits)?;
@@ -729,13 +745,28 @@ impl<'a> Payload<'a> {
 /// The JSON text of a server message, written once per publish and shared by every
 /// recipient: `{"type":"message","channel":..,"seq":..,"id":..,"from":..,"data":..}`, with
 /// `"data_base64"` instead of `"data"` for a binary payload. Wrap it with
-/// `ws::frame::encode(OpCode::Text, ..)` (or [`encode_message`]).
+/// `ws::frame::encode(OpCode::Text, ..)` (or [`encode_message`]). A message published
+/// with an event name: [`message_json_named`].
 pub fn message_json(
     channel: &str,
     seq: Option<u64>,
     epoch: Option<u64>,
     id: &str,
     from: Option<&str>,
+    payload: Payload<'_>,
+) -> Vec<u8> {
+    message_json_named(channel, seq, epoch, id, from, None, payload)
+}
+
+/// [`message_json`] with the event name the publisher gave: `"event":..` after `from`,
+/// only when there is one (None is the default, `message`, and adds nothing).
+pub fn message_json_named(
+    channel: &str,
+    seq: Option<u64>,
+    epoch: Option<u64>,
+    id: &str,
+    from: Option<&str>,
+    event: Option<&str>,
     payload: Payload<'_>,
 ) -> Vec<u8> {
     debug_assert!(
@@ -753,6 +784,7 @@ pub fn message_json(
             + channel.len()
             + id.len()
             + from.map_or(0, str::len)
+            + event.map_or(0, |e| e.len() + 12)
             + payload_bytes,
     );
     out.extend_from_slice(b"{\"type\":\"message\",\"channel\":");
@@ -772,6 +804,10 @@ pub fn message_json(
     match from {
         Some(from) => write_json_str(&mut out, from),
         None => out.extend_from_slice(b"null"),
+    }
+    if let Some(event) = event {
+        out.extend_from_slice(b",\"event\":");
+        write_json_str(&mut out, event);
     }
     match payload {
         Payload::Json(json) => {
@@ -835,12 +871,13 @@ pub struct Native;
 
 impl ClientCodec for Native {
     fn message(&self, message: &Message<'_>) -> Bytes {
-        let json = message_json(
+        let json = message_json_named(
             &message.channel.to_string(),
             message.seq,
             message.epoch,
             message.id,
             message.from,
+            message.event,
             Payload::of(message.kind, message.payload),
         );
         frame::encode(OpCode::Text, &json)
@@ -880,12 +917,17 @@ impl ClientCodec for Native {
             Op::Leave { room } => ClientOp::Leave {
                 room: room.into_owned(),
             },
-            Op::Publish { target, data } => ClientOp::Publish {
+            Op::Publish {
+                target,
+                data,
+                event,
+            } => ClientOp::Publish {
                 target: match target {
                     Target::Room(room) => crate::envelope::Target::Room(room.into_owned()),
                     Target::User(user) => crate::envelope::Target::User(user.into_owned()),
                 },
                 data: Bytes::copy_from_slice(data.get().as_bytes()),
+                event,
             },
             Op::Ack { channel, seq } => match crate::envelope::Target::parse(&channel) {
                 Some(target) => ClientOp::Ack { target, seq },
@@ -984,7 +1026,7 @@ fn fuzz_text(text: &str) {
                     Op::Join { room, .. } | Op::Leave { room } => {
                         assert!(check_name(room, "room", &limits).is_ok());
                     }
-                    Op::Publish { target, data } => {
+                    Op::Publish { target, data, .. } => {
                         let (Target::Room(name) | Target::User(name)) = target;
                         assert!(check_name(name, "name", &limits).is_ok());
                         assert!(data.get().len() <= limits.data_bytes_max);
@@ -1137,19 +1179,52 @@ mod tests {
     fn publish_to_a_room_or_a_user() {
         let request =
             decode(r#"{"op":"publish","room":"lobby","data":{"a":[1,2]},"ref":3}"#).unwrap();
-        let Op::Publish { target, data } = request.op else {
+        let Op::Publish { target, data, .. } = request.op else {
             panic!("not a publish")
         };
         assert_eq!(target, Target::Room("lobby".into()));
         assert_eq!(data.get(), r#"{"a":[1,2]}"#);
         let request = decode(r#"{"op":"publish","user":"42","data":"hi","ref":4}"#).unwrap();
-        let Op::Publish { target, data } = request.op else {
+        let Op::Publish { target, data, .. } = request.op else {
             panic!("not a publish")
         };
         assert_eq!(target, Target::User("42".into()));
         assert_eq!(data.get(), r#""hi""#);
         // null is data too.
         assert!(decode(r#"{"op":"publish","user":"42","data":null}"#).is_ok());
+    }
+
+    #[test]
+    fn a_publish_may_name_its_event_and_the_message_carries_it() {
+        let request = decode(r#"{"op":"publish","room":"lobby","data":1,"event":"chat"}"#).unwrap();
+        let Op::Publish { event, .. } = request.op else {
+            panic!("not a publish")
+        };
+        assert_eq!(event.as_deref(), Some("chat"));
+        let request =
+            decode(r#"{"op":"publish","room":"lobby","data":1,"event":"message"}"#).unwrap();
+        assert!(matches!(request.op, Op::Publish { event: None, .. }));
+        let refused =
+            decode(r#"{"op":"publish","room":"lobby","data":1,"event":"connect","ref":5}"#)
+                .unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadField);
+        assert!(refused.message.contains("reserved"), "{}", refused.message);
+        let refused = decode(r#"{"op":"publish","room":"lobby","data":1,"event":7}"#).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::BadField);
+        let named = message_json_named(
+            "room:lobby",
+            Some(2),
+            None,
+            "n-1",
+            None,
+            Some("chat"),
+            Payload::Json("{}"),
+        );
+        let parsed: serde_json::Value = serde_json::from_slice(&named).unwrap();
+        assert_eq!(parsed["event"], "chat");
+        let plain = message_json("all", Some(2), None, "n-1", None, Payload::Json("{}"));
+        let parsed: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+        assert!(parsed.get("event").is_none(), "only when set");
     }
 
     #[test]
@@ -1614,6 +1689,7 @@ mod tests {
             epoch: None,
             id: "i",
             from: None,
+            event: None,
             kind: PayloadKind::Text,
             payload: b"t",
         });

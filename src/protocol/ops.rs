@@ -26,6 +26,9 @@ pub enum ClientOp {
     Publish {
         target: Target,
         data: Bytes,
+        /// The event name recipients get it as; None for the default (`message`).
+        /// Checked by `envelope::event_name`.
+        event: Option<String>,
     },
     /// The client received (channel, seq).
     Ack {

@@ -215,6 +215,7 @@ mod tests {
                 target: Target::All,
                 id: format!("n-{seq}"),
                 from: None,
+                event: None,
                 kind: PayloadKind::Text,
                 payload: Bytes::new(),
             },

@@ -331,8 +331,14 @@ impl Services {
             return Ok(outcome);
         }
         self.hook_apply_rooms(key, &outcome);
-        // Cluster mode: the caller's answer (the ack) means the joins hold, as a client
-        // join's reply does: a room push sent after it reaches the socket.
+        self.hook_wait_joined(&outcome).await;
+        Ok(outcome)
+    }
+
+    /// Cluster mode: waits (bounded) until Redis confirms the subscriptions of the rooms an
+    /// outcome joined, so the caller's answer (the ack, a socket.io CONNECT) means the joins
+    /// hold, as a client join's reply does: a room push sent after it reaches the socket.
+    pub async fn hook_wait_joined(&self, outcome: &Outcome) {
         let pending: Vec<String> = outcome
             .join
             .iter()
@@ -342,7 +348,6 @@ impl Services {
         if !pending.is_empty() {
             self.backend.wait_subscribed(&pending).await;
         }
-        Ok(outcome)
     }
 
     /// Applies an outcome's leaves then joins to a connection; returns the ones refused

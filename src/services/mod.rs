@@ -181,6 +181,7 @@ impl Services {
             target: Target::Room(room.to_string()),
             id: self.ctx.next_message_id(),
             from: user.map(|u| format!("user:{u}")),
+            event: None,
             kind: PayloadKind::Json,
             payload: Bytes::from(json!({ "presence": event, "user": user }).to_string()),
         };
@@ -275,12 +276,14 @@ impl Services {
         reference: Option<Ref>,
         target: Target,
         payload: Bytes,
+        event: Option<String>,
     ) {
         let from = self.hub.with_session(key, |s| s.from()).flatten();
         let publish = Publish {
             target,
             id: self.ctx.next_message_id(),
             from,
+            event,
             kind: PayloadKind::Json,
             payload,
         };
@@ -452,6 +455,7 @@ impl Services {
                     target: envelope.target,
                     id: envelope.id.clone(),
                     from: envelope.from,
+                    event: envelope.event,
                     kind: envelope.kind,
                     payload: envelope.payload,
                 },
@@ -538,6 +542,7 @@ impl Services {
                             target: target.clone(),
                             id: message.id,
                             from: message.from,
+                            event: message.event,
                             kind: message.kind,
                             payload: message.payload,
                         },
@@ -699,7 +704,7 @@ impl Services {
                 reply,
             } => socketio::on_mesh_polling(self, sid, post, body, reply),
             ShardMsg::SioUpgrade { sid, step, reply } => {
-                let _ = reply.send(socketio::owned_upgrade(self, sid, step));
+                socketio::on_mesh_upgrade(self, sid, step, reply)
             }
             ShardMsg::Receipt { id, reply } => {
                 let receipt = self.hub.receipt(&id);

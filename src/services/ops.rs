@@ -134,12 +134,16 @@ pub fn handle(svc: &Rc<Services>, key: ConnKey, request: Request) {
                 refuse(svc, key, reference, (ErrorCode::NotFound, message));
             }
         }
-        ClientOp::Publish { target, data } => {
+        ClientOp::Publish {
+            target,
+            data,
+            event,
+        } => {
             if let Err(refusal) = svc.may_publish(key, &target) {
                 refuse(svc, key, reference, refusal);
                 return;
             }
-            svc.client_publish(key, reference, target, data);
+            svc.client_publish(key, reference, target, data, event);
         }
         ClientOp::Event { name, args } => {
             if !svc.has_hooks() {

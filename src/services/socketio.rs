@@ -1,7 +1,10 @@
 //! What a socket.io client's packets do, whatever transport carried them: Engine.IO pongs,
 //! probes and closes; Socket.IO CONNECT (namespace, auth, socket id room), DISCONNECT,
 //! events (volley's ops `join`, `leave`, `publish`, `recover`, `ack`, answered through the
-//! ack the client asked for) and ACKs of server pushes (counted as volley acks).
+//! ack the client asked for) and ACKs of server pushes (counted as volley acks). With
+//! `--app-webhook`, CONNECTs and the other events go to the application first
+//! (`Services::hook_connect`, `Services::hook_event`), and a polling session is handed to
+//! its WebSocket only once those calls are answered.
 //!
 //! The ops themselves are acted on by `ops::handle`, as for every codec; replies go out
 //! through `protocol::socketio::codec`. Any packet that is not Engine.IO or Socket.IO
@@ -9,15 +12,19 @@
 //! Called by `ops::dispatch` for `Codec::SocketIo` connections.
 
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde_json::Value as Json;
 
+use super::hooks::HookError;
 use super::ops;
 use super::Services;
+use crate::auth::Claims;
 use crate::config::{ClientAuth, SOCKETIO_NAMESPACE_BYTES_MAX};
 use crate::conn::{ConnKey, Inbound};
 use crate::envelope::Target;
+use crate::hooks;
 use crate::hub::Session;
 use crate::mesh::{ShardMsg, SioReply, SioSnapshot, SioUpgradeStep};
 use crate::metrics::Metrics;
@@ -265,27 +272,132 @@ fn on_whole_packet(
     }
 }
 
-/// CONNECT: who the client is (auth payload), its socket id room, the reply.
+/// CONNECT: who the client is (auth payload), with `--app-webhook` the application's word
+/// (docs/API.md, "Application hooks"), its socket id room, the reply. Without hooks the
+/// reply goes out at once; with them it waits for the hook (bounded by
+/// `--app-webhook-timeout-ms`), and a refusal or a failed call is a CONNECT_ERROR.
 fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
     let name = namespace_name(nsp);
-    if let Err(message) = identify(svc, key, auth) {
-        Metrics::inc(&svc.ctx.metrics.http_errors_total);
-        send_packet(svc, key, &packet::encode_connect_error(name, &message));
+    let identity = match identify(svc, key, auth) {
+        Ok(identity) => identity,
+        Err(message) => {
+            refuse_connect(svc, key, nsp, &message);
+            return;
+        }
+    };
+    let socket = new_socket_id(svc, key);
+    if !svc.has_hooks() {
+        if admit(svc, key, nsp, socket, identity) {
+            send_packet(svc, key, &packet::encode_connect(name, socket.as_str()));
+        }
         return;
     }
+    // The hook document is JSON: a binary auth payload (rare) is sent as null.
+    let auth = auth.and_then(to_json);
+    let owner = svc.clone();
+    let pending = HookPending::new(svc, key);
+    let task = async move {
+        let _pending = pending;
+        let (current, headers) = owner
+            .hub
+            .with_session(key, |s| {
+                let headers = s.sio.as_ref().and_then(|sio| sio.headers.clone());
+                (s.user.clone(), headers)
+            })
+            .unwrap_or_default();
+        let user = identity.as_ref().map(|(user, _)| user.clone()).or(current);
+        let connect = hooks::Connect {
+            socket: hooks::Socket {
+                protocol: SOCKETIO_PROTOCOL,
+                namespace: Some(name),
+                id: socket.as_str(),
+                user: user.as_deref(),
+            },
+            auth: auth.as_ref(),
+            headers: headers.as_deref().unwrap_or_default(),
+        };
+        let outcome = match owner.hook_connect(&connect).await {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                refuse_connect(&owner, key, nsp, &e.client_message());
+                return;
+            }
+        };
+        if let Some(message) = &outcome.refuse {
+            refuse_connect(&owner, key, nsp, message);
+            return;
+        }
+        // The connection may have closed while the application thought: then the key is
+        // stale (its generation moved on) and nothing below reaches anyone.
+        if !admit(&owner, key, nsp, socket, identity) {
+            return;
+        }
+        // Rooms first (with the user's claims now set), so a push to them sent once the
+        // client sees `connect` reaches it; then the reply, then the emits.
+        owner.hook_apply_rooms(key, &outcome);
+        owner.hook_wait_joined(&outcome).await;
+        let Some(socket) = socket_of(&owner, key, nsp) else {
+            return;
+        };
+        send_packet(&owner, key, &packet::encode_connect(name, socket.as_str()));
+        for emit in &outcome.emit {
+            if let Some(frame) = codec::emit_frame(name, &emit.event, &emit.args) {
+                owner.hub.send(key, frame);
+            }
+        }
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+        refuse_connect(svc, key, nsp, &HookError::Busy.client_message());
+    }
+}
+
+/// The `protocol` of socket.io clients in hook documents.
+const SOCKETIO_PROTOCOL: &str = "socket.io";
+
+/// A refused CONNECT: socket.io's CONNECT_ERROR with the reason as its `message`.
+fn refuse_connect(svc: &Services, key: ConnKey, nsp: u8, message: &str) {
+    Metrics::inc(&svc.ctx.metrics.http_errors_total);
+    let name = namespace_name(nsp);
+    send_packet(svc, key, &packet::encode_connect_error(name, message));
+}
+
+/// A new namespace socket's id: it names this connection (shard, slot, generation).
+fn new_socket_id(svc: &Services, key: ConnKey) -> Sid {
     let spare = random_sid(svc.ctx.id);
     let random = spare.as_str().as_bytes();
-    let socket = socket_id(
+    socket_id(
         svc.ctx.id as u16,
         key.index,
         key.generation,
         [random[16], random[17], random[18], random[19]],
-    );
+    )
+}
+
+/// The socket id of namespace `nsp` on the connection, if it is connected.
+fn socket_of(svc: &Services, key: ConnKey, nsp: u8) -> Option<Sid> {
+    svc.hub
+        .with_session(key, |s| s.sio.as_ref().and_then(|sio| sio.socket(nsp)))
+        .flatten()
+}
+
+/// Gives the connection its user (if the CONNECT named one) and the namespace socket;
+/// false when the connection is gone. A namespace connected meanwhile (a second CONNECT
+/// while a hook was asked about the first) keeps its socket; the caller's reply then
+/// names that one.
+fn admit(svc: &Rc<Services>, key: ConnKey, nsp: u8, socket: Sid, identity: Identity) -> bool {
+    if let Err(message) = apply_identity(svc, key, identity) {
+        refuse_connect(svc, key, nsp, &message);
+        return false;
+    }
     let added = svc
         .hub
         .with_session(key, |s| {
-            let first = s.sio.as_ref()?.sockets.is_empty();
             let sio = s.sio.as_mut()?;
+            if sio.socket(nsp).is_some() {
+                return Some(false);
+            }
+            let first = sio.sockets.is_empty();
             // Almost every connection uses one namespace: do not reserve four.
             sio.sockets.reserve_exact(1);
             sio.sockets.push((nsp, socket));
@@ -294,22 +406,30 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
                 // Pushes go out on the first namespace the client connected.
                 s.codec = Codec::SocketIo(nsp);
             }
-            Some(())
+            Some(true)
         })
         .flatten();
-    if added.is_none() {
-        return;
+    match added {
+        None => false,
+        Some(false) => true,
+        Some(true) => {
+            // The room named by the socket id: the hub finds the connection from the id
+            // itself (no index entry); Redis still needs to know this process wants it.
+            socket_interest(svc, socket.as_str(), true);
+            true
+        }
     }
-    // The room named by the socket id: the hub finds the connection from the id itself
-    // (no index entry); Redis still needs to know this process wants the room.
-    socket_interest(svc, socket.as_str(), true);
-    send_packet(svc, key, &packet::encode_connect(name, socket.as_str()));
 }
+
+/// The user a CONNECT names, verified, to give the connection once it is admitted; None
+/// when it names none or the one the connection has.
+type Identity = Option<(Rc<str>, Option<Rc<Claims>>)>;
 
 /// The CONNECT auth payload: `token` verified like `/ws` tokens; in open mode `user`
 /// names the client like `?user=`. A connection has one user: a second namespace must
-/// not name another.
-fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<(), String> {
+/// not name another. Changes nothing: [`apply_identity`] does, once the CONNECT is
+/// accepted.
+fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<Identity, String> {
     let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
     let current = svc.hub.with_session(key, |s| s.user.clone()).flatten();
     let (user, claims) = match &svc.ctx.config.client_auth {
@@ -321,7 +441,7 @@ fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<()
                 (Rc::<str>::from(claims.sub.as_str()), Some(Rc::new(claims)))
             }
             // A token given in the query or a header was verified at the handshake.
-            None if current.is_some() => return Ok(()),
+            None if current.is_some() => return Ok(None),
             None => return Err(
                 "missing token: send it as auth: { token } (or ?token= / Authorization: Bearer)"
                     .into(),
@@ -329,7 +449,7 @@ fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<()
         },
         ClientAuth::Open => {
             let Some(user) = auth.and_then(|a| a.get("user")) else {
-                return Ok(());
+                return Ok(None);
             };
             let user = user.as_str().ok_or("auth.user must be a string")?;
             check_name(user, svc.ctx.config.name_bytes_max).map_err(|e| e.message("auth.user"))?;
@@ -337,10 +457,25 @@ fn identify(svc: &Rc<Services>, key: ConnKey, auth: Option<&Value>) -> Result<()
         }
     };
     match current {
+        Some(current) if current == user => Ok(None),
+        Some(current) => Err(one_user(&current)),
+        None => Ok(Some((user, claims))),
+    }
+}
+
+fn one_user(current: &str) -> String {
+    format!("this connection is user {current:?}; one connection has one user")
+}
+
+/// Gives the connection the user [`identify`] found, checking again that it has no other
+/// (another namespace's CONNECT may have named one while a hook was asked).
+fn apply_identity(svc: &Rc<Services>, key: ConnKey, identity: Identity) -> Result<(), String> {
+    let Some((user, claims)) = identity else {
+        return Ok(());
+    };
+    match svc.hub.with_session(key, |s| s.user.clone()).flatten() {
         Some(current) if current == user => Ok(()),
-        Some(current) => Err(format!(
-            "this connection is user {current:?}; one connection has one user"
-        )),
+        Some(current) => Err(one_user(&current)),
         None => {
             if svc.hub.set_user(key, user, claims) {
                 svc.user_connected(key);
@@ -447,6 +582,11 @@ fn event(svc: &Rc<Services>, key: ConnKey, nsp: u8, id: Option<u64>, args: Optio
             )),
             json => op_of(svc, name, json.flatten().as_ref()),
         },
+        _ if svc.has_hooks() && check_name(name, svc.ctx.config.name_bytes_max).is_ok() => {
+            let name = name.to_string();
+            app_event(svc, key, nsp, id, name, items.get(1..).unwrap_or_default());
+            return;
+        }
         _ => {
             let message = format!(
                 "{name:?} is not a volley op (join, leave, publish, recover, ack); application events need the app webhook"
@@ -476,6 +616,95 @@ fn event(svc: &Rc<Services>, key: ConnKey, nsp: u8, id: Option<u64>, args: Optio
                 message,
             },
         ),
+    }
+}
+
+/// A client event that is not a volley op, with `--app-webhook`: the application answers it
+/// (docs/API.md, "Application hooks"). Its rooms are applied, its emits go to this socket,
+/// then its ack answers the client's ack (an array is the ack's arguments, another value
+/// the one argument, none no argument). A refusal or a failed call is an op error (the
+/// ack's `{ok:false,error}`, or an `error` event when no ack was asked) and no strike: the
+/// application, not the client, decided or failed.
+fn app_event(
+    svc: &Rc<Services>,
+    key: ConnKey,
+    nsp: u8,
+    ack_id: Option<u64>,
+    name: String,
+    args: &[Value],
+) {
+    let reference = ack_id.map(|id| ack_ref(nsp, id));
+    let error = move |code, message| OpError {
+        reference: reference.clone(),
+        code,
+        message,
+    };
+    // Hook documents are JSON.
+    let Some(args) = args.iter().map(to_json).collect::<Option<Vec<Json>>>() else {
+        let message =
+            format!("{name}: binary arguments are not sent to the application; send JSON");
+        ops::reply_error(svc, key, error(ErrorCode::BadField, message));
+        return;
+    };
+    let Some(socket) = socket_of(svc, key, nsp) else {
+        return;
+    };
+    let owner = svc.clone();
+    let refused = error.clone();
+    let pending = HookPending::new(svc, key);
+    let task = async move {
+        let _pending = pending;
+        let nsp_name = namespace_name(nsp);
+        let args = Json::Array(args);
+        let event = hooks::Event {
+            socket: hooks::Socket {
+                protocol: SOCKETIO_PROTOCOL,
+                namespace: Some(nsp_name),
+                id: socket.as_str(),
+                user: None,
+            },
+            name: &name,
+            args: &args,
+            ack: ack_id.is_some(),
+        };
+        let result = owner.hook_event(key, &event).await;
+        // The socket may be gone by now (the connection closed: its key is stale; or the
+        // namespace was disconnected): then nobody waits for the answer.
+        if socket_of(&owner, key, nsp) != Some(socket) {
+            return;
+        }
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                let message = e.client_message();
+                ops::send_error(&owner, key, &error(ErrorCode::Internal, message));
+                return;
+            }
+        };
+        if let Some(message) = outcome.refuse {
+            let message = format!("refused by the application: {message}");
+            ops::send_error(&owner, key, &error(ErrorCode::Forbidden, message));
+            return;
+        }
+        for emit in &outcome.emit {
+            if let Some(frame) = codec::emit_frame(nsp_name, &emit.event, &emit.args) {
+                owner.hub.send(key, frame);
+            }
+        }
+        if let Some(id) = ack_id {
+            let args = outcome.ack.unwrap_or_else(|| Json::Array(Vec::new()));
+            if let Some(frame) = codec::ack_args_frame(nsp_name, id, &args) {
+                owner.hub.send(key, frame);
+            }
+        }
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+        ops::send_error(
+            svc,
+            key,
+            &refused(ErrorCode::Internal, HookError::Busy.client_message()),
+        );
     }
 }
 
@@ -528,9 +757,17 @@ fn op_of(svc: &Services, name: &str, arg: Option<&Json>) -> Result<ClientOp, Str
                     svc.ctx.config.message_bytes_max
                 ));
             }
+            let event = match arg.get("event") {
+                None | Some(Json::Null) => None,
+                Some(Json::String(name)) => {
+                    crate::envelope::event_name(Some(name)).map_err(|e| format!("publish: {e}"))?
+                }
+                Some(_) => return Err("publish: event must be a string".into()),
+            };
             ClientOp::Publish {
                 target,
                 data: Bytes::from(data),
+                event,
             }
         }
         "recover" => ClientOp::Recover {
@@ -591,7 +828,11 @@ fn reply_text(body: Vec<u8>) -> SioReply {
 }
 
 /// A polling handshake: a new session on this shard, answered with the open packet.
-pub fn polling_open(svc: &Rc<Services>, mut session: Session) -> SioReply {
+pub fn polling_open(
+    svc: &Rc<Services>,
+    mut session: Session,
+    headers: Option<Box<[(String, String)]>>,
+) -> SioReply {
     let config = &svc.ctx.config.socketio;
     if svc.hub.polling_len() >= config.polling_sessions_max as usize {
         Metrics::inc(&svc.ctx.metrics.rejected_full_total);
@@ -609,7 +850,9 @@ pub fn polling_open(svc: &Rc<Services>, mut session: Session) -> SioReply {
     }
     let sid = random_sid(svc.ctx.id);
     let deadline_s = svc.ctx.now_s() + config.connect_timeout_ms.div_ceil(1000);
-    session.sio = Some(Box::new(SioState::new(sid, deadline_s)));
+    let mut sio = SioState::new(sid, deadline_s);
+    sio.headers = headers;
+    session.sio = Some(Box::new(sio));
     let key = svc.hub.insert_polling(sid, session);
     svc.connected(key);
     reply_text(open_packet(svc, sid.as_str(), &["websocket"]).into_bytes())
@@ -768,7 +1011,7 @@ async fn upgrade_request(
 ) -> Option<SioSnapshot> {
     let owner = usize::from(sid.owner());
     if owner == svc.ctx.id {
-        return owned_upgrade(svc, sid, step);
+        return owned_upgrade(svc, sid, step).await;
     }
     if owner >= svc.ctx.peers.count() {
         return None;
@@ -780,8 +1023,89 @@ async fn upgrade_request(
     answer.await.ok().flatten()
 }
 
+/// An upgrade step forwarded by another shard: answered by a tracked task (a `Take` may
+/// wait for the session's hook calls).
+pub fn on_mesh_upgrade(
+    svc: &Rc<Services>,
+    sid: Sid,
+    step: SioUpgradeStep,
+    reply: futures_channel::oneshot::Sender<Option<SioSnapshot>>,
+) {
+    let owner = svc.clone();
+    let task = async move {
+        let _ = reply.send(owned_upgrade(&owner, sid, step).await);
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+    }
+}
+
+/// How often a `Take` looks whether the session's hook calls are done.
+const HOOKS_PENDING_POLL: Duration = Duration::from_millis(5);
+
+/// Counts a hook call of a socket.io connection for as long as it runs (its task holds
+/// it), so a polling session is not handed to a WebSocket with an answer still to come:
+/// the answer would find the polling session gone. Dropped with the task, whether it ran
+/// or not; a stale key makes both ends no-ops.
+struct HookPending {
+    svc: Rc<Services>,
+    key: ConnKey,
+}
+
+impl HookPending {
+    fn new(svc: &Rc<Services>, key: ConnKey) -> HookPending {
+        svc.hub.with_session(key, |s| {
+            if let Some(sio) = s.sio.as_mut() {
+                sio.hooks_pending = sio.hooks_pending.saturating_add(1);
+            }
+        });
+        HookPending {
+            svc: svc.clone(),
+            key,
+        }
+    }
+}
+
+impl Drop for HookPending {
+    fn drop(&mut self) {
+        self.svc.hub.with_session(self.key, |s| {
+            if let Some(sio) = s.sio.as_mut() {
+                sio.hooks_pending = sio.hooks_pending.saturating_sub(1);
+            }
+        });
+    }
+}
+
+/// Waits until polling session `sid` has no hook call in flight. Each call ends by
+/// `--app-webhook-timeout-ms`, so this does too; it is bounded again here by that plus a
+/// second. Meanwhile the new WebSocket holds what its client sends (`HELD_MAX`), and what
+/// the hooks answer and what is pushed queues in the polling session, which the hand-over
+/// carries.
+async fn hooks_done(svc: &Services, sid: Sid) {
+    let Some(webhook) = &svc.ctx.config.app_webhook else {
+        return;
+    };
+    let deadline = Instant::now() + webhook.timeout + Duration::from_secs(1);
+    let pending = || {
+        let key = svc.hub.polling_key(&sid)?;
+        svc.hub
+            .with_polling(key, |p| p.session.sio.as_ref().map(|s| s.hooks_pending))
+            .flatten()
+    };
+    while pending().unwrap_or(0) > 0 && Instant::now() < deadline {
+        glommio::timer::sleep(HOOKS_PENDING_POLL).await;
+    }
+}
+
 /// A step of the upgrade of a polling session this shard owns.
-pub fn owned_upgrade(svc: &Rc<Services>, sid: Sid, step: SioUpgradeStep) -> Option<SioSnapshot> {
+pub async fn owned_upgrade(
+    svc: &Rc<Services>,
+    sid: Sid,
+    step: SioUpgradeStep,
+) -> Option<SioSnapshot> {
+    if step == SioUpgradeStep::Take {
+        hooks_done(svc, sid).await;
+    }
     let key = svc.hub.polling_key(&sid)?;
     match step {
         SioUpgradeStep::Check => Some(SioSnapshot::default()),
@@ -805,6 +1129,7 @@ pub fn owned_upgrade(svc: &Rc<Services>, sid: Sid, step: SioUpgradeStep) -> Opti
                     _ => 0,
                 },
                 queued: p.take(),
+                headers: p.session.sio.as_mut().and_then(|s| s.headers.take()),
             })?;
             snapshot.rooms = svc
                 .hub
@@ -878,6 +1203,9 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
             let sio = s.sio.as_mut()?;
             sio.sockets = snapshot.sockets;
             sio.connect_deadline_s = 0;
+            if snapshot.headers.is_some() {
+                sio.headers = snapshot.headers;
+            }
             sio.held.take()
         })
         .flatten();

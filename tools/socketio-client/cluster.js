@@ -130,6 +130,7 @@ const scenarios = {
     server.to("lobby").emit("node_lobby", 2);
     server.to(v1.id).emit("direct_to_volley_client", 3);
     out({ direct_push: await post(volley, "/api/rooms/" + encodeURIComponent(n1.id) + "/messages", JSON.stringify({ direct: "to n1" })) });
+    out({ named_push: await post(volley, "/api/broadcast?event=chat", JSON.stringify({ named: true })) });
     await sentinel("end1");
     // Requests that wait for every server's answer complete instead of timing out.
     const sockets = await server.fetchSockets();

@@ -164,6 +164,148 @@ const scenarios = {
     s.close();
   },
 
+  // Event names (issue 12): what a room got while this client was away (one push named
+  // `chat`, one unnamed) is replayed by `join {since: 0}` under the same names; then live
+  // pushes, one named `price` and one unnamed, and a named push to the user; every event
+  // the socket gets is printed in order with whether it came with an ack callback (and it
+  // is acked). Publishes go to `publishUrl` (another process, through Redis) when given.
+  // Reserved names are refused with 400.
+  async named(transport, publishUrl) {
+    const pub = (path, body) => fetch((publishUrl || url) + path, { method: "POST", body })
+      .then(async (res) => ({ status: res.status, body: await res.json().catch(() => null) }));
+    const room = "named-" + Math.random().toString(36).slice(2);
+    out({ away: [
+      await pub(`/api/rooms/${room}/messages?event=chat`, JSON.stringify({ n: 1 })),
+      await pub(`/api/rooms/${room}/messages`, JSON.stringify({ n: 2 })),
+    ] });
+    const opts = { auth: { user: "ann" }, reconnection: false };
+    if (transport === "websocket") opts.transports = ["websocket"];
+    const s = io(url, opts);
+    await connected(s);
+    const events = [];
+    let wanted = 0;
+    let enough = () => {};
+    s.onAny((event, ...args) => {
+      const last = args[args.length - 1];
+      const ack = typeof last === "function";
+      if (ack) { args.pop(); last(); }
+      events.push({ event, arg: args[0], args: args.length, ack });
+      if (events.length >= wanted) enough();
+    });
+    const until = (n) => new Promise((r) => { wanted = n; enough = r; if (events.length >= n) r(); });
+    out({ join: await s.emitWithAck("join", { room, since: 0 }) });
+    await until(3); // chat, message, recovered
+    await pub(`/api/rooms/${room}/messages?event=price`, JSON.stringify({ n: 3 }));
+    await until(4);
+    await pub(`/api/rooms/${room}/messages?event=message`, JSON.stringify({ n: 4 }));
+    await until(5);
+    // Through Redis the user channel's subscription on the client's process may not be
+    // confirmed yet: a publish no subscriber got (nodes 0) went to the inbox only; again.
+    for (let i = 0; i < 100; i++) {
+      const sent = await pub(`/api/users/ann/messages?event=${encodeURIComponent("dm ✉")}`, "hello");
+      if (sent.body.nodes === undefined || sent.body.nodes > 0) break;
+      await sleep(50);
+    }
+    await until(6);
+    out({ events });
+    const refused = {};
+    for (const name of ["connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener", ""]) {
+      refused[name] = await pub(`/api/rooms/${room}/messages?event=${name}`, "{}");
+    }
+    refused.long = await pub(`/api/rooms/${room}/messages?event=${"x".repeat(129)}`, "{}");
+    refused.control = await pub(`/api/rooms/${room}/messages?event=a%0Ab`, "{}");
+    out({ refused });
+    s.close();
+  },
+
+  // Application hooks (tests/hooks.rs with tests/hook_backend.py behind --app-webhook):
+  // a refused CONNECT, then a client (transports from args) whose CONNECT joins a room and
+  // gets a `welcome`, whose events the application acks, emits back to, joins and refuses.
+  async hooks(transport) {
+    const base = { reconnection: false, extraHeaders: { "x-request-id": "req-7", cookie: "secret=1" } };
+    if (transport === "websocket") base.transports = ["websocket"];
+    const mallory = io(url, { ...base, auth: { user: "mallory" } });
+    out({ mallory: await connected(mallory).then(() => "connected", (e) => e.message) });
+    mallory.close();
+    const s = io(url, { ...base, auth: { user: "ann", room: "vip" } });
+    const welcome = new Promise((r) => s.once("welcome", r));
+    await connected(s);
+    out({ connected: s.id, welcome: await welcome });
+    const chatBack = new Promise((r) => s.once("chat-back", (...args) => r(args)));
+    out({ chat: await s.emitWithAck("chat", { text: "hi" }), chat_back: await chatBack });
+    const vip = nextMessage(s);
+    await post("/api/rooms/vip/messages", JSON.stringify({ m: 1 }));
+    out({ vip: (await vip).msg });
+    out({ enter: await s.emitWithAck("enter", { room: "club" }) });
+    const club = nextMessage(s);
+    await post("/api/rooms/club/messages", JSON.stringify({ m: 2 }));
+    out({ club: (await club).msg });
+    out({ many: await new Promise((r) => s.emit("many", 1, "two", { three: 3 }, (...args) => r(args))) });
+    out({ deny: await s.emitWithAck("deny") });
+    out({ other: await new Promise((r) => s.emit("other", (...args) => r(args))) });
+    const noAck = new Promise((r) => s.once("chat-back", (...args) => r(args)));
+    s.emit("chat", "no ack");
+    out({ no_ack_back: await noAck });
+    out({ volley_op: await s.emitWithAck("join", "lobby") });
+    out({ transport: s.io.engine.transport.name });
+    s.close();
+  },
+
+  // socket.io's protocol test suite app (examples/hooks/socketio_test_app.py behind
+  // --app-webhook): `auth` on connect (on / and /custom), `message` answered with
+  // `message-back`, `message-with-ack` acked with its args.
+  async reference_app() {
+    const manager = new Manager(url, { transports: ["websocket"], reconnection: false });
+    const root = manager.socket("/", { auth: { user: "zoe", token: "t-1" } });
+    const custom = manager.socket("/custom", { auth: { user: "zoe" } });
+    const bare = io(url, { transports: ["websocket"], forceNew: true, reconnection: false });
+    const auth = (s) => new Promise((r) => s.once("auth", r));
+    const [rootAuth, customAuth, bareAuth] = [auth(root), auth(custom), auth(bare)];
+    await Promise.all([connected(root), connected(custom), connected(bare)]);
+    out({ root_auth: await rootAuth, custom_auth: await customAuth, bare_auth: await bareAuth });
+    const back = new Promise((r) => root.once("message-back", (...args) => r(args)));
+    root.emit("message", 1, "2", { 3: [4] });
+    out({ message_back: await back });
+    out({ acked: await new Promise((r) => root.emit("message-with-ack", 1, "2", { 3: [4] }, (...args) => r(args))) });
+    out({ custom_acked: await custom.timeout(5000).emitWithAck("message-with-ack", "x") });
+    manager.engine.close();
+    bare.close();
+  },
+
+  // A CONNECT sent on polling whose hook answers after the upgrade to WebSocket is done
+  // (tests/hook_backend.py answers user "sleepy" after 0.5 s): the CONNECT reply and the
+  // welcome still arrive, on the WebSocket.
+  async sleepy_connect() {
+    const s = io(url, { auth: { user: "sleepy" }, reconnection: false });
+    const upgraded = new Promise((r) => s.io.on("open", () => s.io.engine.once("upgrade", (t) => r(t.name))));
+    const welcome = new Promise((r) => s.once("welcome", r));
+    const result = await connected(s).then(() => "connected", (e) => e.message);
+    out({ sleepy: result, upgraded: await upgraded, welcome: await welcome });
+    out({ volley_op: await s.emitWithAck("join", "lobby"), transport: s.io.engine.transport.name });
+    s.close();
+  },
+
+  // A webhook that hangs (tests/hooks.rs, --app-webhook-timeout-ms 1000): a CONNECT and an
+  // event each get an error in time, and another client gets a broadcast meanwhile.
+  async hook_timeout() {
+    const other = io(url, { transports: ["websocket"], auth: { user: "bob" } });
+    await connected(other);
+    const ann = io(url, { transports: ["websocket"], auth: { user: "ann" } });
+    await connected(ann);
+    const slow = ann.emitWithAck("slow");
+    const slowConnect = io(url, { transports: ["websocket"], auth: { user: "slowpoke" }, reconnection: false });
+    const refused = connected(slowConnect).then(() => "connected", (e) => e.message);
+    await sleep(200);
+    const got = nextMessage(other);
+    const published = await post("/api/broadcast", JSON.stringify({ during: "slow hook" }));
+    out({ published, meanwhile: (await got).msg });
+    out({ slow: await slow, slow_connect: await refused });
+    out({ after: await ann.emitWithAck("chat", "again") });
+    slowConnect.close();
+    ann.close();
+    other.close();
+  },
+
   // Hostile input on raw Engine.IO WebSockets; a neighbour socket.io client must still
   // get a broadcast afterwards.
   async abuse() {

@@ -5,7 +5,8 @@
 //! every socket.io recipient, whatever its transport.
 //!
 //! docs/SOCKETIO.md is the contract:
-//! - a push is the event `message` whose one argument is the payload. A JSON object payload
+//! - a push is the event its publisher named (`message` by default, `Message::event`)
+//!   whose one argument is the payload. A JSON object payload
 //!   gets a first key `_volley: {channel, seq, id}` (what a client needs to resume); other
 //!   payloads arrive unchanged, without it.
 //! - a push with a seq asks for an ack: its ack id is [`push_ack_id`] of (channel, seq), the
@@ -25,7 +26,7 @@ use super::engineio::PacketType as EioType;
 use super::packet::{self, encode_push, PacketType, Push, ACK_ID_MAX};
 use super::{namespace_name, NAMESPACES_MAX};
 use crate::conn::Inbound;
-use crate::envelope::PayloadKind;
+use crate::envelope::{PayloadKind, DEFAULT_EVENT};
 use crate::protocol::{ClientCodec, Decoded, Message, OpError, OpLimits, Recovered, Ref};
 use crate::ws::frame::{self, OpCode};
 
@@ -157,18 +158,19 @@ impl ClientCodec for SocketIo {
         let nsp = namespace_name(self.nsp);
         let channel = message.channel.to_string();
         let id = message.seq.map(|seq| push_ack_id(&channel, seq));
+        let event = message.event.unwrap_or(DEFAULT_EVENT);
         match message.kind {
             PayloadKind::Json => {
                 let arg = push_argument(message, &channel);
-                ws_text(&encode_push(nsp, "message", id, Push::Json(&arg)))
+                ws_text(&encode_push(nsp, event, id, Push::Json(&arg)))
             }
             PayloadKind::Text => {
                 let text = String::from_utf8_lossy(message.payload);
-                ws_text(&encode_push(nsp, "message", id, Push::Text(&text)))
+                ws_text(&encode_push(nsp, event, id, Push::Text(&text)))
             }
             PayloadKind::Binary => {
                 // BINARY_EVENT then its one attachment: two frames, one shared buffer.
-                let head = ws_text(&encode_push(nsp, "message", id, Push::Binary));
+                let head = ws_text(&encode_push(nsp, event, id, Push::Binary));
                 let body = frame::encode(OpCode::Binary, message.payload);
                 let mut both = BytesMut::with_capacity(head.len() + body.len());
                 both.extend_from_slice(&head);
@@ -221,6 +223,46 @@ impl ClientCodec for SocketIo {
         });
         Some(event_frame(namespace_name(self.nsp), "recovered", &arg))
     }
+
+    /// An application's emit (hooks) on the connection's push namespace.
+    fn event(&self, name: &str, args: &serde_json::Value) -> Option<Bytes> {
+        emit_frame(namespace_name(self.nsp), name, args)
+    }
+}
+
+/// An event from the server with any number of JSON arguments: `42/nsp,["name",...args]`
+/// (an application's emit through its hook). `args` is a JSON array; any other value is
+/// the one argument.
+pub fn emit_frame(nsp: &str, name: &str, args: &serde_json::Value) -> Option<Bytes> {
+    let mut all = Vec::with_capacity(1 + args.as_array().map_or(1, Vec::len));
+    all.push(serde_json::Value::from(name));
+    match args {
+        serde_json::Value::Array(items) => all.extend(items.iter().cloned()),
+        other => all.push(other.clone()),
+    }
+    let raw = serde_json::value::to_raw_value(&all).ok()?;
+    Some(message_frame(&packet::encode_raw(
+        PacketType::Event,
+        nsp,
+        None,
+        Some(&raw),
+    )))
+}
+
+/// The ACK of a client event with any number of JSON arguments: `43/nsp,<id>[...args]`
+/// (an application's ack through its hook: an array is the arguments, any other value the
+/// one argument).
+pub fn ack_args_frame(nsp: &str, id: u64, args: &serde_json::Value) -> Option<Bytes> {
+    let raw = match args {
+        serde_json::Value::Array(_) => serde_json::value::to_raw_value(args).ok()?,
+        other => serde_json::value::to_raw_value(&[other]).ok()?,
+    };
+    Some(message_frame(&packet::encode_raw(
+        PacketType::Ack,
+        nsp,
+        Some(id),
+        Some(&raw),
+    )))
 }
 
 /// The Engine.IO packets in a run of server WebSocket frames (unmasked, as the codec
@@ -267,6 +309,7 @@ mod tests {
             epoch: None,
             id: "n-0-7",
             from: None,
+            event: None,
             kind,
             payload,
         }
@@ -342,6 +385,30 @@ mod tests {
             packets(&event)[0].1,
             b"42[\"error\",{\"code\":\"forbidden\",\"message\":\"no\"}]".to_vec()
         );
+    }
+
+    #[test]
+    fn a_named_push_is_that_event_and_emits_spread_their_args() {
+        let all = Target::All;
+        let mut named = message(&all, PayloadKind::Json, b"[1]");
+        named.event = Some("chat");
+        let id = push_ack_id("all", 7);
+        let frame = SocketIo { nsp: 0 }.message(&named);
+        assert_eq!(
+            packets(&frame)[0].1,
+            format!("42{id}[\"chat\",[1]]").into_bytes()
+        );
+        named.kind = PayloadKind::Binary;
+        let frame = SocketIo { nsp: 0 }.message(&named);
+        assert!(packets(&frame)[0]
+            .1
+            .starts_with(format!("451-{id}[\"chat\",").as_bytes()));
+        let emit = SocketIo { nsp: 0 }
+            .event("auth", &json!([{"a": 1}, 2]))
+            .unwrap();
+        assert_eq!(packets(&emit)[0].1, b"42[\"auth\",{\"a\":1},2]".to_vec());
+        let none = SocketIo { nsp: 0 }.event("ping-back", &json!([])).unwrap();
+        assert_eq!(packets(&none)[0].1, b"42[\"ping-back\"]".to_vec());
     }
 
     #[test]

@@ -27,6 +27,13 @@ pub struct SioState {
     /// the packets it sends are held here (at most [`HELD_MAX`]) and handled once it has its
     /// namespaces; None otherwise.
     pub held: Option<Box<Vec<crate::conn::Inbound>>>,
+    /// With `--app-webhook` only: the handshake's headers a connect hook may see
+    /// (`hooks::visible_headers`), kept for the CONNECTs that come after the handshake.
+    /// None without hooks, so a connection pays nothing for them then.
+    pub headers: Option<Box<[(String, String)]>>,
+    /// Application hook calls in flight for this connection: a polling session is handed
+    /// to its WebSocket only once they are answered (`services::socketio`).
+    pub hooks_pending: u32,
 }
 
 /// Packets a WebSocket may send while its polling session is handed over: socket.io-client
@@ -49,6 +56,8 @@ impl SioState {
             connect_deadline_s,
             partial: None,
             held: None,
+            headers: None,
+            hooks_pending: 0,
         }
     }
 
