@@ -46,6 +46,7 @@ fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_client_text");
     let limits = Limits {
         message_bytes_max: 1 << 20,
+        message_fragments_max: volley::config::MESSAGE_FRAGMENTS_MAX_DEFAULT,
     };
     for size in [16usize, 100, 1024, 16 * 1024] {
         // 16 frames per read, as a chatty client would send them.
