@@ -46,6 +46,7 @@ fn decode(c: &mut Criterion) {
     let mut group = c.benchmark_group("decode_client_text");
     let limits = Limits {
         message_bytes_max: 1 << 20,
+        message_fragments_max: volley::config::MESSAGE_FRAGMENTS_MAX_DEFAULT,
     };
     for size in [16usize, 100, 1024, 16 * 1024] {
         // 16 frames per read, as a chatty client would send them.
@@ -77,5 +78,55 @@ fn decode(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, encode, decode);
+/// Joining one 1 MiB text message sent in 64 B (Autobahn 9.3.1's 16,384 frames per MiB),
+/// 1 KiB and 64 KiB fragments, fed in 64 KiB reads as the shard's scratch buffer would:
+/// the cost per byte must stay flat as the fragments shrink, bar the per-frame header
+/// work (no quadratic join).
+fn decode_fragmented(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decode_fragmented_1mib");
+    let text = vec![b'*'; 1 << 20];
+    for fragment_bytes in [64usize, 1024, 64 * 1024] {
+        let frames = text.len() / fragment_bytes;
+        let limits = Limits {
+            message_bytes_max: text.len(),
+            message_fragments_max: frames,
+        };
+        let mut input = Vec::new();
+        for (i, chunk) in text.chunks(fragment_bytes).enumerate() {
+            let mut one = masked_frame(if i == 0 { 0x1 } else { 0x0 }, chunk);
+            if i + 1 < frames {
+                one[0] &= 0x7f; // not the final frame
+            }
+            input.extend(one);
+        }
+        let mut scratch = input.clone();
+        group.throughput(Throughput::Bytes(text.len() as u64));
+        group.bench_with_input(
+            BenchmarkId::from_parameter(fragment_bytes),
+            &input,
+            |b, input| {
+                let mut decoder = Decoder::new();
+                b.iter(|| {
+                    scratch.copy_from_slice(input);
+                    let mut messages = 0u32;
+                    for read in scratch.chunks_mut(64 * 1024) {
+                        decoder
+                            .feed(read, &limits, &mut |event| {
+                                if let Event::Text(t) = event {
+                                    black_box(t);
+                                    messages += 1;
+                                }
+                                ControlFlow::Continue(())
+                            })
+                            .unwrap();
+                    }
+                    assert_eq!(messages, 1);
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, encode, decode, decode_fragmented);
 criterion_main!(benches);

@@ -35,6 +35,17 @@ pub const BODY_BYTES_MAX_DEFAULT: usize = 64 * 1024;
 pub const BATCH_BYTES_MAX_DEFAULT: usize = 4 * 1024 * 1024;
 /// Largest message a client may send (after reassembly of fragments).
 pub const MESSAGE_BYTES_MAX_DEFAULT: usize = 64 * 1024;
+/// Most frames one client message may be split into (`ws::frame::Limits`). Without a
+/// cap a client keeps a message open forever with empty continuation frames, each a
+/// header parse and a wakeup that adds no byte to `--message-bytes-max`. Browsers send
+/// one frame per message; 1024 still carries the default 64 KiB message in 64-byte
+/// fragments (Autobahn 9.x's smallest). A larger `--message-bytes-max` in small
+/// fragments needs a larger cap: Autobahn 9.3/9.4 send 4 MiB in 64-byte fragments,
+/// 65,536 frames.
+pub const MESSAGE_FRAGMENTS_MAX_DEFAULT: usize = 1024;
+/// Largest `--message-fragments-max`: 64 MiB (the largest `--message-bytes-max`) in
+/// 64-byte fragments.
+pub const MESSAGE_FRAGMENTS_MAX_MAX: usize = 1 << 20;
 /// Frames queued for one client before it counts as a slow consumer and is closed with 1008.
 /// At one broadcast every few seconds, 1024 frames is minutes of backlog.
 pub const OUTBOUND_FRAMES_MAX_DEFAULT: usize = 1024;
@@ -177,6 +188,10 @@ pub struct ServeArgs {
     /// Maximum bytes of one client message after reassembly (close 1009 beyond).
     #[arg(long, default_value_t = MESSAGE_BYTES_MAX_DEFAULT)]
     pub message_bytes_max: usize,
+    /// Maximum frames one client message may be split into, the first and its
+    /// continuations (close 1009 beyond).
+    #[arg(long, default_value_t = MESSAGE_FRAGMENTS_MAX_DEFAULT)]
+    pub message_fragments_max: usize,
     /// Frames queued per client before it is closed as a slow consumer (1008).
     #[arg(long, default_value_t = OUTBOUND_FRAMES_MAX_DEFAULT)]
     pub outbound_frames_max: usize,
@@ -475,6 +490,7 @@ pub struct Config {
     pub body_bytes_max: usize,
     pub batch_bytes_max: usize,
     pub message_bytes_max: usize,
+    pub message_fragments_max: usize,
     pub outbound_frames_max: usize,
     pub outbound_bytes_max: usize,
     pub ping_interval_s: u32,
@@ -676,6 +692,7 @@ impl ServeArgs {
             body_bytes_max: self.body_bytes_max,
             batch_bytes_max: self.batch_bytes_max.max(self.body_bytes_max),
             message_bytes_max: self.message_bytes_max,
+            message_fragments_max: self.message_fragments_max,
             outbound_frames_max: self.outbound_frames_max,
             outbound_bytes_max: self.outbound_bytes_max,
             ping_interval_s: self.ping_interval_s as u32,
@@ -813,6 +830,13 @@ impl ServeArgs {
             return err(format!(
                 "--message-bytes-max {}: must be 125..=67108864 bytes",
                 self.message_bytes_max
+            ));
+        }
+        if !(1..=MESSAGE_FRAGMENTS_MAX_MAX).contains(&self.message_fragments_max) {
+            return err(format!(
+                "--message-fragments-max {}: must be 1..={MESSAGE_FRAGMENTS_MAX_MAX} frames \
+                 (1 refuses every fragmented message)",
+                self.message_fragments_max
             ));
         }
         if !(2..=1 << 20).contains(&self.outbound_frames_max) {
@@ -1619,6 +1643,23 @@ mod tests {
         assert!(e.contains("one CPU per shard"), "{e}");
         let e = args(&["--idle-timeout-s", "10"]).validate(2).unwrap_err().0;
         assert!(e.contains("--ping-interval-s"), "{e}");
+        for bad in ["0", "1048577"] {
+            let e = args(&["--message-fragments-max", bad])
+                .validate(2)
+                .unwrap_err()
+                .0;
+            assert!(e.contains(&format!("--message-fragments-max {bad}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn message_fragments_max_reaches_the_config() {
+        let config = args(&[]).validate(2).unwrap();
+        assert_eq!(config.message_fragments_max, MESSAGE_FRAGMENTS_MAX_DEFAULT);
+        let config = args(&["--message-fragments-max", "65536"])
+            .validate(2)
+            .unwrap();
+        assert_eq!(config.message_fragments_max, 65_536);
     }
 
     #[test]

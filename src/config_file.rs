@@ -274,12 +274,13 @@ mod tests {
 
     #[test]
     fn a_file_sets_flags_and_flags_win() {
-        let file = "listen = \"127.0.0.1:9000\"\nbacklog = 17\nroom_events = true\nallowed-origins = [\"https://a.example\", \"https://*.b.example\"]\n";
+        let file = "listen = \"127.0.0.1:9000\"\nbacklog = 17\nroom_events = true\nallowed-origins = [\"https://a.example\", \"https://*.b.example\"]\nmessage_fragments_max = 65536\n";
         let Ok(args) = parse_with(file, &[]) else {
             panic!("refused")
         };
         assert_eq!(args.listen, "127.0.0.1:9000");
         assert_eq!(args.backlog, 17);
+        assert_eq!(args.message_fragments_max, 65_536);
         assert!(args.room_events);
         assert_eq!(
             args.allowed_origins,

@@ -550,6 +550,7 @@ fn stream_until_stopped(
 fn expected_code(data: &[u8]) -> u16 {
     let limits = volley::ws::frame::Limits {
         message_bytes_max: 65_536,
+        message_fragments_max: volley::config::MESSAGE_FRAGMENTS_MAX_DEFAULT,
     };
     let mut input = data.to_vec();
     let mut decoder = volley::ws::frame::Decoder::new();
@@ -657,12 +658,42 @@ fn garbage_and_endless_streams_are_closed_with_their_code_and_memory_stays_bound
     );
 }
 
+/// `--message-fragments-max` is the cap in force: with 3, a message in 3 frames is counted
+/// and the 4th frame of the next one gets 1009.
+#[test]
+fn the_fragment_cap_is_the_flag() {
+    let server = Server::start(&["--shards", "1", "--message-fragments-max", "3"]);
+    let mut client = raw_upgrade(server.addr);
+    let mut message = client_frame(0x01, b"a", MASK);
+    message.extend(client_frame(0x00, b"b", MASK));
+    message.extend(client_frame(0x80, b"c", MASK));
+    client.write_all(&message).unwrap();
+    client
+        .write_all(&client_frame(0x89, b"probe", MASK))
+        .unwrap();
+    assert_eq!(
+        read_server_frame(&mut client).unwrap(),
+        (0x8a, b"probe".to_vec())
+    );
+    server.wait_for("the 3-frame message counted", |s| {
+        s["total"]["messages_received_total"].as_u64() == Some(1)
+    });
+    let mut over = client_frame(0x02, b"a", MASK);
+    for _ in 0..3 {
+        over.extend(client_frame(0x00, b"b", MASK));
+    }
+    client.write_all(&over).unwrap();
+    assert_eq!(read_close_code(&mut client), 1009, "a 4th frame");
+    assert!(read_to_close(&mut client).is_empty());
+    assert_eq!(server.total("protocol_error_closes_total"), 1);
+}
+
 /// Regression: a client that kept one message open with endless empty continuation frames
 /// was never closed (each frame adds no byte to the message limit). Past
-/// `FRAGMENTS_MAX` frames the next continuation gets 1009.
+/// `--message-fragments-max` frames (1024 by default) the next continuation gets 1009.
 #[test]
 fn endless_empty_continuations_are_closed_with_1009() {
-    use volley::ws::frame::FRAGMENTS_MAX;
+    use volley::config::MESSAGE_FRAGMENTS_MAX_DEFAULT as FRAGMENTS_MAX;
     let server = Server::start(&["--shards", "2"]);
     let mut neighbour = connect(&server);
     server.wait_for("the neighbour", |s| {

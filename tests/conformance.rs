@@ -767,9 +767,10 @@ fn fragmentation_cases() -> Vec<Case> {
         vec![empties],
         accept(1),
     ));
-    // The fragment limit: a message may have up to FRAGMENTS_MAX frames; the next
-    // continuation is refused with 1009 when its header arrives (no final frame needed).
-    let fragments_max = volley::ws::frame::FRAGMENTS_MAX;
+    // The fragment limit: a message may have up to --message-fragments-max frames (the
+    // default here); the next continuation is refused with 1009 when its header arrives
+    // (no final frame needed).
+    let fragments_max = volley::config::MESSAGE_FRAGMENTS_MAX_DEFAULT;
     let mut at_limit = f(0x01, b"");
     for _ in 0..fragments_max - 2 {
         at_limit.extend(f(0x00, b""));

@@ -820,7 +820,10 @@ fn verdict(data: &[u8]) -> Verdict {
 }
 
 fn verdict_with(data: &[u8], message_bytes_max: usize) -> Verdict {
-    let limits = Limits { message_bytes_max };
+    let limits = Limits {
+        message_bytes_max,
+        message_fragments_max: volley::config::MESSAGE_FRAGMENTS_MAX_DEFAULT,
+    };
     let mut input = data.to_vec();
     let mut decoder = Decoder::new();
     let mut close = None;

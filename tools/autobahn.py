@@ -2,13 +2,16 @@
 """autobahn.py: run the Autobahn|Testsuite cases against a WebSocket echo URL with kosoku.
 
 Usage: tools/autobahn.py URL [--exclude CASE]... [--include CASE]... [--concurrency N]
-                            [--json PATH]
+                            [--json PATH] [--timings]
 
   URL            an echo endpoint, e.g. ws://127.0.0.1:8080/echo (volley --echo-path /echo)
   --include      case id or glob to run (repeatable; default: the whole suite)
   --exclude      case id or glob to leave out (repeatable)
   --concurrency  cases run in parallel (default 2: one per core here)
-  --json PATH    write [{"id", "behavior", "behavior_close", "result"}] for every case
+  --json PATH    write [{"id", "behavior", "behavior_close", "result", "duration_ms"}]
+                 for every case
+  --timings      also print one line per case group (9.1, 9.2, ...): cases, the sum of
+                 their run times and the slowest (kosoku's own per-case durations)
 
 Prints one line per section (1, 2, ... 13) with its verdict counts, then every case whose
 verdict is not OK, NON-STRICT or INFORMATIONAL (or whose close verdict is not OK or
@@ -48,6 +51,7 @@ async def run(args):
                 "behavior": r.behavior.value,
                 "behavior_close": r.behavior_close.value,
                 "result": str(detail.get("result", ""))[:300],
+                "duration_ms": r.duration,
             }
         )
     rows.sort(key=lambda row: section_key(row["id"]))
@@ -61,6 +65,7 @@ def main():
     parser.add_argument("--exclude", action="append")
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--json")
+    parser.add_argument("--timings", action="store_true")
     args = parser.parse_args()
     rows = asyncio.run(run(args))
     if args.json:
@@ -74,6 +79,18 @@ def main():
         total = sum(counts.values())
         parts = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         print(f"section {major}: {total} cases: {parts}")
+    if args.timings:
+        groups = collections.OrderedDict()
+        for row in rows:
+            group = ".".join(row["id"].split(".")[:2])
+            groups.setdefault(group, []).append(row)
+        for group, members in groups.items():
+            total_ms = sum(m["duration_ms"] for m in members)
+            slowest = max(members, key=lambda m: m["duration_ms"])
+            print(
+                f"group {group}: {len(members)} cases, {total_ms} ms in all, "
+                f"slowest {slowest['id']} {slowest['duration_ms']} ms"
+            )
     bad = [
         row
         for row in rows

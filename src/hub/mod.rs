@@ -121,6 +121,7 @@ impl Hub {
             outbound_bytes_max: config.outbound_bytes_max,
             decode: frame::Limits {
                 message_bytes_max: config.message_bytes_max,
+                message_fragments_max: config.message_fragments_max,
             },
             close_timeout_s: config.close_timeout.as_secs().max(1) as u32,
         };

@@ -39,15 +39,6 @@ pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 /// the reason may use at most 123 of the 125 control-frame bytes.
 pub const CLOSE_REASON_BYTES_MAX: usize = CONTROL_PAYLOAD_BYTES_MAX - 2;
 
-/// Most frames one data message may be split into (the first frame and every
-/// continuation). RFC 6455 §5.4 sets no bound, so without one a client could
-/// keep a message open forever with empty continuation frames: each costs us a
-/// header parse and a wakeup but adds no byte to `message_bytes_max`. 1024 is
-/// enough for the default 64 KiB message in 64-byte fragments (Autobahn 9.x's
-/// smallest), far more than any real client uses (browsers send one frame per
-/// message). The next frame is refused with 1009, see [`Error::TooManyFragments`].
-pub const FRAGMENTS_MAX: usize = 1024;
-
 /// RFC 6455 §5.2 opcodes. The reserved values 0x3-0x7 and 0xB-0xF have no
 /// variant: a frame carrying one is a protocol error.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -253,11 +244,14 @@ pub enum Error {
         /// The limit in force.
         max_bytes: usize,
     },
-    /// A data message split into more than [`FRAGMENTS_MAX`] frames; close
-    /// with 1009 (RFC 6455 §7.4.1: a message "too big for it to process"), the
-    /// same as for too many bytes, since the fix on the client's side is the
-    /// same: send the message in fewer, larger frames.
-    TooManyFragments,
+    /// A data message split into more than `Limits::message_fragments_max`
+    /// frames; close with 1009 (RFC 6455 §7.4.1: a message "too big for it to
+    /// process"), the same as for too many bytes, since the fix on the client's
+    /// side is the same: send the message in fewer, larger frames.
+    TooManyFragments {
+        /// The limit in force.
+        max_fragments: usize,
+    },
     /// RFC 6455 §8.1: a text message or close reason that is not UTF-8;
     /// close with 1007.
     InvalidUtf8,
@@ -273,7 +267,7 @@ impl Error {
     /// The status code to put in the close frame we answer with.
     pub const fn close_code(&self) -> u16 {
         match self {
-            Error::TooBig { .. } | Error::TooManyFragments => close_code::TOO_BIG,
+            Error::TooBig { .. } | Error::TooManyFragments { .. } => close_code::TOO_BIG,
             Error::InvalidUtf8 => close_code::INVALID_PAYLOAD,
             Error::Unmasked
             | Error::ReservedBits
@@ -309,8 +303,8 @@ impl fmt::Display for Error {
                     "message of {len_bytes} bytes over the {max_bytes}-byte limit"
                 )
             }
-            Error::TooManyFragments => {
-                write!(f, "message in more than {FRAGMENTS_MAX} fragments")
+            Error::TooManyFragments { max_fragments } => {
+                write!(f, "message in more than {max_fragments} fragments")
             }
             Error::InvalidUtf8 => f.write_str("invalid UTF-8"),
             Error::CloseTruncated => f.write_str("close payload of 1 byte"),
@@ -350,8 +344,17 @@ pub enum Event<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// The largest message (the sum of all its fragments) we accept; a larger
-    /// one is refused with 1009 as soon as a frame header announces it.
+    /// one is refused with 1009 as soon as a frame header announces it. It also
+    /// bounds the capacity of the buffer a fragmented message is joined in.
     pub message_bytes_max: usize,
+    /// Most frames one data message may be split into (the first frame and
+    /// every continuation); the next one is refused with 1009 as soon as its
+    /// header arrives, see [`Error::TooManyFragments`]. RFC 6455 §5.4 sets no
+    /// bound, so without one a client could keep a message open forever with
+    /// empty continuation frames: each costs a header parse and a wakeup but
+    /// adds no byte to `message_bytes_max`. Control frames between fragments
+    /// do not count. `--message-fragments-max` (config.rs) sets it.
+    pub message_fragments_max: usize,
 }
 
 /// Streaming decoder of client frames, one per connection.
@@ -417,14 +420,15 @@ struct Message {
     compressed: bool,
     /// The unmasked payload of every fragment so far. Its capacity follows
     /// the bytes that actually arrived, so a header that merely claims a large
-    /// length costs nothing until the bytes come.
+    /// length costs nothing until the bytes come, and never exceeds
+    /// `Limits::message_bytes_max` (see [`Message::append`]).
     payload: Vec<u8>,
     /// Incremental UTF-8 state for text, so an invalid byte fails at once.
     utf8: Utf8Stream,
     /// The data frame whose payload is still arriving, if any.
     frame: Option<DataFrame>,
     /// Data frames of this message whose header has arrived, at most
-    /// [`FRAGMENTS_MAX`] (checked in `check_sequence`).
+    /// `Limits::message_fragments_max` (checked in `check_sequence`).
     fragments: usize,
 }
 
@@ -441,9 +445,21 @@ impl Message {
     }
 
     /// Appends unmasked payload bytes, checking UTF-8 as they come.
-    fn append(&mut self, chunk: &[u8]) -> Result<(), Error> {
+    ///
+    /// The buffer doubles as it fills, so joining a message costs amortised
+    /// O(1) per byte however many fragments it comes in, but it is capped at
+    /// `bytes_max`: `Vec`'s own doubling would take a message just over a
+    /// power of two (or one whose first read was not one) to nearly twice the
+    /// limit. `check_sequence` already made sure the message fits `bytes_max`.
+    fn append(&mut self, chunk: &[u8], bytes_max: usize) -> Result<(), Error> {
         if self.text && !self.compressed {
             self.utf8.push(chunk)?;
+        }
+        let needed = self.payload.len() + chunk.len();
+        if needed > self.payload.capacity() {
+            debug_assert!(needed <= bytes_max, "check_sequence bounds the message");
+            let target = (self.payload.capacity() * 2).min(bytes_max).max(needed);
+            self.payload.reserve_exact(target - self.payload.len());
         }
         self.payload.extend_from_slice(chunk);
         Ok(())
@@ -774,7 +790,7 @@ impl Decoder {
                 if partial.control.is_some()
                     || partial.message.as_ref().is_some_and(|m| m.frame.is_some())
                 {
-                    if continue_frame(partial, &mut rest, on_event)?.is_break() {
+                    if continue_frame(partial, &mut rest, limits, on_event)?.is_break() {
                         return Ok(ControlFlow::Break(()));
                     }
                     if !rest.is_empty() {
@@ -797,7 +813,10 @@ impl Decoder {
             if rest.len() >= len {
                 let payload = advance(&mut rest, len);
                 unmask(payload, header.mask, 0);
-                if self.complete_frame(&header, payload, on_event)?.is_break() {
+                if self
+                    .complete_frame(&header, payload, limits, on_event)?
+                    .is_break()
+                {
                     return Ok(ControlFlow::Break(()));
                 }
                 continue;
@@ -886,8 +905,12 @@ impl Decoder {
                 return Ok(usize::from(header.len as u8))
             }
             (OpCode::Continuation, None) => return Err(Error::UnexpectedContinuation),
-            (OpCode::Continuation, Some((_, fragments))) if fragments >= FRAGMENTS_MAX => {
-                return Err(Error::TooManyFragments)
+            (OpCode::Continuation, Some((_, fragments)))
+                if fragments >= limits.message_fragments_max =>
+            {
+                return Err(Error::TooManyFragments {
+                    max_fragments: limits.message_fragments_max,
+                })
             }
             (OpCode::Continuation, Some((len, _))) => len,
             (OpCode::Text | OpCode::Binary, Some(_)) => return Err(Error::ExpectedContinuation),
@@ -910,6 +933,7 @@ impl Decoder {
         &mut self,
         header: &Header,
         payload: &[u8],
+        limits: &Limits,
         on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
     ) -> Result<ControlFlow<()>, Error> {
         match header.opcode {
@@ -938,7 +962,7 @@ impl Decoder {
                     Message::new(header.opcode == OpCode::Text, header.rsv1)
                 });
                 message.fragments += 1;
-                message.append(payload)?;
+                message.append(payload, limits.message_bytes_max)?;
                 match partial.message.take() {
                     Some(message) if header.fin => message.finish(on_event),
                     unfinished => {
@@ -956,6 +980,7 @@ impl Decoder {
 fn continue_frame(
     partial: &mut Partial,
     rest: &mut &mut [u8],
+    limits: &Limits,
     on_event: &mut dyn FnMut(Event<'_>) -> ControlFlow<()>,
 ) -> Result<ControlFlow<()>, Error> {
     if let Some(control) = partial.control.as_mut() {
@@ -984,7 +1009,7 @@ fn continue_frame(
     let (done, fin) = (frame.received == frame.len, frame.fin);
     // Stream the unmasked bytes straight into the message; the frame itself
     // is never buffered.
-    message.append(chunk)?;
+    message.append(chunk, limits.message_bytes_max)?;
     if !done {
         return Ok(ControlFlow::Continue(()));
     }
@@ -1003,8 +1028,10 @@ fn continue_frame(
 /// gives the same events and the same outcome, since a difference is a
 /// decoder bug.
 pub fn fuzz_one(data: &[u8]) {
+    // Few enough fragments that mutated streams of up to six frames reach the cap.
     let limits = Limits {
         message_bytes_max: 64,
+        message_fragments_max: 4,
     };
     // Split sizes driven by the data itself, so mutated inputs also mutate the splits.
     let seed = data.first().copied().unwrap_or(0);
@@ -1023,6 +1050,7 @@ pub fn fuzz_one(data: &[u8]) {
     }
     let small = Limits {
         message_bytes_max: 3,
+        message_fragments_max: 2,
     };
     let _ = fuzz_decode(data, &small, seed & 1 == 1, |i| i % 5 + 1);
 }
@@ -1221,7 +1249,10 @@ mod tests {
 
     const LIMITS: Limits = Limits {
         message_bytes_max: 1 << 20,
+        message_fragments_max: FRAGMENTS_MAX,
     };
+    /// The default fragment cap, which the tests below reach.
+    const FRAGMENTS_MAX: usize = crate::config::MESSAGE_FRAGMENTS_MAX_DEFAULT;
 
     /// Feeds `data` split at the given points; returns the events and the
     /// error, stopping at the first error.
@@ -1643,8 +1674,11 @@ mod tests {
         let data = fragmented(FRAGMENTS_MAX + 1);
         let (events, result) = decode(&data);
         assert!(events.is_empty());
-        assert_eq!(result, Err(Error::TooManyFragments));
-        assert_eq!(Error::TooManyFragments.close_code(), 1009);
+        let too_many = Error::TooManyFragments {
+            max_fragments: FRAGMENTS_MAX,
+        };
+        assert_eq!(result, Err(too_many));
+        assert_eq!(too_many.close_code(), 1009);
         // Never finished: a start and FRAGMENTS_MAX empty continuations, split anywhere.
         let mut endless = client_frame(false, 1, b"a");
         for _ in 0..FRAGMENTS_MAX {
@@ -1664,7 +1698,7 @@ mod tests {
                 }
                 start = end;
             }
-            assert_eq!(result, Err(Error::TooManyFragments));
+            assert_eq!(result, Err(too_many));
             assert!(decoder.is_idle());
         }
         // Control frames between fragments do not count.
@@ -1686,10 +1720,138 @@ mod tests {
         assert_eq!(decode(&data).1, Ok(()));
     }
 
+    /// Feeds `data` in reads of `read_bytes` and returns the events, the outcome,
+    /// and the capacity of the buffer the message is joined in after each read.
+    fn decode_in_reads(
+        data: &[u8],
+        read_bytes: usize,
+        limits: &Limits,
+    ) -> (Vec<Owned>, Result<(), Error>, Vec<usize>) {
+        let mut buf = data.to_vec();
+        let mut decoder = Decoder::new();
+        let mut events = Vec::new();
+        let mut capacities = Vec::new();
+        for read in buf.chunks_mut(read_bytes) {
+            let result = decoder.feed(read, limits, &mut |e| {
+                events.push(own(e));
+                ControlFlow::Continue(())
+            });
+            if result.is_err() {
+                return (events, result, capacities);
+            }
+            let joining = decoder.partial.as_deref().and_then(|p| p.message.as_ref());
+            capacities.extend(joining.map(|m| m.payload.capacity()));
+        }
+        (events, Ok(()), capacities)
+    }
+
+    /// `payload` as a message in `fragment_bytes` frames (the first Text or
+    /// Binary, then continuations), as Autobahn 9.3 and 9.4 send it.
+    fn in_fragments(opcode: u8, payload: &[u8], fragment_bytes: usize) -> Vec<u8> {
+        let chunks: Vec<&[u8]> = payload.chunks(fragment_bytes).collect();
+        let mut data = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let op = if i == 0 { opcode } else { 0 };
+            data.extend(client_frame(i + 1 == chunks.len(), op, chunk));
+        }
+        data
+    }
+
+    #[test]
+    fn fragment_cap_is_the_configured_one() {
+        // Autobahn 9.3.1's shape, scaled to 1 MiB: 64-byte fragments, 16,384 frames.
+        let text = vec![b'*'; 1 << 20];
+        let data = in_fragments(1, &text, 64);
+        let frames = text.len() / 64;
+        let limits = Limits {
+            message_bytes_max: text.len(),
+            message_fragments_max: frames,
+        };
+        let (events, result, _) = decode_in_reads(&data, 64 * 1024, &limits);
+        assert_eq!(result, Ok(()));
+        assert_eq!(events.len(), 1);
+        assert!(matches!(&events[0], Owned::Text(t) if t.len() == text.len()));
+        // One frame fewer allowed: refused at the last frame's header.
+        let tight = Limits {
+            message_fragments_max: frames - 1,
+            ..limits
+        };
+        let (events, result, _) = decode_in_reads(&data, 64 * 1024, &tight);
+        assert!(events.is_empty());
+        assert_eq!(
+            result,
+            Err(Error::TooManyFragments {
+                max_fragments: frames - 1
+            })
+        );
+        // A cap of 1 refuses every fragmented message and nothing else.
+        let single = Limits {
+            message_fragments_max: 1,
+            ..LIMITS
+        };
+        assert_eq!(
+            decode_in_reads(&client_frame(true, 2, b"whole"), 3, &single).1,
+            Ok(())
+        );
+        assert_eq!(
+            decode_in_reads(&in_fragments(2, b"split", 3), 64, &single).1,
+            Err(Error::TooManyFragments { max_fragments: 1 })
+        );
+    }
+
+    #[test]
+    fn joining_many_fragments_grows_the_buffer_a_logarithmic_number_of_times() {
+        // One read per frame, so every capacity the buffer takes is seen: 16,384
+        // fragments must not mean 16,384 reallocations and copies (a quadratic
+        // join), only a doubling now and then.
+        let binary = vec![0xfe; 1 << 20];
+        let data = in_fragments(2, &binary, 64);
+        let limits = Limits {
+            message_bytes_max: binary.len(),
+            message_fragments_max: binary.len() / 64,
+        };
+        let (events, result, capacities) = decode_in_reads(&data, 64 + 6, &limits);
+        assert_eq!(result, Ok(()));
+        assert_eq!(events, vec![Owned::Binary(binary)]);
+        let mut growths = capacities.clone();
+        growths.dedup();
+        assert!(growths.len() <= 20, "{} capacities", growths.len());
+    }
+
+    #[test]
+    fn joined_message_capacity_stays_within_the_limit() {
+        // A limit that is not a power of two, and reads that do not line up with
+        // it: Vec's own doubling passes it (111,888 bytes for the single frame
+        // below, without the cap in `Message::append`).
+        let limits = Limits {
+            message_bytes_max: 100_000,
+            ..LIMITS
+        };
+        let payload: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
+        // One frame over many reads (the frame-in-progress path) and many
+        // fragments in few reads (the whole-frame path).
+        for (data, read_bytes) in [
+            (client_frame(true, 2, &payload), 7_000),
+            (in_fragments(2, &payload, 1_000), 7_000),
+            (in_fragments(2, &payload, 1_000), 64 * 1024),
+        ] {
+            let (events, result, capacities) = decode_in_reads(&data, read_bytes, &limits);
+            assert_eq!(result, Ok(()));
+            assert_eq!(events, vec![Owned::Binary(payload.clone())]);
+            let most = capacities.iter().max().copied().unwrap_or(0);
+            assert!(
+                most <= limits.message_bytes_max,
+                "capacity {most} over the {}-byte limit",
+                limits.message_bytes_max
+            );
+        }
+    }
+
     #[test]
     fn rejects_oversized_messages_before_buffering() {
         let limits = Limits {
             message_bytes_max: 10,
+            ..LIMITS
         };
         // Only the header of an 11-byte frame arrives: refused already.
         let frame = client_frame(true, 2, &[0u8; 11]);
@@ -1841,7 +2003,10 @@ mod tests {
             "message of 11 bytes over the 10-byte limit"
         );
         assert_eq!(
-            Error::TooManyFragments.to_string(),
+            Error::TooManyFragments {
+                max_fragments: 1024
+            }
+            .to_string(),
             "message in more than 1024 fragments"
         );
     }
