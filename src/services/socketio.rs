@@ -804,6 +804,12 @@ pub fn owned_upgrade(svc: &Rc<Services>, sid: Sid, step: SioUpgradeStep) -> Opti
                     _ => 0,
                 },
                 queued: p.take(),
+                replaying: p
+                    .session
+                    .recovering
+                    .as_ref()
+                    .map(|r| r.replaying())
+                    .unwrap_or_default(),
             })?;
             snapshot.rooms = svc
                 .hub
@@ -882,6 +888,20 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
         .flatten();
     for frame in snapshot.queued {
         svc.hub.send(key, frame);
+    }
+    // A replay the polling session was still running stops there (its task writes to the
+    // removed session): resume it here, after the part that was queued, so the client gets
+    // the rest and its `recovered` event. Live messages held back for it are in the
+    // history, so the new replay has them.
+    let replaying: Vec<(Target, Since)> = snapshot
+        .replaying
+        .into_iter()
+        .filter_map(|(channel, seq, epoch)| {
+            Target::parse(&channel).map(|target| (target, Since { seq, epoch }))
+        })
+        .collect();
+    if !replaying.is_empty() {
+        svc.start_recovery(key, replaying, false);
     }
     // What the client sent during the hand-over, now that its namespaces are known.
     for inbound in held.map(|h| *h).unwrap_or_default() {
