@@ -4,7 +4,8 @@
 //! options does when it reconnects after a drain (polling first, `recover` on `connect`,
 //! the upgrade right after), seen through real proxies in tests/proxies.rs; here the replay
 //! is held mid-way on purpose (a small outbound queue that the test does not read), so the
-//! hand-over always lands in the middle of it.
+//! hand-over always lands in the middle of it. And on polling as on WebSocket, live messages
+//! published during a replay wait for it.
 // Test code: an unwrap that fails is a failed test, not a panic reachable from input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -99,5 +100,39 @@ fn a_recover_still_replaying_when_the_session_upgrades_finishes_on_the_websocket
         "every message, in order, once, across the hand-over"
     );
     assert_eq!(recovered[0]["recovered"], true, "{:?}", recovered[0]);
+    assert_eq!(recovered[0]["seq"], PUBLISHED);
+}
+
+#[test]
+fn live_messages_wait_for_a_replay_on_polling_too() {
+    let server = Server::start(&["--shards", "1", "--outbound-frames-max", "16"]);
+    for n in 1..=PUBLISHED {
+        server.broadcast(json!({ "n": n }).to_string().as_bytes());
+    }
+    let open = polling(&server, "GET", "", b"");
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    let q = format!("&sid={}", open["sid"].as_str().unwrap());
+    assert_eq!(polling(&server, "POST", &q, b"40"), "ok");
+    assert!(polling(&server, "GET", &q, b"").starts_with("40{"));
+    let recover = br#"421["recover",{"channel":"all","since":0}]"#;
+    assert_eq!(polling(&server, "POST", &q, recover), "ok");
+    // The replay is held by the queue the test has not read; three live messages now.
+    for n in PUBLISHED + 1..=PUBLISHED + 3 {
+        assert_eq!(
+            server.broadcast(json!({ "n": n }).to_string().as_bytes()),
+            1
+        );
+    }
+    let (mut seqs, mut recovered) = (Vec::new(), Vec::new());
+    while !seqs.contains(&(PUBLISHED + 3)) {
+        let body = polling(&server, "GET", &q, b"");
+        let packets: Vec<&str> = body.split('\x1e').collect();
+        read_packets(&packets, &mut seqs, &mut recovered);
+    }
+    assert_eq!(
+        seqs,
+        (1..=PUBLISHED + 3).collect::<Vec<_>>(),
+        "the replay, then the live messages held back meanwhile, once each"
+    );
     assert_eq!(recovered[0]["seq"], PUBLISHED);
 }
