@@ -96,9 +96,10 @@ pub struct SioSnapshot {
     pub codec_nsp: u8,
     /// Frames queued for its next GET (WebSocket frames, as every codec makes them).
     pub queued: Vec<Bytes>,
-    /// Replays (`recover`, `join` with `since`) still running when the session was taken:
-    /// (channel, seq, epoch) to resume from, after what `queued` already holds.
-    pub replaying: Vec<(String, u64, Option<u64>)>,
+    /// Its recovery state: replays (`recover`, `join` with `since`) still running, each
+    /// with the position reached (the rest goes on on the WebSocket, after what `queued`
+    /// holds), and the duplicate floors of replays that just ended.
+    pub recovering: Option<Box<crate::hub::recovery::Recovering>>,
 }
 
 /// The steps of a polling session's upgrade to WebSocket, as its owner sees them.

@@ -804,12 +804,7 @@ pub fn owned_upgrade(svc: &Rc<Services>, sid: Sid, step: SioUpgradeStep) -> Opti
                     _ => 0,
                 },
                 queued: p.take(),
-                replaying: p
-                    .session
-                    .recovering
-                    .as_ref()
-                    .map(|r| r.replaying())
-                    .unwrap_or_default(),
+                recovering: p.session.recovering.take(),
             })?;
             snapshot.rooms = svc
                 .hub
@@ -892,14 +887,22 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
     // A replay the polling session was still running stops there (its task writes to the
     // removed session): resume it here, after the part that was queued, so the client gets
     // the rest and its `recovered` event. Live messages held back for it are in the
-    // history, so the new replay has them.
+    // history, so the new replay has them (starting it again drops them). Replays that
+    // just ended keep their floor against late duplicates.
     let replaying: Vec<(Target, Since)> = snapshot
-        .replaying
+        .recovering
+        .as_ref()
+        .map(|r| r.replaying())
+        .unwrap_or_default()
         .into_iter()
         .filter_map(|(channel, seq, epoch)| {
             Target::parse(&channel).map(|target| (target, Since { seq, epoch }))
         })
         .collect();
+    if let Some(recovering) = snapshot.recovering {
+        svc.hub
+            .with_session(key, |s| s.recovering = Some(recovering));
+    }
     if !replaying.is_empty() {
         svc.start_recovery(key, replaying, false);
     }
