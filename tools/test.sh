@@ -16,7 +16,7 @@
 #     are neither configured nor started by the tests
 #   - libssl-dev and pkg-config: the native-tls dev-dependency those tests' wss client links
 #   - node and npm, then `npm ci` in tools/socketio-client: the real socket.io-client that
-#     tests/socketio.rs drives (pinned by its package-lock.json)
+#     tests/socketio.rs and tests/proxies.rs drive (pinned by its package-lock.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
