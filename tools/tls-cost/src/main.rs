@@ -8,7 +8,9 @@
 //!   - the same after every session read one small client message and sealed one 100-byte
 //!     broadcast (the buffers rustls keeps once they were used),
 //!   - the CPU time of sealing one broadcast per session (with TLS, "encode once" stops at
-//!     the record layer: each connection encrypts the frame under its own keys).
+//!     the record layer: each connection encrypts the frame under its own keys),
+//!   - live heap per session at two earlier stages (1,000 sessions each): just created,
+//!     and right after the handshake, before any application data.
 //!
 //! Usage: tls-cost --cert CERT.pem --key KEY.pem [--sessions 10000] [--tls12]
 //!                 [--message-bytes 100]
@@ -47,7 +49,10 @@ unsafe impl GlobalAlloc for Counting {
         INNER.alloc_zeroed(layout)
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         INNER.realloc(ptr, layout, new_size)
     }
 }
@@ -103,9 +108,7 @@ fn parse_args() -> Result<Args, String> {
             "--cert" => args.cert = value()?,
             "--key" => args.key = value()?,
             "--sessions" => {
-                args.sessions = value()?
-                    .parse()
-                    .map_err(|e| format!("--sessions: {e}"))?
+                args.sessions = value()?.parse().map_err(|e| format!("--sessions: {e}"))?
             }
             "--message-bytes" => {
                 args.message_bytes = value()?
@@ -113,7 +116,11 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--message-bytes: {e}"))?
             }
             "--tls12" => args.tls12 = true,
-            other => return Err(format!("unknown flag {other}; see the usage at the top of main.rs")),
+            other => {
+                return Err(format!(
+                    "unknown flag {other}; see the usage at the top of main.rs"
+                ))
+            }
         }
     }
     if args.cert.is_empty() || args.key.is_empty() {
@@ -210,13 +217,19 @@ fn session(
     if client.is_handshaking() || server.is_handshaking() {
         return Err("the handshake did not complete".into());
     }
-    client.writer().write_all(UPGRADE).map_err(|e| e.to_string())?;
+    client
+        .writer()
+        .write_all(UPGRADE)
+        .map_err(|e| e.to_string())?;
     pump(&mut client, &mut server)?;
     let n = server.reader().read(scratch).map_err(|e| e.to_string())?;
     if n != UPGRADE.len() {
         return Err(format!("read {n} of the upgrade's {} bytes", UPGRADE.len()));
     }
-    server.writer().write_all(SWITCHING).map_err(|e| e.to_string())?;
+    server
+        .writer()
+        .write_all(SWITCHING)
+        .map_err(|e| e.to_string())?;
     pump(&mut client, &mut server)?;
     let n = client.reader().read(scratch).map_err(|e| e.to_string())?;
     if n != SWITCHING.len() {
@@ -225,12 +238,43 @@ fn session(
     // A masked WebSocket text frame of 20 bytes from the client, sealed now, read later.
     client
         .writer()
-        .write_all(&[0x81, 0x94, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .write_all(&[
+            0x81, 0x94, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ])
         .map_err(|e| e.to_string())?;
     let mut sealed = Vec::new();
     client.write_tls(&mut sealed).map_err(|e| e.to_string())?;
     sealed.shrink_to_fit();
     Ok((server, sealed))
+}
+
+/// Live heap bytes per server session (the struct included) at two earlier stages, over
+/// STAGE_SESSIONS sessions each: just created (no byte exchanged), and right after the
+/// handshake, before any application data.
+fn stages(
+    server_config: &Arc<ServerConfig>,
+    client_config: &Arc<ClientConfig>,
+) -> Result<(f64, f64), String> {
+    const STAGE_SESSIONS: usize = 1000;
+    let struct_bytes = std::mem::size_of::<ServerConnection>() as f64;
+    let mut held = Vec::with_capacity(STAGE_SESSIONS);
+    let live0 = live_bytes();
+    for _ in 0..STAGE_SESSIONS {
+        held.push(ServerConnection::new(server_config.clone()).map_err(|e| e.to_string())?);
+    }
+    let fresh = (live_bytes() - live0) as f64 / STAGE_SESSIONS as f64 + struct_bytes;
+    held.clear();
+    let live0 = live_bytes();
+    for _ in 0..STAGE_SESSIONS {
+        let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let mut client =
+            ClientConnection::new(client_config.clone(), name).map_err(|e| e.to_string())?;
+        let mut server = ServerConnection::new(server_config.clone()).map_err(|e| e.to_string())?;
+        pump(&mut client, &mut server)?;
+        held.push(server);
+    }
+    let handshaken = (live_bytes() - live0) as f64 / STAGE_SESSIONS as f64 + struct_bytes;
+    Ok((fresh, handshaken))
 }
 
 fn run(args: &Args) -> Result<String, String> {
@@ -250,6 +294,8 @@ fn run(args: &Args) -> Result<String, String> {
         .map(|v| format!("{v:?}"))
         .unwrap_or_default();
     drop(probe);
+
+    let (fresh, handshaken) = stages(&server_config, &client_config)?;
 
     let n = args.sessions;
     let mut sessions: Vec<ServerConnection> = Vec::with_capacity(n);
@@ -283,7 +329,10 @@ fn run(args: &Args) -> Result<String, String> {
             server.read_tls(&mut slice).map_err(|e| e.to_string())?;
             server.process_new_packets().map_err(|e| e.to_string())?;
         }
-        let got = server.reader().read(&mut scratch).map_err(|e| e.to_string())?;
+        let got = server
+            .reader()
+            .read(&mut scratch)
+            .map_err(|e| e.to_string())?;
         if got != 26 {
             return Err(format!("read {got} of the client message's 26 bytes"));
         }
@@ -293,7 +342,10 @@ fn run(args: &Args) -> Result<String, String> {
     let mut wire = Vec::with_capacity(64 * 1024);
     let sealing = Instant::now();
     for server in sessions.iter_mut() {
-        server.writer().write_all(&frame).map_err(|e| e.to_string())?;
+        server
+            .writer()
+            .write_all(&frame)
+            .map_err(|e| e.to_string())?;
         wire.clear();
         server.write_tls(&mut wire).map_err(|e| e.to_string())?;
     }
@@ -307,6 +359,7 @@ fn run(args: &Args) -> Result<String, String> {
         concat!(
             "{{\"sessions\":{},\"version\":\"{}\",\"suite\":\"{}\",",
             "\"server_connection_struct_bytes\":{},",
+            "\"fresh_live_heap_bytes_per_session\":{:.0},\"handshaken_live_heap_bytes_per_session\":{:.0},",
             "\"idle_live_heap_bytes_per_session\":{:.0},\"idle_rss_bytes_per_session\":{:.0},",
             "\"used_live_heap_bytes_per_session\":{:.0},\"used_rss_bytes_per_session\":{:.0},",
             "\"seal_ns_per_session\":{:.0},\"message_bytes\":{},\"record_bytes\":{},",
@@ -316,6 +369,8 @@ fn run(args: &Args) -> Result<String, String> {
         version,
         suite,
         struct_bytes,
+        fresh,
+        handshaken,
         idle_live,
         idle_rss,
         used_live,
