@@ -14,8 +14,10 @@
 //! - the real socket.io-client 4.8 (tools/socketio-client/proxied.js, node) over https://
 //!   and wss://: WebSocket-only, default (polling, then the upgrade) and polling-only
 //!   clients on both volleys get a broadcast once; long-polling sessions keep working over
-//!   many requests (none refused as an unknown session); and a drain moves one volley's
-//!   clients to the other, which resume with `recover` and lose nothing.
+//!   many requests (none refused as an unknown session); a drain moves one volley's
+//!   clients to the other, which resume with `recover` and lose nothing; and when the
+//!   stopped volley comes back, haproxy's cookie keeps moved sessions where they are while
+//!   nginx's hash sends them back (one more reconnect), losing nothing either.
 // Test code: an unwrap that fails is a failed test, not a panic reachable from input.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -769,6 +771,102 @@ fn socketio_polling_sessions_stay_on_their_volley(kind: Kind) {
     clients.finish();
 }
 
+/// After a drain, the stopped volley comes back on its address (a deploy). Polling-only
+/// clients it had moved to the other volley: haproxy's cookie, rewritten at the redispatch,
+/// keeps them there; nginx's address hash sends them back once the server's `fail_timeout`
+/// (10 s) is over, where their sid is unknown, so they reconnect (and resume) once more.
+/// Either way nothing is lost.
+fn socketio_sessions_when_the_stopped_volley_comes_back(kind: Kind) {
+    let Stack {
+        _dir,
+        redis,
+        volleys: [mut a, b],
+        proxy,
+        cert,
+    } = stack(kind);
+    let sources = sources_on_both(&proxy, 2, 5);
+    let mut clients = SioClients::start(&proxy, &cert, "polling", &sources);
+    a.wait_for("its polling sessions", |s| s["total"]["connections"] == 2);
+    b.wait_for("its polling sessions", |s| s["total"]["connections"] == 2);
+    redis.wait_numsub("volley:all", 2);
+    a.signal(libc::SIGTERM);
+    assert_eq!(a.wait_exit(), Some(0), "volley A: {}", a.stderr());
+    let mut seq = 0;
+    let mut next = |clients: &mut SioClients| {
+        seq += 1;
+        assert_eq!(broadcast_object(&proxy, seq)["seq"], seq);
+        clients.report_after(seq)
+    };
+    let moved = |report: &[Value], connects: u64| {
+        report.iter().filter(|c| c["connects"] == connects).count()
+    };
+    // A's two clients are on B now (connects 2); B's two never moved.
+    let report = next(&mut clients);
+    assert_eq!((moved(&report, 1), moved(&report, 2)), (2, 2), "{report:?}");
+    // A comes back on the same address, in the same cluster.
+    let back = Server::start_on(
+        &a.addr.to_string(),
+        &["--shards", "1", "--redis", &redis.url()],
+    );
+    // Its /healthz is 200 from the start, "degraded" until its Redis links are up; until
+    // then it would answer a publish the API balancer sends it with an honest 503.
+    let deadline = Instant::now() + WAIT;
+    while get_json(&back, "/healthz")["status"] != "ok" {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted volley never said ok"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // nginx's fail_timeout (10 s) plus the usual bound.
+    let deadline = Instant::now() + Duration::from_secs(10) + WAIT;
+    let report = loop {
+        // Keep the sessions polling (every push ends a held GET) until the proxy has
+        // taken A back: haproxy's check says UP; nginx gets there once fail_timeout is over
+        // and a moved client's request reaches A again.
+        let report = next(&mut clients);
+        let a_in = match kind {
+            Kind::Haproxy => proxy
+                .haproxy_servers()
+                .iter()
+                .any(|(px, sv, st)| px == "volley_socketio" && sv == "v1" && st.starts_with("UP")),
+            Kind::Nginx => moved(&report, 3) == 2,
+        };
+        if a_in {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline + WAIT,
+            "A never came back in: {report:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // A few more pushes with A in: the sessions settle where the recipe puts them.
+    let mut report = report;
+    for _ in 0..4 {
+        report = next(&mut clients);
+    }
+    match kind {
+        Kind::Haproxy => {
+            assert_eq!((moved(&report, 1), moved(&report, 2)), (2, 2), "{report:?}");
+            assert_eq!(back.total("connections"), 0, "no session went back to A");
+        }
+        Kind::Nginx => {
+            assert_eq!((moved(&report, 1), moved(&report, 3)), (2, 2), "{report:?}");
+            back.wait_for("the moved sessions back on A", |s| {
+                s["total"]["connections"] == 2
+            });
+        }
+    }
+    for client in &report {
+        let mut got = seqs(client);
+        got.sort_unstable();
+        got.dedup();
+        assert_eq!(got, (1..=seq).collect::<Vec<_>>(), "nothing lost: {client}");
+    }
+    clients.finish();
+}
+
 #[test]
 fn haproxy_socketio_clients_get_broadcasts_and_resume_after_a_drain() {
     socketio_clients_get_a_broadcast_and_resume_after_a_drain(Kind::Haproxy);
@@ -787,4 +885,14 @@ fn haproxy_socketio_polling_stays_on_its_volley() {
 #[test]
 fn nginx_socketio_polling_stays_on_its_volley() {
     socketio_polling_sessions_stay_on_their_volley(Kind::Nginx);
+}
+
+#[test]
+fn haproxy_socketio_sessions_stay_put_when_the_volley_comes_back() {
+    socketio_sessions_when_the_stopped_volley_comes_back(Kind::Haproxy);
+}
+
+#[test]
+fn nginx_socketio_sessions_move_back_when_the_volley_comes_back() {
+    socketio_sessions_when_the_stopped_volley_comes_back(Kind::Nginx);
 }
