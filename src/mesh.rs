@@ -103,6 +103,10 @@ pub struct SioSnapshot {
     pub queued: Vec<Bytes>,
     /// The handshake headers a connect hook may see (`--app-webhook` only).
     pub headers: Option<Box<[(String, String)]>>,
+    /// Its recovery state: replays (`recover`, `join` with `since`) still running, each
+    /// with the position reached (the rest goes on on the WebSocket, after what `queued`
+    /// holds), and the duplicate floors of replays that just ended.
+    pub recovering: Option<Box<crate::hub::recovery::Recovering>>,
 }
 
 /// The steps of a polling session's upgrade to WebSocket, as its owner sees them.

@@ -16,7 +16,7 @@
 #     are neither configured nor started by the tests
 #   - libssl-dev and pkg-config: the native-tls dev-dependency those tests' wss client links
 #   - node and npm, then `npm ci` in tools/socketio-client: the real socket.io-client that
-#     tests/socketio.rs drives, and the socket.io server, @socket.io/redis-adapter,
+#     tests/socketio.rs and tests/proxies.rs drive, and the socket.io server, @socket.io/redis-adapter,
 #     @socket.io/redis-emitter and redis packages tests/socketio_cluster.rs runs beside
 #     volley (all pinned by its package-lock.json); in examples/node: the `ws` package
 #     examples/node/client.mjs uses on a Node without a global WebSocket

@@ -518,14 +518,33 @@ impl Hub {
         drop(index);
         drop(conns);
         drop(deflate);
-        // Polling sessions: the same frames, queued for their next GET (no recovery hold:
-        // `recover` over polling replays without holding live messages back).
+        // Polling sessions: the same frames, queued for their next GET, through the same
+        // recovery seam as connections (a replay holds live messages back, then drops late
+        // duplicates), so a client resuming on polling also gets each message once, in order.
         let (frames_max, bytes_max) = self.polling_limits();
         let mut push_poll = |poll: &mut Polling| {
-            let unconnected = poll.session.sio.as_ref().is_none_or(|s| s.is_unconnected());
-            if !unconnected
-                && poll.push(frames.for_codec(poll.session.codec), frames_max, bytes_max)
-            {
+            if poll.session.sio.as_ref().is_none_or(|s| s.is_unconnected()) {
+                return;
+            }
+            let frame = frames.for_codec(poll.session.codec);
+            if let Some(recovering) = poll.session.recovering.as_mut() {
+                let channel = channel.get_or_insert_with(|| delivery.publish.target.to_string());
+                match recovering.admit(channel, delivery.seq, &frame) {
+                    Admit::Pass => {}
+                    Admit::Held => {
+                        queued += 1;
+                        return;
+                    }
+                    Admit::Duplicate => return,
+                    Admit::Overflow => {
+                        // As for a connection: a slow consumer; the sweep removes it.
+                        Metrics::inc(&metrics.slow_consumer_closes_total);
+                        poll.close();
+                        return;
+                    }
+                }
+            }
+            if poll.push(frame, frames_max, bytes_max) {
                 queued += 1;
             }
         };
@@ -682,6 +701,13 @@ impl Hub {
             self.ping_polling();
         }
         let metrics = &self.ctx.metrics;
+        for (_, poll) in self.polls.borrow_mut().iter_mut() {
+            if let Some(recovering) = poll.session.recovering.as_mut() {
+                if recovering.expire(now_s) {
+                    poll.session.recovering = None;
+                }
+            }
+        }
         for (_, conn) in self.conns.borrow_mut().iter_mut() {
             if let Some(recovering) = conn.session.recovering.as_mut() {
                 if recovering.expire(now_s) {

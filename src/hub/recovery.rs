@@ -16,6 +16,10 @@ pub const HELD_MAX: usize = 4096;
 #[derive(Debug)]
 struct Channel {
     name: String,
+    /// Where the replay resumes if the connection is handed over mid-replay (a socket.io
+    /// polling session upgrading to WebSocket): the client's position (seq, epoch), then
+    /// the seq of each replayed message as it is queued.
+    resume_from: (u64, Option<u64>),
     /// Some while the replay is being fetched: live frames kept back, with their seq.
     held: Option<Vec<(u64, Bytes)>>,
     /// After the replay: live messages at or below this seq are duplicates.
@@ -43,11 +47,13 @@ pub struct Recovering {
 }
 
 impl Recovering {
-    /// Starts holding back live messages of `channel`.
-    pub fn begin(&mut self, channel: &str) {
+    /// Starts holding back live messages of `channel`, whose replay starts after `since`
+    /// (seq, epoch).
+    pub fn begin(&mut self, channel: &str, since: (u64, Option<u64>)) {
         self.channels.retain(|c| c.name != channel);
         self.channels.push(Channel {
             name: channel.to_string(),
+            resume_from: since,
             held: Some(Vec::new()),
             floor: 0,
             until_s: u32::MAX,
@@ -71,6 +77,26 @@ impl Recovering {
             None if seq <= state.floor => Admit::Duplicate,
             None => Admit::Pass,
         }
+    }
+
+    /// A replayed message of `channel` was queued: a hand-over resumes after it.
+    pub fn replayed(&mut self, channel: &str, seq: u64) {
+        if let Some(state) = self.channels.iter_mut().find(|c| c.name == channel) {
+            if state.held.is_some() {
+                state.resume_from.0 = state.resume_from.0.max(seq);
+            }
+        }
+    }
+
+    /// The channels whose replay is still running, each with the position it has reached:
+    /// what a connection taking this one over must replay again (the queued part of the
+    /// replay goes with the queued frames).
+    pub fn replaying(&self) -> Vec<(String, u64, Option<u64>)> {
+        self.channels
+            .iter()
+            .filter(|c| c.held.is_some())
+            .map(|c| (c.name.clone(), c.resume_from.0, c.resume_from.1))
+            .collect()
     }
 
     /// The replay of `channel` up to `replayed_to` is queued: returns the held frames newer
@@ -114,7 +140,7 @@ mod tests {
     #[test]
     fn holds_then_releases_newer_and_drops_replayed() {
         let mut recovering = Recovering::default();
-        recovering.begin("room:a");
+        recovering.begin("room:a", (10, None));
         assert_eq!(
             recovering.admit("room:b", Some(1), &frame(1)),
             Admit::Pass,
@@ -156,13 +182,36 @@ mod tests {
     #[test]
     fn too_much_held_is_an_overflow() {
         let mut recovering = Recovering::default();
-        recovering.begin("all");
+        recovering.begin("all", (0, None));
         for seq in 0..HELD_MAX as u64 {
             assert_eq!(recovering.admit("all", Some(seq), &frame(seq)), Admit::Held);
         }
         assert_eq!(
             recovering.admit("all", Some(1 << 20), &frame(0)),
             Admit::Overflow
+        );
+    }
+
+    #[test]
+    fn a_replay_in_flight_says_where_a_hand_over_resumes() {
+        let mut recovering = Recovering::default();
+        recovering.begin("all", (3, Some(7)));
+        recovering.begin("room:a", (0, None));
+        recovering.replayed("all", 4);
+        recovering.replayed("all", 5);
+        assert_eq!(
+            recovering.replaying(),
+            vec![
+                ("all".to_string(), 5, Some(7)),
+                ("room:a".to_string(), 0, None)
+            ]
+        );
+        // A finished replay needs nothing from the next connection.
+        recovering.finish("all", 9, 10);
+        recovering.replayed("all", 9);
+        assert_eq!(
+            recovering.replaying(),
+            vec![("room:a".to_string(), 0, None)]
         );
     }
 }

@@ -186,7 +186,7 @@ fn the_recovery_seam_holds_back_then_releases_in_order() {
         hub.with_session(key, |s| {
             s.recovering
                 .get_or_insert_with(Box::<Recovering>::default)
-                .begin("all");
+                .begin("all", (0, None));
         });
         // Live messages 4 and 5 arrive while the replay (up to 4) is being fetched.
         assert_eq!(

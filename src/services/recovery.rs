@@ -65,8 +65,8 @@ impl Services {
             .hub
             .with_session(key, |s| {
                 let recovering = s.recovering.get_or_insert_with(Box::<Recovering>::default);
-                for name in &names {
-                    recovering.begin(name);
+                for (name, (_, since)) in names.iter().zip(&channels) {
+                    recovering.begin(name, (since.seq, since.epoch));
                 }
                 s.user.as_deref().map(str::to_string)
             })
@@ -163,6 +163,13 @@ impl Services {
                 }
                 let frame = stored_frame(&target, message, replay.epoch, codec);
                 self.hub.send(key, frame);
+                // A socket.io session upgrading now takes this frame with its queue, and
+                // its WebSocket resumes the replay after it (services::socketio::adopt).
+                self.hub.with_session(key, |s| {
+                    if let Some(r) = s.recovering.as_mut() {
+                        r.replayed(&channel, message.seq);
+                    }
+                });
                 replayed_to = replayed_to.max(message.seq);
                 replayed += 1;
             }

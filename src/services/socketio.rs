@@ -1130,6 +1130,7 @@ pub async fn owned_upgrade(
                 },
                 queued: p.take(),
                 headers: p.session.sio.as_mut().and_then(|s| s.headers.take()),
+                recovering: p.session.recovering.take(),
             })?;
             snapshot.rooms = svc
                 .hub
@@ -1211,6 +1212,28 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
         .flatten();
     for frame in snapshot.queued {
         svc.hub.send(key, frame);
+    }
+    // A replay the polling session was still running stops there (its task writes to the
+    // removed session): resume it here, after the part that was queued, so the client gets
+    // the rest and its `recovered` event. Live messages held back for it are in the
+    // history, so the new replay has them (starting it again drops them). Replays that
+    // just ended keep their floor against late duplicates.
+    let replaying: Vec<(Target, Since)> = snapshot
+        .recovering
+        .as_ref()
+        .map(|r| r.replaying())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(channel, seq, epoch)| {
+            Target::parse(&channel).map(|target| (target, Since { seq, epoch }))
+        })
+        .collect();
+    if let Some(recovering) = snapshot.recovering {
+        svc.hub
+            .with_session(key, |s| s.recovering = Some(recovering));
+    }
+    if !replaying.is_empty() {
+        svc.start_recovery(key, replaying, false);
     }
     // What the client sent during the hand-over, now that its namespaces are known.
     for inbound in held.map(|h| *h).unwrap_or_default() {
