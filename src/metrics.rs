@@ -97,8 +97,11 @@ counters! {
     redis_envelope_errors_total: "counter",
     /// Messages replayed from history to recovering clients.
     replayed_total: "counter",
-    /// Standalone: messages kept in an offline user's inbox (cluster mode: in Redis).
+    /// Messages kept in an offline user's inbox (cluster mode: by this shard's publishes).
     inbox_stored_total: "counter",
+    /// Cluster mode: inbox copies removed because a catch-up after a reconnect delivered
+    /// the message to the user live (Redis had taken the user for offline).
+    inbox_caught_up_total: "counter",
     /// Inbox messages delivered to a user's new connection.
     inbox_delivered_total: "counter",
     /// Inbox messages given up after --inbox-deliveries-max unacked deliveries.

@@ -112,7 +112,9 @@ fn the_inbox_survives_a_volley_restart_and_is_given_up_after_the_bound() {
             (answer["recipients"].as_u64(), answer["nodes"].as_u64()),
             (Some(0), Some(0))
         );
+        assert_eq!(answer["inbox"], true, "kept for bob: {answer}");
     }
+    assert_eq!(a.total("inbox_stored_total"), 3);
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait_exit(), Some(0));
     let b = node(&redis, &["--inbox-deliveries-max", "2"]);

@@ -571,3 +571,96 @@ fn a_stalled_link_is_seen_within_seconds_and_answers_stay_true() {
     outcomes.by_n.insert(2, second);
     outcomes.check(&drain(&mut ann, Duration::from_secs(2)), "ann");
 }
+
+/// Issue 11, item 4: the inbox is for users who are really offline. Redis restarts empty and
+/// one process (`a`) is back before the other (`b`, behind a proxy that holds its links
+/// away): Redis then knows nothing of `b`, neither its heartbeat nor its presence counts nor
+/// its subscriptions, so a user message published through `a` to ann, who is connected to
+/// `b` all along, reaches no subscriber and looks like one for an offline user. ann must get
+/// each such message exactly once, live (from `b`'s catch-up), and never again later from
+/// her inbox; the publisher must be told what happened.
+#[test]
+fn an_online_user_on_a_late_node_after_an_empty_restart_gets_each_message_once() {
+    let mut redis = Redis::start();
+    let proxy = FaultProxy::start(redis.port);
+    let a = node(&redis.url());
+    let b = node(&proxy.url());
+    let mut ann = connect_native(b.addr, "user=ann");
+    redis.wait_numsub("volley:user:ann", 1);
+    let (status, warm) = post(a.addr, "/api/users/ann/messages", &[], "0");
+    assert_eq!((status, &warm["nodes"]), (200, &json!(1)), "{warm}");
+    assert!(warm.get("inbox").is_none(), "ann got it: {warm}");
+    assert_eq!(next_message(&mut ann)["data"], 0);
+
+    // From here `b` cannot reach Redis: its links die with the old server, and every new
+    // connection it makes is accepted by the proxy and never forwarded.
+    proxy.set(Mode::Blackhole);
+    redis.kill();
+    redis.restart();
+    wait_health(&a, "a back on the new Redis", |h| h["status"] == "ok");
+    let mut outcomes = Outcomes::default();
+    let mut answers = Vec::new();
+    for n in 1..=5u64 {
+        // A 503 (a shard of `a` not resubscribed yet) published nothing: try again.
+        let mut answer = post(a.addr, "/api/users/ann/messages", &[], &n.to_string());
+        for _ in 0..50 {
+            if answer.0 != 503 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            answer = post(a.addr, "/api/users/ann/messages", &[], &n.to_string());
+        }
+        outcomes.by_n.insert(n, answer.0);
+        answers.push(answer);
+    }
+    let b_away = health(&b)["status"] == "degraded";
+    let kept = redis.try_command(&["HLEN", "volley:inbox:ann"]).unwrap();
+    eprintln!("answers while b was away: {answers:?}; inbox: {kept}");
+
+    proxy.set(Mode::Pass);
+    wait_health(&b, "b back on the new Redis", |h| h["status"] == "ok");
+    let mut got = drain(&mut ann, Duration::from_secs(2));
+    eprintln!(
+        "ann (online on b) got: {:?}",
+        got.iter().map(|m| m["data"].clone()).collect::<Vec<_>>()
+    );
+    // b removes what it delivered right after its catch-up; wait for it, within bounds.
+    let deadline = Instant::now() + WAIT;
+    let left = loop {
+        let left = redis.try_command(&["HLEN", "volley:inbox:ann"]).unwrap();
+        if left == ":0" || Instant::now() >= deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!("inbox after b's catch-up: {left}");
+    // ann's next connection: whatever is still in her inbox is delivered to it.
+    let mut again = connect_native(a.addr, "user=ann");
+    let later = drain(&mut again, Duration::from_secs(2));
+    eprintln!(
+        "ann's next connection got: {:?}",
+        later.iter().map(|m| m["data"].clone()).collect::<Vec<_>>()
+    );
+
+    assert!(b_away, "b was still away while a published");
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+        assert_eq!(answer["nodes"], 0, "no subscriber got it: {answer}");
+        assert_eq!(
+            answer["recipients"], 0,
+            "a holds no connection of ann: {answer}"
+        );
+        assert_eq!(
+            answer["inbox"], true,
+            "the answer says it was kept for a user no server could be found for: {answer}"
+        );
+    }
+    assert_eq!(kept, ":5", "nobody could tell ann was online: kept for her");
+    got.extend(drain(&mut ann, Duration::from_millis(500)));
+    got.extend(later);
+    outcomes.check(&got, "ann");
+    assert_eq!(left, ":0", "what the catch-up delivered left the inbox");
+    assert!(b.total("gap_replayed_total") >= 5, "b caught ann up");
+    assert_eq!(a.total("inbox_stored_total"), 5);
+    assert_eq!(b.total("inbox_caught_up_total"), 5);
+}

@@ -200,6 +200,7 @@ fn the_offline_inbox_is_delivered_until_acked_then_given_up() {
             &format!(r#"{{"n":{n}}}"#),
         );
         assert_eq!(answer["recipients"], 0, "bob is offline");
+        assert_eq!(answer["inbox"], true, "kept for him: {answer}");
     }
     assert_eq!(server.total("inbox_stored_total"), 3);
     // First connect: all three, in order; bob acks the first two.

@@ -128,6 +128,9 @@ fn published_json(published: &Published) -> serde_json::Value {
     if published.duplicate {
         answer["duplicate"] = true.into();
     }
+    if published.inbox {
+        answer["inbox"] = true.into();
+    }
     answer
 }
 

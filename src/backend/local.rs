@@ -70,6 +70,12 @@ impl Local {
         }
     }
 
+    /// Whether a numbered message to `target` nobody received goes to an inbox (as
+    /// `sequence_and_deliver` decides).
+    fn keeps_inbox(&self, target: &Target) -> bool {
+        matches!(target, Target::User(_)) && self.ctx.config.inbox_size > 0
+    }
+
     fn owner(&self, target: &Target) -> usize {
         owner_shard(target, self.ctx.shard_count())
     }
@@ -79,6 +85,7 @@ impl Local {
     /// numbers belong to Redis) delivers it in the same order, unnumbered and unstored.
     pub async fn publish(&self, publish: Publish, numbered: bool) -> Result<Published, Error> {
         let id = publish.id.clone();
+        let keeps_inbox = numbered && self.keeps_inbox(&publish.target);
         let owner = self.owner(&publish.target);
         let numbered_results = if owner == self.ctx.id {
             self.sequence_and_deliver(vec![publish], numbered).await
@@ -102,6 +109,7 @@ impl Local {
             nodes: None,
             epoch: numbered.then_some(self.ctx.shared.epoch),
             duplicate: false,
+            inbox: keeps_inbox && recipients == 0,
         })
     }
 
@@ -203,7 +211,10 @@ impl Local {
         for (owner, group) in groups.into_iter().enumerate() {
             for chunk in chunks(group, BATCH_CHUNK) {
                 let (slots, publishes): (Vec<usize>, Vec<Publish>) = chunk.into_iter().unzip();
-                let ids: Vec<String> = publishes.iter().map(|p| p.id.clone()).collect();
+                let ids: Vec<(String, bool)> = publishes
+                    .iter()
+                    .map(|p| (p.id.clone(), self.keeps_inbox(&p.target)))
+                    .collect();
                 let numbered = if owner == self.ctx.id {
                     Ok(self.sequence_and_deliver(publishes, true).await)
                 } else {
@@ -218,7 +229,7 @@ impl Local {
                         Err(_) => Err(()),
                     }
                 };
-                for (i, (slot, id)) in slots.into_iter().zip(ids).enumerate() {
+                for (i, (slot, (id, keeps_inbox))) in slots.into_iter().zip(ids).enumerate() {
                     out[slot] = Some(match &numbered {
                         Ok(results) => {
                             let (seq, recipients) = results.get(i).copied().unwrap_or_default();
@@ -229,6 +240,7 @@ impl Local {
                                 nodes: None,
                                 epoch: Some(self.ctx.shared.epoch),
                                 duplicate: false,
+                                inbox: keeps_inbox && recipients == 0,
                             })
                         }
                         Err(()) => Err(shutting_down()),

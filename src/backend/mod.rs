@@ -41,6 +41,10 @@ pub struct Published {
     /// Cluster mode: this id was published before (an `Idempotency-Key` retry); `seq` is
     /// the earlier publish's, and nothing was published again.
     pub duplicate: bool,
+    /// A user message no connection received when it was published, kept in the user's
+    /// offline inbox. In cluster mode a connection whose server was away from Redis may
+    /// still get it from that server's catch-up (which then removes the inbox copy).
+    pub inbox: bool,
 }
 
 /// Where a channel is: the epoch of its numbering and a seq in it (the last one a shard

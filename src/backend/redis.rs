@@ -186,16 +186,19 @@ impl Redis {
                 node_prefix.as_bytes(),
             ])
             .await?;
-        let (seq, nodes, epoch) = match &reply {
+        let (seq, nodes, epoch, kept) = match &reply {
             BytesFrame::Array(parts) => match parts.as_slice() {
-                [BytesFrame::Integer(seq), BytesFrame::Integer(nodes), BytesFrame::Integer(epoch)] => {
-                    (*seq as u64, *nodes, *epoch as u64)
+                [BytesFrame::Integer(seq), BytesFrame::Integer(nodes), BytesFrame::Integer(epoch), BytesFrame::Integer(kept)] => {
+                    (*seq as u64, *nodes, *epoch as u64, *kept == 1)
                 }
                 _ => return Err(unexpected("publish script", &reply)),
             },
             _ => return Err(unexpected("publish script", &reply)),
         };
         let duplicate = nodes < 0;
+        if kept {
+            Metrics::inc(&self.ctx.metrics.inbox_stored_total);
+        }
         if let (Some(sio), false) = (&self.socketio, duplicate) {
             super::socketio::mirror(sio, &self.broker, &self.ctx.metrics, &publish);
         }
@@ -211,6 +214,7 @@ impl Redis {
             nodes: Some(nodes.max(0)),
             epoch: Some(epoch),
             duplicate,
+            inbox: kept,
         })
     }
 
@@ -444,6 +448,30 @@ impl Redis {
         };
         messages.sort_by_key(|m| m.seq);
         Ok(messages)
+    }
+
+    /// A catch-up after a reconnect delivered these seqs of `user`'s channel to the user's
+    /// connections: remove them from the user's inbox (where the publish script kept them
+    /// while this node was away from Redis), so the user's next connection does not get them
+    /// again. Returns how many were removed.
+    pub async fn inbox_delivered(&self, user: &str, seqs: &[u64]) -> Result<u64, Error> {
+        let inbox = self.keys.inbox(user);
+        let deliveries = self.keys.inbox_deliveries(user);
+        let history = self.keys.history(&format!("user:{user}"));
+        let seqs: Vec<String> = seqs.iter().map(u64::to_string).collect();
+        let mut command: Vec<&[u8]> = vec![
+            b"EVAL",
+            keys::INBOX_DELIVERED_SCRIPT.as_bytes(),
+            b"3",
+            inbox.as_bytes(),
+            deliveries.as_bytes(),
+            history.as_bytes(),
+        ];
+        command.extend(seqs.iter().map(|s| s.as_bytes()));
+        match self.broker.command(&command).await? {
+            BytesFrame::Integer(removed) => Ok(removed.max(0) as u64),
+            other => Err(unexpected("inbox removal script", &other)),
+        }
     }
 
     /// The user acked `seq`: the inbox forgets it (fire and forget; a lost one means one

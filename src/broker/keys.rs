@@ -217,17 +217,23 @@ impl SocketIoKeys {
 /// the user's inbox. Redis runs scripts atomically, so sequence order is history order is
 /// publish order everywhere.
 ///
+/// "Really offline" is as far as Redis can tell: a node Redis knows nothing of (it lost its
+/// heartbeat and presence in an empty restart, and the node is not back yet) may still hold
+/// the user. The inbox entry is the same envelope as the history entry, so the node's
+/// catch-up can remove it once it delivered the message live (`INBOX_DELIVERED_SCRIPT`).
+///
 /// KEYS: seq, channel, history, inbox, inbox deliveries, epoch, published id, presence.
 /// ARGV: envelope, seq offset, history size, history ttl, inbox size, inbox ttl,
 ///       epoch candidate, idempotency ttl (0: no key given), node key prefix.
-/// Returns {seq, receivers, epoch}; receivers is -1 for a duplicate of an earlier publish.
+/// Returns {seq, receivers, epoch, kept}; receivers is -1 for a duplicate of an earlier
+/// publish; kept is 1 when the message went to the user's inbox.
 pub const PUBLISH_SCRIPT: &str = r#"
 local dedupe_ttl = tonumber(ARGV[8])
 if dedupe_ttl > 0 then
   local prior = redis.call('GET', KEYS[7])
   if prior then
     local colon = string.find(prior, ':', 1, true)
-    return {tonumber(string.sub(prior, 1, colon - 1)), -1, tonumber(string.sub(prior, colon + 1))}
+    return {tonumber(string.sub(prior, 1, colon - 1)), -1, tonumber(string.sub(prior, colon + 1)), 0}
   end
 end
 local epoch = redis.call('GET', KEYS[6])
@@ -250,6 +256,7 @@ if history_size > 0 then
 end
 local receivers = redis.call('PUBLISH', KEYS[2], envelope)
 local inbox_size = tonumber(ARGV[5])
+local kept = 0
 if receivers == 0 and inbox_size > 0 then
   local online = false
   local fields = redis.call('HGETALL', KEYS[8])
@@ -261,13 +268,14 @@ if receivers == 0 and inbox_size > 0 then
     end
   end
   if not online then
+    kept = 1
     redis.call('HSET', KEYS[4], seq, envelope)
     if redis.call('HLEN', KEYS[4]) > inbox_size then
-      local kept = redis.call('HKEYS', KEYS[4])
-      table.sort(kept, function(a, b) return tonumber(a) < tonumber(b) end)
-      for i = 1, #kept - inbox_size do
-        redis.call('HDEL', KEYS[4], kept[i])
-        redis.call('HDEL', KEYS[5], kept[i])
+      local seqs = redis.call('HKEYS', KEYS[4])
+      table.sort(seqs, function(a, b) return tonumber(a) < tonumber(b) end)
+      for i = 1, #seqs - inbox_size do
+        redis.call('HDEL', KEYS[4], seqs[i])
+        redis.call('HDEL', KEYS[5], seqs[i])
       end
     end
     redis.call('EXPIRE', KEYS[4], ARGV[6])
@@ -277,7 +285,7 @@ end
 if dedupe_ttl > 0 then
   redis.call('SET', KEYS[7], seq .. ':' .. epoch, 'EX', dedupe_ttl)
 end
-return {seq, receivers, epoch}
+return {seq, receivers, epoch, kept}
 "#;
 
 /// Reads the channel's current seq, its epoch and its history after a seq, atomically.
@@ -305,6 +313,31 @@ for i, key in ipairs(KEYS) do
   end
 end
 return #KEYS
+"#;
+
+/// Removes from a user's inbox the messages a catch-up after a reconnect just delivered to
+/// the user's connections: they were kept because PUBLISH reached nobody while the node
+/// holding the user was away from Redis, and must not be delivered again at the user's next
+/// connection. An entry goes only when it is byte for byte the history entry of the same
+/// seq (the publish script stores one envelope in both, with its id and epoch), so an entry
+/// of another numbering under the same seq stays.
+///
+/// KEYS: inbox, inbox deliveries, history. ARGV: the seqs delivered. Returns how many went.
+pub const INBOX_DELIVERED_SCRIPT: &str = r#"
+local removed = 0
+for i = 1, #ARGV do
+  local kept = redis.call('HGET', KEYS[1], ARGV[i])
+  if kept then
+    local id = ARGV[i] .. '-0'
+    local entry = redis.call('XRANGE', KEYS[3], id, id)
+    if entry[1] and entry[1][2][2] == kept then
+      redis.call('HDEL', KEYS[1], ARGV[i])
+      redis.call('HDEL', KEYS[2], ARGV[i])
+      removed = removed + 1
+    end
+  end
+end
+return removed
 "#;
 
 /// Takes a user's inbox for one more delivery attempt; gives up messages delivered

@@ -531,6 +531,8 @@ impl Services {
                 replay = self.history_when_possible(&target, 0, limit).await;
             }
         }
+        // Seqs of a user channel that reached the user's connections here.
+        let mut to_user: Vec<u64> = Vec::new();
         match replay {
             Ok(replay) => {
                 let mut caught_up = 0u64;
@@ -548,7 +550,9 @@ impl Services {
                         },
                     };
                     if self.gaps.is_new(&channel, &delivery) {
-                        self.deliver(&delivery);
+                        if self.deliver(&delivery) > 0 {
+                            to_user.push(message.seq);
+                        }
                         caught_up += 1;
                     }
                 }
@@ -564,6 +568,33 @@ impl Services {
             }
         }
         self.release(&channel);
+        // After the release, so held live messages do not wait for this round trip.
+        if let Target::User(user) = &target {
+            self.inbox_delivered(user, &to_user).await;
+        }
+    }
+
+    /// A catch-up delivered `seqs` of `user`'s channel to the user's connections on this
+    /// shard: the user was online all along. PUBLISH reached nobody for them, and when Redis
+    /// knew of no live connection of the user (this node away from an emptied Redis, or its
+    /// heartbeat expired meanwhile) the publish script also kept them in the inbox; remove
+    /// those copies, or the user's next connection gets them a second time. Off the publish
+    /// path: one script call per caught-up user channel, only after a reconnect.
+    async fn inbox_delivered(&self, user: &str, seqs: &[u64]) {
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
+        if seqs.is_empty() || self.ctx.config.inbox_size == 0 {
+            return;
+        }
+        match redis.inbox_delivered(user, seqs).await {
+            Ok(removed) => Metrics::add(&self.ctx.metrics.inbox_caught_up_total, removed),
+            Err(e) => log!(
+                warn,
+                Some(self.ctx.id),
+                "could not remove from user {user}'s inbox what the catch-up delivered: {e}; their next connection may get it again"
+            ),
+        }
     }
 
     /// A history read for a catch-up, retried while Redis cannot answer yet: the subscriber
