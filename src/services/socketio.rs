@@ -26,7 +26,7 @@ use crate::conn::{ConnKey, Inbound};
 use crate::envelope::Target;
 use crate::hooks;
 use crate::hub::Session;
-use crate::mesh::{ShardMsg, SioReply, SioSnapshot, SioUpgradeStep};
+use crate::mesh::{ShardMsg, SioPosition, SioReply, SioSnapshot, SioUpgradeStep};
 use crate::metrics::Metrics;
 use crate::protocol::socketio::codec::{self, ack_ref, message_frame, ws_text};
 use crate::protocol::socketio::engineio::{self, PacketType as EioType, Sid, SID_RANDOM_BYTES};
@@ -288,7 +288,7 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
     let socket = new_socket_id(svc, key);
     if !svc.has_hooks() {
         if admit(svc, key, nsp, socket, identity) {
-            send_packet(svc, key, &packet::encode_connect(name, socket.as_str()));
+            reply_connected(svc, key, nsp);
         }
         return;
     }
@@ -336,6 +336,10 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
         // client sees `connect` reaches it; then the reply, then the emits.
         owner.hook_apply_rooms(key, &outcome);
         owner.hook_wait_joined(&outcome).await;
+        let pending = unconfirmed(&owner, key, nsp);
+        if !pending.is_empty() {
+            owner.backend.wait_subscribed(&pending).await;
+        }
         let Some(socket) = socket_of(&owner, key, nsp) else {
             return;
         };
@@ -350,6 +354,54 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
         Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
         refuse_connect(svc, key, nsp, &HookError::Busy.client_message());
     }
+}
+
+/// The CONNECT reply of an admitted socket: at once standalone, or once this shard's
+/// subscriptions to what the socket receives are confirmed in cluster mode, so a push sent
+/// after the client saw `connect` reaches it live (a user push meanwhile would find no
+/// subscriber and go to the offline inbox only). The wait is bounded by the broker's; past
+/// it the reply goes out anyway (the socket is in, and pushes flow once Redis confirms).
+/// Pushes queued before the reply reach the client's socket after its `connect`
+/// (socket.io-client buffers events of a namespace until it is connected).
+fn reply_connected(svc: &Rc<Services>, key: ConnKey, nsp: u8) {
+    let pending = unconfirmed(svc, key, nsp);
+    if pending.is_empty() {
+        send_connect(svc, key, nsp);
+        return;
+    }
+    let owner = svc.clone();
+    let task = async move {
+        owner.backend.wait_subscribed(&pending).await;
+        send_connect(&owner, key, nsp);
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+        send_connect(svc, key, nsp);
+    }
+}
+
+/// The CONNECT reply naming namespace `nsp`'s socket, if it is still connected (the
+/// connection may have closed, or the client disconnected the namespace, meanwhile).
+fn send_connect(svc: &Services, key: ConnKey, nsp: u8) {
+    if let Some(socket) = socket_of(svc, key, nsp) {
+        let reply = packet::encode_connect(namespace_name(nsp), socket.as_str());
+        send_packet(svc, key, &reply);
+    }
+}
+
+/// Cluster mode: the channels a connected socket receives (`all`, its user's, its socket
+/// id's room) whose subscriptions this shard has not confirmed yet; empty standalone.
+fn unconfirmed(svc: &Services, key: ConnKey, nsp: u8) -> Vec<String> {
+    let user = svc.hub.with_session(key, |s| s.user.clone()).flatten();
+    let mut channels = vec!["all".to_string()];
+    if let Some(user) = user {
+        channels.push(format!("user:{user}"));
+    }
+    if let Some(socket) = socket_of(svc, key, nsp) {
+        channels.push(format!("room:{}", socket.as_str()));
+    }
+    channels.retain(|channel| !svc.backend.is_subscribed(channel));
+    channels
 }
 
 /// The `protocol` of socket.io clients in hook documents.
@@ -1130,6 +1182,7 @@ pub async fn owned_upgrade(
                 },
                 queued: p.take(),
                 headers: p.session.sio.as_mut().and_then(|s| s.headers.take()),
+                positions: Vec::new(),
             })?;
             snapshot.rooms = svc
                 .hub
@@ -1137,12 +1190,45 @@ pub async fn owned_upgrade(
                 .iter()
                 .map(|r| r.to_string())
                 .collect();
+            // Where its channels are here, read in the same step as the removal: no
+            // delivery comes between, so each position splits what it had from what it
+            // did not.
+            snapshot.positions = positions(svc, &snapshot);
             if let Some(removed) = svc.hub.remove(key) {
                 svc.disconnected(removed);
             }
             Some(snapshot)
         }
     }
+}
+
+/// The channels a session handed over receives, each with where it is on this shard:
+/// `all`, its user's, its rooms and the rooms named by its socket ids. None when it has
+/// connected no namespace (nothing was delivered to it, so it is owed nothing yet).
+fn positions(svc: &Services, snapshot: &SioSnapshot) -> Vec<(Target, Option<SioPosition>)> {
+    if snapshot.sockets.is_empty() {
+        return Vec::new();
+    }
+    let mut targets = vec![Target::All];
+    if let Some(user) = &snapshot.user {
+        targets.push(Target::User(user.clone()));
+    }
+    targets.extend(snapshot.rooms.iter().map(|r| Target::Room(r.clone())));
+    for (_, socket) in &snapshot.sockets {
+        if !snapshot.rooms.iter().any(|r| r == socket.as_str()) {
+            targets.push(Target::Room(socket.as_str().to_string()));
+        }
+    }
+    targets
+        .into_iter()
+        .map(|target| {
+            let position = svc.hub.position(&target).map(|p| SioPosition {
+                seq: p.seq,
+                epoch: p.epoch,
+            });
+            (target, position)
+        })
+        .collect()
 }
 
 /// Runs an upgrade step for the WebSocket `key` (which names its polling sid); at `Take`
@@ -1160,12 +1246,15 @@ fn upgrade_step(svc: &Rc<Services>, key: ConnKey, step: SioUpgradeStep) {
         svc.hub.close(key, close_code::POLICY, "");
         return;
     }
+    // A session from another shard may have missed pushes, or had some already, in the
+    // move; one from this shard moves within one synchronous step and has neither.
+    let moved = usize::from(sid.owner()) != svc.ctx.id;
     let owner = svc.clone();
     let task = async move {
         let snapshot = upgrade_request(&owner, sid, step).await;
         if step == SioUpgradeStep::Take {
             match snapshot {
-                Some(snapshot) => adopt(&owner, key, snapshot),
+                Some(snapshot) => adopt(&owner, key, snapshot, moved),
                 None => owner
                     .hub
                     .close(key, close_code::POLICY, "no polling session to upgrade"),
@@ -1178,8 +1267,15 @@ fn upgrade_step(svc: &Rc<Services>, key: ConnKey, step: SioUpgradeStep) {
 }
 
 /// The WebSocket takes over a polling session: user, rooms, namespace sockets, and what
-/// the session had not fetched yet.
-fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
+/// the session had not fetched yet. A session from another shard (`moved`) then replays,
+/// per channel, what came after the position it had there: the old shard delivered it
+/// nothing after that position, and this shard delivered it nothing before this call, so
+/// whatever passed between the two is in the history. Live messages of those channels
+/// are held back meanwhile and the ones it had are dropped (`hub::recovery`), so it gets
+/// every numbered message once, in order. Unnumbered ones (`?scope=local`, emitters and
+/// Node servers through `--socketio-adapter`) are not held: one passing in the move may be
+/// missed.
+fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot, moved: bool) {
     if let Some(user) = snapshot.user {
         if svc
             .hub
@@ -1209,6 +1305,22 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
             sio.held.take()
         })
         .flatten();
+    if moved && !snapshot.positions.is_empty() {
+        Metrics::inc(&svc.ctx.metrics.socketio_handovers_total);
+        let channels = snapshot
+            .positions
+            .into_iter()
+            .map(|(target, position)| {
+                let since = position.map(|p| Since {
+                    seq: p.seq,
+                    epoch: p.epoch,
+                });
+                (target, since)
+            })
+            .collect();
+        // Starts holding back live messages now, before anything else can be delivered.
+        svc.start_handover(key, channels);
+    }
     for frame in snapshot.queued {
         svc.hub.send(key, frame);
     }
