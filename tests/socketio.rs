@@ -729,3 +729,29 @@ fn an_upgrade_to_another_shard_during_a_stream_loses_and_repeats_nothing() {
         assert_eq!(server.total("socketio_handover_incomplete_total"), 0);
     }
 }
+
+/// Through Redis, a push to a user sent the moment its socket.io client saw `connect`
+/// reaches it live: the CONNECT reply waits until this process's subscription to the
+/// user's channel is confirmed (a publish before that finds no subscriber and goes to the
+/// offline inbox only). 30 fresh users, WebSocket-only and default transports alike.
+/// (Before the CONNECT reply waited, such a push was seen going to the inbox only, once in
+/// a full parallel test run of `event_names_travel_through_redis...`.)
+#[test]
+fn a_user_push_right_after_connect_through_redis_arrives_live() {
+    let redis = common::redis::Redis::start();
+    let server = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let lines = scenario(&server, "connect_then_user_push", &["30"]);
+    assert_eq!(lines.len(), 30, "{lines:?}");
+    for l in &lines {
+        let published = &l["published"];
+        assert_eq!(published["status"], 200, "{l}");
+        assert_eq!(l["live"], true, "{l}");
+        // A WebSocket-only client stays on its shard, whose subscription was confirmed
+        // before `connect`: Redis had a subscriber for the push. (A polling session may
+        // be moving to another shard's WebSocket at that moment, between one shard's
+        // subscription and the other's; the move's replay from history brings it then.)
+        if l["transport"] == "websocket" {
+            assert_eq!(published["body"]["nodes"], 1, "a subscriber had it: {l}");
+        }
+    }
+}

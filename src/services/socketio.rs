@@ -21,6 +21,7 @@ use super::hooks::HookError;
 use super::ops;
 use super::Services;
 use crate::auth::Claims;
+use crate::broker::client::SUBSCRIBE_WAIT_MAX;
 use crate::config::{ClientAuth, SOCKETIO_NAMESPACE_BYTES_MAX};
 use crate::conn::{ConnKey, Inbound};
 use crate::envelope::Target;
@@ -295,7 +296,7 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
     // The hook document is JSON: a binary auth payload (rare) is sent as null.
     let auth = auth.and_then(to_json);
     let owner = svc.clone();
-    let pending = HookPending::new(svc, key);
+    let pending = AnswerPending::new(svc, key);
     let task = async move {
         let _pending = pending;
         let (current, headers) = owner
@@ -335,8 +336,9 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
         // Rooms first (with the user's claims now set), so a push to them sent once the
         // client sees `connect` reaches it; then the reply, then the emits.
         owner.hook_apply_rooms(key, &outcome);
-        owner.hook_wait_joined(&outcome).await;
-        let pending = unconfirmed(&owner, key, nsp);
+        let mut pending = unconfirmed(&owner, key, nsp);
+        pending.extend(outcome.join.iter().map(|room| format!("room:{room}")));
+        pending.retain(|channel| !owner.backend.is_subscribed(channel));
         if !pending.is_empty() {
             owner.backend.wait_subscribed(&pending).await;
         }
@@ -370,7 +372,9 @@ fn reply_connected(svc: &Rc<Services>, key: ConnKey, nsp: u8) {
         return;
     }
     let owner = svc.clone();
+    let answer = AnswerPending::new(svc, key);
     let task = async move {
+        let _answer = answer;
         owner.backend.wait_subscribed(&pending).await;
         send_connect(&owner, key, nsp);
     };
@@ -703,7 +707,7 @@ fn app_event(
     };
     let owner = svc.clone();
     let refused = error.clone();
-    let pending = HookPending::new(svc, key);
+    let pending = AnswerPending::new(svc, key);
     let task = async move {
         let _pending = pending;
         let nsp_name = namespace_name(nsp);
@@ -1092,60 +1096,64 @@ pub fn on_mesh_upgrade(
     }
 }
 
-/// How often a `Take` looks whether the session's hook calls are done.
-const HOOKS_PENDING_POLL: Duration = Duration::from_millis(5);
+/// How often a `Take` looks whether the session's pending answers are sent.
+const ANSWERS_PENDING_POLL: Duration = Duration::from_millis(5);
 
-/// Counts a hook call of a socket.io connection for as long as it runs (its task holds
-/// it), so a polling session is not handed to a WebSocket with an answer still to come:
-/// the answer would find the polling session gone. Dropped with the task, whether it ran
-/// or not; a stale key makes both ends no-ops.
-struct HookPending {
+/// Counts an answer a socket.io connection is owed (a hook call, a CONNECT reply waiting
+/// for subscriptions) for as long as its task runs (the task holds it), so a polling
+/// session is not handed to a WebSocket with an answer still to come: the answer would
+/// find the polling session gone. Dropped with the task, whether it ran or not; a stale key
+/// makes both ends no-ops.
+struct AnswerPending {
     svc: Rc<Services>,
     key: ConnKey,
 }
 
-impl HookPending {
-    fn new(svc: &Rc<Services>, key: ConnKey) -> HookPending {
+impl AnswerPending {
+    fn new(svc: &Rc<Services>, key: ConnKey) -> AnswerPending {
         svc.hub.with_session(key, |s| {
             if let Some(sio) = s.sio.as_mut() {
-                sio.hooks_pending = sio.hooks_pending.saturating_add(1);
+                sio.answers_pending = sio.answers_pending.saturating_add(1);
             }
         });
-        HookPending {
+        AnswerPending {
             svc: svc.clone(),
             key,
         }
     }
 }
 
-impl Drop for HookPending {
+impl Drop for AnswerPending {
     fn drop(&mut self) {
         self.svc.hub.with_session(self.key, |s| {
             if let Some(sio) = s.sio.as_mut() {
-                sio.hooks_pending = sio.hooks_pending.saturating_sub(1);
+                sio.answers_pending = sio.answers_pending.saturating_sub(1);
             }
         });
     }
 }
 
-/// Waits until polling session `sid` has no hook call in flight. Each call ends by
-/// `--app-webhook-timeout-ms`, so this does too; it is bounded again here by that plus a
-/// second. Meanwhile the new WebSocket holds what its client sends (`HELD_MAX`), and what
-/// the hooks answer and what is pushed queues in the polling session, which the hand-over
-/// carries.
-async fn hooks_done(svc: &Services, sid: Sid) {
-    let Some(webhook) = &svc.ctx.config.app_webhook else {
-        return;
-    };
-    let deadline = Instant::now() + webhook.timeout + Duration::from_secs(1);
+/// Waits until polling session `sid` has no answer in flight. A hook call ends by
+/// `--app-webhook-timeout-ms` and a subscription wait by the broker's bound, so this does
+/// too; it is bounded again here by their sum plus a second. Meanwhile the new WebSocket
+/// holds what its client sends (`HELD_MAX`), and what is answered and pushed queues in the
+/// polling session, which the hand-over carries.
+async fn answers_done(svc: &Services, sid: Sid) {
+    let hook_s = svc
+        .ctx
+        .config
+        .app_webhook
+        .as_ref()
+        .map_or(Duration::ZERO, |w| w.timeout);
+    let deadline = Instant::now() + hook_s + SUBSCRIBE_WAIT_MAX + Duration::from_secs(1);
     let pending = || {
         let key = svc.hub.polling_key(&sid)?;
         svc.hub
-            .with_polling(key, |p| p.session.sio.as_ref().map(|s| s.hooks_pending))
+            .with_polling(key, |p| p.session.sio.as_ref().map(|s| s.answers_pending))
             .flatten()
     };
     while pending().unwrap_or(0) > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(HOOKS_PENDING_POLL).await;
+        glommio::timer::sleep(ANSWERS_PENDING_POLL).await;
     }
 }
 
@@ -1156,7 +1164,7 @@ pub async fn owned_upgrade(
     step: SioUpgradeStep,
 ) -> Option<SioSnapshot> {
     if step == SioUpgradeStep::Take {
-        hooks_done(svc, sid).await;
+        answers_done(svc, sid).await;
     }
     let key = svc.hub.polling_key(&sid)?;
     match step {

@@ -384,6 +384,28 @@ const scenarios = {
     }
   },
 
+  // `count` fresh users, one after another (every other one on the default transports,
+  // the rest WebSocket only): each publishes to its own user the moment its `connect`
+  // event fires, and waits (at most 3 s) for that push to arrive live. Prints per client
+  // the publish answer and whether the push arrived.
+  async connect_then_user_push(count) {
+    const tag = Math.random().toString(36).slice(2);
+    for (let i = 0; i < Number(count || 30); i++) {
+      const user = `fresh${i}-${tag}`;
+      const opts = { auth: { user }, forceNew: true, reconnection: false };
+      if (i % 2 === 0) opts.transports = ["websocket"];
+      const s = io(url, opts);
+      const got = new Promise((r) => {
+        s.on("message", (msg) => { if (msg && msg.i === i) r(true); });
+        setTimeout(() => r(false), 3000);
+      });
+      await connected(s);
+      const published = await post(`/api/users/${user}/messages`, JSON.stringify({ i }));
+      out({ user, transport: opts.transports ? "websocket" : "default", published, live: await got });
+      s.close();
+    }
+  },
+
   // Hostile input on raw Engine.IO WebSockets; a neighbour socket.io client must still
   // get a broadcast afterwards.
   async abuse() {
