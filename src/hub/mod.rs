@@ -1,6 +1,7 @@
 //! The data plane of one shard: connections by key, delivery of a message into their
 //! queues (each codec's frame encoded once), the user/room index, the recovery seam that
-//! holds live messages back during a replay, and the receipts of what was delivered.
+//! holds live messages back during a replay, the receipts of what was delivered, and each
+//! channel's position here (the last numbered message delivered, for socket.io hand-overs).
 //!
 //! No Redis, no wire format beyond "this codec encodes this message" (`frames`), and no
 //! I/O of its own: a connection's socket is read and written only inside `Conn::poll`,
