@@ -15,7 +15,8 @@
 //! portlock.rs        one standalone process per port (an abstract unix socket claim)
 //! conn.rs            one upgraded connection: bounded outbound queue, read/write poll
 //! hub/               the data plane: connections by key, delivery, per-codec frames, index,
-//!                    recovery seam, receipts, socket.io sockets by rooms (sockets.rs);
+//!                    recovery seam, receipts, socket.io sockets by rooms (sockets.rs),
+//!                    where each channel is on the shard (positions.rs, for hand-overs);
 //!                    no Redis, no wire format
 //! backend/           standalone vs cluster: publish, history, inbox, receipts, presence
 //!   local.rs         owner-shard numbering, history and inboxes, mesh deliveries

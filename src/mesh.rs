@@ -107,6 +107,19 @@ pub struct SioSnapshot {
     /// with the position reached (the rest goes on on the WebSocket, after what `queued`
     /// holds), and the duplicate floors of replays that just ended.
     pub recovering: Option<Box<crate::hub::recovery::Recovering>>,
+    /// Per channel the session receives (`all`, its user, its rooms and socket id rooms):
+    /// where the channel was on the old shard when the session left it. Every numbered
+    /// message at or below it that the session was owed reached it there (some may be in
+    /// `queued`); none above it did. None for a channel with no delivery on the old shard
+    /// within the history TTL. Empty when the session had connected no namespace.
+    pub positions: Vec<(Target, Option<SioPosition>)>,
+}
+
+/// socket.io: a channel's place in its numbering, as a handed-over session had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SioPosition {
+    pub seq: u64,
+    pub epoch: Option<u64>,
 }
 
 /// The steps of a polling session's upgrade to WebSocket, as its owner sees them.

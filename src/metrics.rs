@@ -133,6 +133,12 @@ counters! {
     /// socket.io polling requests and upgrade steps this shard forwarded over the mesh to
     /// the shard that owns their session (the sid names it).
     socketio_forwarded_total: "counter",
+    /// socket.io polling sessions this shard took over from another shard at their upgrade
+    /// to WebSocket (each then replays from history what it missed in the move).
+    socketio_handovers_total: "counter",
+    /// Channels of such hand-overs that could not be replayed whole (history too short, a
+    /// read failed, the numbering restarted): the client got a `recovered: false` event.
+    socketio_handover_incomplete_total: "counter",
     /// --socketio-adapter: messages read from socket.io's Redis channels (broadcasts and
     /// requests, from emitters and Node servers; each shard reads its own copy).
     socketio_adapter_messages_total: "counter",

@@ -675,3 +675,83 @@ fn long_polling_sessions_count_in_user_and_room_presence() {
         assert_eq!(get_json(&server, "/api/users/pat")["online"], false);
     }
 }
+
+/// One run of the `upgrade_stream` scenario: every client got exactly what was published
+/// to each of its channels (`all`, the room, its user), once each, in order, and no
+/// `recovered` event (nothing was lost); returns how many clients' WebSockets landed on a
+/// shard other than the one that owned their polling session.
+fn check_stream(server: &Server, lines: &[Value]) -> usize {
+    let published = line(lines, "published")["published"].clone();
+    let clients: Vec<&Value> = lines.iter().filter(|l| l.get("client").is_some()).collect();
+    assert_eq!(clients.len(), 8, "{lines:?}");
+    let mut moved = 0;
+    for client in clients {
+        assert_eq!(client["transport"], "websocket", "{client}");
+        for (channel, got) in client["got"].as_object().unwrap() {
+            assert_eq!(
+                got, &published[channel],
+                "{channel} of {}: every published seq once, in order (owner shard {}, WebSocket on {})\nserver: {}",
+                client["client"], client["owner"], client["ws_shard"], server.stderr()
+            );
+        }
+        assert_eq!(client["recovered"], json!([]), "{client}");
+        assert_eq!(client["other"], json!([]), "{client}");
+        moved += usize::from(client["owner"] != client["ws_shard"]);
+    }
+    moved
+}
+
+/// socket.io-client's default start (polling, then the upgrade to WebSocket) while a
+/// numbered stream is published: a WebSocket landing on the other shard takes the session
+/// over through the mesh, and the client still gets every message once, in order. Runs
+/// until several clients' WebSockets crossed shards (the kernel picks each one's shard).
+#[test]
+fn an_upgrade_to_another_shard_during_a_stream_loses_and_repeats_nothing() {
+    let redis = common::redis::Redis::start();
+    for args in [
+        vec!["--shards", "2"],
+        vec!["--shards", "2", "--redis", &redis.url()],
+    ] {
+        let server = Server::start(&args);
+        let mut moved = 0;
+        for round in 0.. {
+            assert!(
+                round < 6,
+                "{args:?}: only {moved} WebSocket(s) crossed shards"
+            );
+            let lines = scenario(&server, "upgrade_stream", &["8", "200"]);
+            moved += check_stream(&server, &lines);
+            if moved >= 3 {
+                break;
+            }
+        }
+        assert!(server.total("socketio_handovers_total") >= 3, "{args:?}");
+        assert_eq!(server.total("socketio_handover_incomplete_total"), 0);
+    }
+}
+
+/// Through Redis, a push to a user sent the moment its socket.io client saw `connect`
+/// reaches it live: the CONNECT reply waits until this process's subscription to the
+/// user's channel is confirmed (a publish before that finds no subscriber and goes to the
+/// offline inbox only). 30 fresh users, WebSocket-only and default transports alike.
+/// (Before the CONNECT reply waited, such a push was seen going to the inbox only, once in
+/// a full parallel test run of `event_names_travel_through_redis...`.)
+#[test]
+fn a_user_push_right_after_connect_through_redis_arrives_live() {
+    let redis = common::redis::Redis::start();
+    let server = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let lines = scenario(&server, "connect_then_user_push", &["30"]);
+    assert_eq!(lines.len(), 30, "{lines:?}");
+    for l in &lines {
+        let published = &l["published"];
+        assert_eq!(published["status"], 200, "{l}");
+        assert_eq!(l["live"], true, "{l}");
+        // A WebSocket-only client stays on its shard, whose subscription was confirmed
+        // before `connect`: Redis had a subscriber for the push. (A polling session may
+        // be moving to another shard's WebSocket at that moment, between one shard's
+        // subscription and the other's; the move's replay from history brings it then.)
+        if l["transport"] == "websocket" {
+            assert_eq!(published["body"]["nodes"], 1, "a subscriber had it: {l}");
+        }
+    }
+}

@@ -58,7 +58,7 @@ const WRITE_REFUSALS: [&str; 5] = ["OOM", "NOAUTH", "READONLY", "MISCONF", "NOPE
 const WRITE_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest a caller waits for Redis to confirm subscriptions it depends on (a join's reply,
 /// a recovery's history read).
-const SUBSCRIBE_WAIT_MAX: Duration = Duration::from_secs(3);
+pub const SUBSCRIBE_WAIT_MAX: Duration = Duration::from_secs(3);
 /// How often that wait looks.
 const SUBSCRIBE_WAIT_POLL: Duration = Duration::from_millis(2);
 /// Channels per SUBSCRIBE/UNSUBSCRIBE command when many change at once.

@@ -1,6 +1,7 @@
 //! The data plane of one shard: connections by key, delivery of a message into their
 //! queues (each codec's frame encoded once), the user/room index, the recovery seam that
-//! holds live messages back during a replay, and the receipts of what was delivered.
+//! holds live messages back during a replay, the receipts of what was delivered, and each
+//! channel's position here (the last numbered message delivered, for socket.io hand-overs).
 //!
 //! No Redis, no wire format beyond "this codec encodes this message" (`frames`), and no
 //! I/O of its own: a connection's socket is read and written only inside `Conn::poll`,
@@ -11,6 +12,7 @@
 pub mod frames;
 pub mod index;
 pub mod polling;
+pub mod positions;
 pub mod receipts;
 pub mod recovery;
 pub mod session;
@@ -92,6 +94,9 @@ pub struct Hub {
     /// Who is connected as which user and in which rooms, on this shard.
     index: RefCell<Index>,
     receipts: RefCell<Receipts>,
+    /// Where each channel is on this shard (the last numbered message delivered here): what
+    /// a socket.io session handed to another shard says it has had.
+    positions: RefCell<positions::Positions>,
     /// Slow-consumer closes already logged, and when: one log line per interval at most.
     slow_logged: Cell<(u64, u32)>,
     /// permessage-deflate for every connection of this shard: one compressor (allocated on
@@ -140,6 +145,7 @@ impl Hub {
             sio_ping_frame: frame::encode(OpCode::Text, b"2"),
             index: RefCell::new(Index::default()),
             receipts: RefCell::new(Receipts::new(RECEIPTS_PER_SHARD_MAX, RECEIPT_RETENTION_S)),
+            positions: RefCell::new(positions::Positions::default()),
             slow_logged: Cell::new((0, 0)),
             deflate: RefCell::new(ShardDeflate::new(
                 config.wire.compression_level,
@@ -416,6 +422,13 @@ impl Hub {
         let metrics = &self.ctx.metrics;
         Metrics::inc(&metrics.broadcasts_total);
         let now_s = self.ctx.now_s();
+        if let Some(seq) = delivery.seq {
+            // Before any recipient gets it: a session handed over after this call carries
+            // a position that says it had this message.
+            self.positions
+                .borrow_mut()
+                .note(&delivery.publish.target, seq, delivery.epoch, now_s);
+        }
         let mut frames = Frames::new(delivery);
         let mut queued = 0;
         let mut conns = self.conns.borrow_mut();
@@ -645,8 +658,9 @@ impl Hub {
                     users,
                 }
             }
+            // Every connection receives `all`, long-polling sessions included.
             Target::All => Presence {
-                connections: self.len() as u32,
+                connections: (self.len() + self.polling_len()) as u32,
                 users: Vec::new(),
             },
         }
@@ -783,9 +797,18 @@ impl Hub {
         }
     }
 
-    /// Expires old receipts only (the sweep's every-second part).
+    /// Expires old receipts and channel positions (the sweep's every-second part).
     pub fn expire_receipts(&self, now_s: u32) {
         self.receipts.borrow_mut().expire(now_s);
+        self.positions
+            .borrow_mut()
+            .expire(now_s, self.ctx.config.history_ttl_s);
+    }
+
+    /// Where `target` is on this shard: the last numbered message delivered here (None
+    /// when none was within the history TTL).
+    pub fn position(&self, target: &Target) -> Option<positions::Position> {
+        self.positions.borrow().get(target)
     }
 
     /// The frames queued to a connection, oldest first (tests look at what was delivered).

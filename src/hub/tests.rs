@@ -275,3 +275,39 @@ fn the_local_backend_numbers_stores_and_replays() {
         assert_eq!(inbox[0].payload, Bytes::from_static(b"while away"));
     });
 }
+
+#[test]
+fn everyone_counts_long_polling_sessions_and_deliveries_move_positions() {
+    on_executor(Config::for_tests(1), |ctx| async move {
+        let hub = Hub::new(ctx.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (server, _client) = socket(&listener).await;
+        hub.insert(
+            server,
+            &mut [],
+            crate::conn::Wire::default(),
+            session(Codec::Native, Some("ann")),
+        );
+        let sid = crate::protocol::socketio::engineio::Sid::new(0, &[7; 12]);
+        hub.insert_polling(sid, session(Codec::SocketIo(0), Some("bob")));
+        // `all` reaches both, so both are counted; bob's user presence sees his session.
+        assert_eq!(hub.lookup(&Target::All).connections, 2);
+        assert_eq!(
+            hub.lookup(&Target::User("bob".into())).connections,
+            1,
+            "a polling session is its user's connection"
+        );
+        // Every numbered delivery moves its channel's position here, recipients or not.
+        let room = Target::Room("nobody-here".into());
+        assert!(hub.position(&room).is_none());
+        hub.deliver(&delivery(room.clone(), 4, "4"));
+        hub.deliver(&delivery(room.clone(), 5, "5"));
+        let position = hub.position(&room).unwrap();
+        assert_eq!((position.seq, position.epoch), (5, Some(1)));
+        // Unnumbered messages have no place in a numbering.
+        let mut unnumbered = delivery(Target::All, 1, "0");
+        unnumbered.seq = None;
+        hub.deliver(&unnumbered);
+        assert!(hub.position(&Target::All).is_none());
+    });
+}

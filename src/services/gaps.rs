@@ -42,6 +42,11 @@ struct Entry {
     mark: Option<Mark>,
     /// Some while the channel is being caught up: live deliveries wait here.
     held: Option<Vec<Delivery>>,
+    /// The mark was read from Redis after the subscription was confirmed, and nothing was
+    /// delivered since. That read may count messages published after the confirmation
+    /// whose live copies arrive after its answer (another link), so it never makes a live
+    /// delivery a duplicate: only a position reached by delivering does.
+    learned: bool,
 }
 
 #[derive(Debug, Default)]
@@ -82,7 +87,7 @@ impl Gaps {
                 return Admitted::Held;
             }
         }
-        if let Some(mark) = entry.mark {
+        if let (Some(mark), false) = (entry.mark, entry.learned) {
             if !is_before(&mark, &delivery) {
                 return Admitted::Seen;
             }
@@ -91,6 +96,7 @@ impl Gaps {
             epoch: delivery.epoch,
             seq,
         });
+        entry.learned = false;
         Admitted::Now(delivery)
     }
 
@@ -118,6 +124,7 @@ impl Gaps {
         if let Some(entry) = self.channels.borrow_mut().get_mut(channel) {
             if entry.mark.is_none() {
                 entry.mark = Some(position);
+                entry.learned = true;
             }
         }
     }
@@ -160,6 +167,7 @@ impl Gaps {
                 epoch: delivery.epoch,
                 seq,
             });
+            entry.learned = false;
         }
         true
     }
@@ -318,5 +326,27 @@ mod tests {
         assert_eq!(gaps.catching_up(), vec![Bytes::from_static(b"v:a")]);
         gaps.prune(|c| c == b"v:a");
         assert_eq!(gaps.len(), 1);
+    }
+
+    #[test]
+    fn a_learned_position_never_drops_a_live_message() {
+        // Redis answered the position read with seq 3 (messages 2 and 3 were published
+        // just after the subscription was confirmed), before their live copies arrived.
+        let gaps = Gaps::default();
+        assert_eq!(gaps.unknown(vec![Bytes::from_static(b"v:a")]).len(), 1);
+        gaps.learn(
+            b"v:a",
+            Mark {
+                epoch: Some(7),
+                seq: 3,
+            },
+        );
+        let admitted: Vec<bool> = [2, 3]
+            .iter()
+            .map(|&seq| matches!(gaps.admit(b"v:a", delivery(7, seq)), Admitted::Now(_)))
+            .collect();
+        assert_eq!(admitted, [true, true]);
+        // Delivered positions still drop live duplicates.
+        assert!(matches!(gaps.admit(b"v:a", delivery(7, 3)), Admitted::Seen));
     }
 }

@@ -26,6 +26,16 @@ const REPLAY_STALL: Duration = Duration::from_secs(10);
 /// Seconds a recovered channel keeps dropping late duplicates of replayed messages.
 const RECOVERY_GRACE_S: u32 = 5;
 
+/// Who wanted a replay, which decides what the client is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// The client (`join {since}`, `recover`, `?resume=`): a marker ends every channel.
+    Client,
+    /// A socket.io session's move between shards: a marker only for a channel not
+    /// replayed whole (the client is told of a loss, and of nothing else).
+    HandOver,
+}
+
 impl Services {
     /// Waits until a connection's outbound queue is at most half full. False when the
     /// connection is gone, or made no room for `REPLAY_STALL` (it is then closed as a slow
@@ -60,6 +70,39 @@ impl Services {
         channels: Vec<(Target, Since)>,
         take_inbox: bool,
     ) {
+        self.start_replay(key, channels, take_inbox, Asked::Client);
+    }
+
+    /// A socket.io session moved here from another shard: replays what each channel got
+    /// after the position the session had there (None: the old shard saw nothing of the
+    /// channel within the history TTL, so all the history keeps of it is owed), holding back
+    /// live messages meanwhile and dropping what the session already had. The client asked
+    /// for nothing, so it hears (a `recovered` event) only of a channel that could not be
+    /// replayed whole.
+    pub fn start_handover(self: &Rc<Self>, key: ConnKey, channels: Vec<(Target, Option<Since>)>) {
+        let channels = channels
+            .into_iter()
+            .map(|(target, since)| match since {
+                Some(since) => (target, since),
+                None => (
+                    target,
+                    Since {
+                        seq: 0,
+                        epoch: None,
+                    },
+                ),
+            })
+            .collect();
+        self.start_replay(key, channels, false, Asked::HandOver);
+    }
+
+    fn start_replay(
+        self: &Rc<Self>,
+        key: ConnKey,
+        channels: Vec<(Target, Since)>,
+        take_inbox: bool,
+        asked: Asked,
+    ) {
         let names: Vec<String> = channels.iter().map(|(t, _)| t.to_string()).collect();
         let user = self
             .hub
@@ -72,7 +115,10 @@ impl Services {
             })
             .flatten();
         let svc = self.clone();
-        let task = async move { svc.recover(key, names, channels, take_inbox, user).await };
+        let task = async move {
+            svc.recover(key, names, channels, take_inbox, user, asked)
+                .await
+        };
         if self.ctx.tasks.spawn(task).is_err() {
             // Held-back live messages would wait for a replay that never comes: better to
             // tell the client to come back than to leave it stalled.
@@ -134,6 +180,7 @@ impl Services {
         channels: Vec<(Target, Since)>,
         take_inbox: bool,
         user: Option<String>,
+        asked: Asked,
     ) {
         // Cluster mode: read history and inbox only once this shard's subscriptions to
         // those channels are confirmed. A message published before that went to the
@@ -188,9 +235,19 @@ impl Services {
                 user_floor = replayed_to;
             }
             Metrics::add(&self.ctx.metrics.replayed_total, replayed);
+            // A hand-over from seq 0 is one from no position: what the history keeps is
+            // what the session is owed, however much of the channel's start it has lost.
+            let complete = replay.complete || (asked == Asked::HandOver && from == 0);
+            let recovered = error.is_none() && reason.is_none() && complete;
+            if asked == Asked::HandOver {
+                if recovered {
+                    continue;
+                }
+                Metrics::inc(&self.ctx.metrics.socketio_handover_incomplete_total);
+            }
             let marker = codec.get().recovered(&Recovered {
                 channel: &target,
-                recovered: error.is_none() && reason.is_none() && replay.complete,
+                recovered,
                 replayed: replay.messages.len(),
                 seq: replay.current.max(replayed_to),
                 epoch: replay.epoch,

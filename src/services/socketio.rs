@@ -21,12 +21,13 @@ use super::hooks::HookError;
 use super::ops;
 use super::Services;
 use crate::auth::Claims;
+use crate::broker::client::SUBSCRIBE_WAIT_MAX;
 use crate::config::{ClientAuth, SOCKETIO_NAMESPACE_BYTES_MAX};
 use crate::conn::{ConnKey, Inbound};
 use crate::envelope::Target;
 use crate::hooks;
 use crate::hub::Session;
-use crate::mesh::{ShardMsg, SioReply, SioSnapshot, SioUpgradeStep};
+use crate::mesh::{ShardMsg, SioPosition, SioReply, SioSnapshot, SioUpgradeStep};
 use crate::metrics::Metrics;
 use crate::protocol::socketio::codec::{self, ack_ref, message_frame, ws_text};
 use crate::protocol::socketio::engineio::{self, PacketType as EioType, Sid, SID_RANDOM_BYTES};
@@ -288,14 +289,14 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
     let socket = new_socket_id(svc, key);
     if !svc.has_hooks() {
         if admit(svc, key, nsp, socket, identity) {
-            send_packet(svc, key, &packet::encode_connect(name, socket.as_str()));
+            reply_connected(svc, key, nsp);
         }
         return;
     }
     // The hook document is JSON: a binary auth payload (rare) is sent as null.
     let auth = auth.and_then(to_json);
     let owner = svc.clone();
-    let pending = HookPending::new(svc, key);
+    let pending = AnswerPending::new(svc, key);
     let task = async move {
         let _pending = pending;
         let (current, headers) = owner
@@ -335,7 +336,12 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
         // Rooms first (with the user's claims now set), so a push to them sent once the
         // client sees `connect` reaches it; then the reply, then the emits.
         owner.hook_apply_rooms(key, &outcome);
-        owner.hook_wait_joined(&outcome).await;
+        let mut pending = unconfirmed(&owner, key, nsp);
+        pending.extend(outcome.join.iter().map(|room| format!("room:{room}")));
+        pending.retain(|channel| !owner.backend.is_subscribed(channel));
+        if !pending.is_empty() {
+            owner.backend.wait_subscribed(&pending).await;
+        }
         let Some(socket) = socket_of(&owner, key, nsp) else {
             return;
         };
@@ -350,6 +356,56 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
         Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
         refuse_connect(svc, key, nsp, &HookError::Busy.client_message());
     }
+}
+
+/// The CONNECT reply of an admitted socket: at once standalone, or once this shard's
+/// subscriptions to what the socket receives are confirmed in cluster mode, so a push sent
+/// after the client saw `connect` reaches it live (a user push meanwhile would find no
+/// subscriber and go to the offline inbox only). The wait is bounded by the broker's; past
+/// it the reply goes out anyway (the socket is in, and pushes flow once Redis confirms).
+/// Pushes queued before the reply reach the client's socket after its `connect`
+/// (socket.io-client buffers events of a namespace until it is connected).
+fn reply_connected(svc: &Rc<Services>, key: ConnKey, nsp: u8) {
+    let pending = unconfirmed(svc, key, nsp);
+    if pending.is_empty() {
+        send_connect(svc, key, nsp);
+        return;
+    }
+    let owner = svc.clone();
+    let answer = AnswerPending::new(svc, key);
+    let task = async move {
+        let _answer = answer;
+        owner.backend.wait_subscribed(&pending).await;
+        send_connect(&owner, key, nsp);
+    };
+    if svc.ctx.tasks.spawn(task).is_err() {
+        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
+        send_connect(svc, key, nsp);
+    }
+}
+
+/// The CONNECT reply naming namespace `nsp`'s socket, if it is still connected (the
+/// connection may have closed, or the client disconnected the namespace, meanwhile).
+fn send_connect(svc: &Services, key: ConnKey, nsp: u8) {
+    if let Some(socket) = socket_of(svc, key, nsp) {
+        let reply = packet::encode_connect(namespace_name(nsp), socket.as_str());
+        send_packet(svc, key, &reply);
+    }
+}
+
+/// Cluster mode: the channels a connected socket receives (`all`, its user's, its socket
+/// id's room) whose subscriptions this shard has not confirmed yet; empty standalone.
+fn unconfirmed(svc: &Services, key: ConnKey, nsp: u8) -> Vec<String> {
+    let user = svc.hub.with_session(key, |s| s.user.clone()).flatten();
+    let mut channels = vec!["all".to_string()];
+    if let Some(user) = user {
+        channels.push(format!("user:{user}"));
+    }
+    if let Some(socket) = socket_of(svc, key, nsp) {
+        channels.push(format!("room:{}", socket.as_str()));
+    }
+    channels.retain(|channel| !svc.backend.is_subscribed(channel));
+    channels
 }
 
 /// The `protocol` of socket.io clients in hook documents.
@@ -651,7 +707,7 @@ fn app_event(
     };
     let owner = svc.clone();
     let refused = error.clone();
-    let pending = HookPending::new(svc, key);
+    let pending = AnswerPending::new(svc, key);
     let task = async move {
         let _pending = pending;
         let nsp_name = namespace_name(nsp);
@@ -1040,60 +1096,64 @@ pub fn on_mesh_upgrade(
     }
 }
 
-/// How often a `Take` looks whether the session's hook calls are done.
-const HOOKS_PENDING_POLL: Duration = Duration::from_millis(5);
+/// How often a `Take` looks whether the session's pending answers are sent.
+const ANSWERS_PENDING_POLL: Duration = Duration::from_millis(5);
 
-/// Counts a hook call of a socket.io connection for as long as it runs (its task holds
-/// it), so a polling session is not handed to a WebSocket with an answer still to come:
-/// the answer would find the polling session gone. Dropped with the task, whether it ran
-/// or not; a stale key makes both ends no-ops.
-struct HookPending {
+/// Counts an answer a socket.io connection is owed (a hook call, a CONNECT reply waiting
+/// for subscriptions) for as long as its task runs (the task holds it), so a polling
+/// session is not handed to a WebSocket with an answer still to come: the answer would
+/// find the polling session gone. Dropped with the task, whether it ran or not; a stale key
+/// makes both ends no-ops.
+struct AnswerPending {
     svc: Rc<Services>,
     key: ConnKey,
 }
 
-impl HookPending {
-    fn new(svc: &Rc<Services>, key: ConnKey) -> HookPending {
+impl AnswerPending {
+    fn new(svc: &Rc<Services>, key: ConnKey) -> AnswerPending {
         svc.hub.with_session(key, |s| {
             if let Some(sio) = s.sio.as_mut() {
-                sio.hooks_pending = sio.hooks_pending.saturating_add(1);
+                sio.answers_pending = sio.answers_pending.saturating_add(1);
             }
         });
-        HookPending {
+        AnswerPending {
             svc: svc.clone(),
             key,
         }
     }
 }
 
-impl Drop for HookPending {
+impl Drop for AnswerPending {
     fn drop(&mut self) {
         self.svc.hub.with_session(self.key, |s| {
             if let Some(sio) = s.sio.as_mut() {
-                sio.hooks_pending = sio.hooks_pending.saturating_sub(1);
+                sio.answers_pending = sio.answers_pending.saturating_sub(1);
             }
         });
     }
 }
 
-/// Waits until polling session `sid` has no hook call in flight. Each call ends by
-/// `--app-webhook-timeout-ms`, so this does too; it is bounded again here by that plus a
-/// second. Meanwhile the new WebSocket holds what its client sends (`HELD_MAX`), and what
-/// the hooks answer and what is pushed queues in the polling session, which the hand-over
-/// carries.
-async fn hooks_done(svc: &Services, sid: Sid) {
-    let Some(webhook) = &svc.ctx.config.app_webhook else {
-        return;
-    };
-    let deadline = Instant::now() + webhook.timeout + Duration::from_secs(1);
+/// Waits until polling session `sid` has no answer in flight. A hook call ends by
+/// `--app-webhook-timeout-ms` and a subscription wait by the broker's bound, so this does
+/// too; it is bounded again here by their sum plus a second. Meanwhile the new WebSocket
+/// holds what its client sends (`HELD_MAX`), and what is answered and pushed queues in the
+/// polling session, which the hand-over carries.
+async fn answers_done(svc: &Services, sid: Sid) {
+    let hook_s = svc
+        .ctx
+        .config
+        .app_webhook
+        .as_ref()
+        .map_or(Duration::ZERO, |w| w.timeout);
+    let deadline = Instant::now() + hook_s + SUBSCRIBE_WAIT_MAX + Duration::from_secs(1);
     let pending = || {
         let key = svc.hub.polling_key(&sid)?;
         svc.hub
-            .with_polling(key, |p| p.session.sio.as_ref().map(|s| s.hooks_pending))
+            .with_polling(key, |p| p.session.sio.as_ref().map(|s| s.answers_pending))
             .flatten()
     };
     while pending().unwrap_or(0) > 0 && Instant::now() < deadline {
-        glommio::timer::sleep(HOOKS_PENDING_POLL).await;
+        glommio::timer::sleep(ANSWERS_PENDING_POLL).await;
     }
 }
 
@@ -1104,7 +1164,7 @@ pub async fn owned_upgrade(
     step: SioUpgradeStep,
 ) -> Option<SioSnapshot> {
     if step == SioUpgradeStep::Take {
-        hooks_done(svc, sid).await;
+        answers_done(svc, sid).await;
     }
     let key = svc.hub.polling_key(&sid)?;
     match step {
@@ -1131,6 +1191,7 @@ pub async fn owned_upgrade(
                 queued: p.take(),
                 headers: p.session.sio.as_mut().and_then(|s| s.headers.take()),
                 recovering: p.session.recovering.take(),
+                positions: Vec::new(),
             })?;
             snapshot.rooms = svc
                 .hub
@@ -1138,12 +1199,45 @@ pub async fn owned_upgrade(
                 .iter()
                 .map(|r| r.to_string())
                 .collect();
+            // Where its channels are here, read in the same step as the removal: no
+            // delivery comes between, so each position splits what it had from what it
+            // did not.
+            snapshot.positions = positions(svc, &snapshot);
             if let Some(removed) = svc.hub.remove(key) {
                 svc.disconnected(removed);
             }
             Some(snapshot)
         }
     }
+}
+
+/// The channels a session handed over receives, each with where it is on this shard:
+/// `all`, its user's, its rooms and the rooms named by its socket ids. None when it has
+/// connected no namespace (nothing was delivered to it, so it is owed nothing yet).
+fn positions(svc: &Services, snapshot: &SioSnapshot) -> Vec<(Target, Option<SioPosition>)> {
+    if snapshot.sockets.is_empty() {
+        return Vec::new();
+    }
+    let mut targets = vec![Target::All];
+    if let Some(user) = &snapshot.user {
+        targets.push(Target::User(user.clone()));
+    }
+    targets.extend(snapshot.rooms.iter().map(|r| Target::Room(r.clone())));
+    for (_, socket) in &snapshot.sockets {
+        if !snapshot.rooms.iter().any(|r| r == socket.as_str()) {
+            targets.push(Target::Room(socket.as_str().to_string()));
+        }
+    }
+    targets
+        .into_iter()
+        .map(|target| {
+            let position = svc.hub.position(&target).map(|p| SioPosition {
+                seq: p.seq,
+                epoch: p.epoch,
+            });
+            (target, position)
+        })
+        .collect()
 }
 
 /// Runs an upgrade step for the WebSocket `key` (which names its polling sid); at `Take`
@@ -1161,12 +1255,15 @@ fn upgrade_step(svc: &Rc<Services>, key: ConnKey, step: SioUpgradeStep) {
         svc.hub.close(key, close_code::POLICY, "");
         return;
     }
+    // A session from another shard may have missed pushes, or had some already, in the
+    // move; one from this shard moves within one synchronous step and has neither.
+    let moved = usize::from(sid.owner()) != svc.ctx.id;
     let owner = svc.clone();
     let task = async move {
         let snapshot = upgrade_request(&owner, sid, step).await;
         if step == SioUpgradeStep::Take {
             match snapshot {
-                Some(snapshot) => adopt(&owner, key, snapshot),
+                Some(snapshot) => adopt(&owner, key, snapshot, moved),
                 None => owner
                     .hub
                     .close(key, close_code::POLICY, "no polling session to upgrade"),
@@ -1179,8 +1276,15 @@ fn upgrade_step(svc: &Rc<Services>, key: ConnKey, step: SioUpgradeStep) {
 }
 
 /// The WebSocket takes over a polling session: user, rooms, namespace sockets, and what
-/// the session had not fetched yet.
-fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
+/// the session had not fetched yet. A session from another shard (`moved`) then replays,
+/// per channel, what came after the position it had there: the old shard delivered it
+/// nothing after that position, and this shard delivered it nothing before this call, so
+/// whatever passed between the two is in the history. Live messages of those channels
+/// are held back meanwhile and the ones it had are dropped (`hub::recovery`), so it gets
+/// every numbered message once, in order. Unnumbered ones (`?scope=local`, emitters and
+/// Node servers through `--socketio-adapter`) are not held: one passing in the move may be
+/// missed.
+fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot, moved: bool) {
     if let Some(user) = snapshot.user {
         if svc
             .hub
@@ -1210,14 +1314,12 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
             sio.held.take()
         })
         .flatten();
-    for frame in snapshot.queued {
-        svc.hub.send(key, frame);
-    }
     // A replay the polling session was still running stops there (its task writes to the
-    // removed session): resume it here, after the part that was queued, so the client gets
+    // removed session): it resumes here, after the part that was queued, so the client gets
     // the rest and its `recovered` event. Live messages held back for it are in the
     // history, so the new replay has them (starting it again drops them). Replays that
-    // just ended keep their floor against late duplicates.
+    // just ended keep their floor against late duplicates. The state goes in first, so
+    // the hand-over below adds its channels to it.
     let replaying: Vec<(Target, Since)> = snapshot
         .recovering
         .as_ref()
@@ -1232,8 +1334,33 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot) {
         svc.hub
             .with_session(key, |s| s.recovering = Some(recovering));
     }
+    if moved && !snapshot.positions.is_empty() {
+        Metrics::inc(&svc.ctx.metrics.socketio_handovers_total);
+        // A channel whose replay resumes below needs no hand-over replay: live messages
+        // were held on the old shard, so the resumed replay covers the move too.
+        let channels: Vec<(Target, Option<Since>)> = snapshot
+            .positions
+            .into_iter()
+            .filter(|(target, _)| !replaying.iter().any(|(t, _)| t == target))
+            .map(|(target, position)| {
+                let since = position.map(|p| Since {
+                    seq: p.seq,
+                    epoch: p.epoch,
+                });
+                (target, since)
+            })
+            .collect();
+        // Starts holding back live messages now, before anything else can be delivered.
+        if !channels.is_empty() {
+            svc.start_handover(key, channels);
+        }
+    }
     if !replaying.is_empty() {
+        // Holds back live messages of these channels before the queued frames go out.
         svc.start_recovery(key, replaying, false);
+    }
+    for frame in snapshot.queued {
+        svc.hub.send(key, frame);
     }
     // What the client sent during the hand-over, now that its namespaces are known.
     for inbound in held.map(|h| *h).unwrap_or_default() {

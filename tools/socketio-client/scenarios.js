@@ -306,6 +306,106 @@ const scenarios = {
     other.close();
   },
 
+  // A numbered stream while default-transport clients upgrade from polling to WebSocket
+  // (tests/socketio.rs, the hand-over across shards). `count` clients connect on polling
+  // and join one room; each holds its upgrade probe until a point of the stream, so the
+  // upgrades happen while `messages` batches (one message to `all`, the room and each
+  // client's user) are published at a steady pace. Prints what was published per channel
+  // (seqs, from the batch answers), then per client: the shard that owns its session (the
+  // sid names it), the shard its WebSocket landed on (a client publish's id names it),
+  // its transport, and the seqs it got per channel, in arrival order.
+  async upgrade_stream(count, messages) {
+    const eio = require("engine.io-client");
+    const probe = eio.Socket.prototype._probe;
+    const held = new Map(); // engine sid -> release the upgrade probe
+    eio.Socket.prototype._probe = function (name) {
+      held.set(this.id, () => probe.call(this, name));
+    };
+    const clientsN = Number(count || 8);
+    const batches = Number(messages || 200);
+    const tag = Math.random().toString(36).slice(2);
+    const room = "stream-" + tag;
+    const clients = [];
+    for (let i = 0; i < clientsN; i++) {
+      const user = `up${i}-${tag}`;
+      const s = io(url, { auth: { user }, forceNew: true, reconnection: false });
+      const c = { user, s, got: {}, recovered: [], other: [] };
+      s.onAny((event, ...args) => {
+        const last = args[args.length - 1];
+        if (typeof last === "function") { args.pop(); last(); }
+        const msg = args[0];
+        if (event === "recovered") c.recovered.push(msg);
+        else if (msg && msg._volley) (c.got[msg._volley.channel] ||= []).push(msg._volley.seq);
+        else c.other.push({ event, msg });
+      });
+      clients.push(c);
+    }
+    await Promise.all(clients.map((c) => connected(c.s)));
+    for (const c of clients) {
+      const joined = await c.s.emitWithAck("join", room);
+      if (!joined.ok) throw new Error("join: " + JSON.stringify(joined));
+      if (c.s.io.engine.transport.name !== "polling") throw new Error("upgraded before the stream");
+    }
+    const published = {};
+    const entries = [{ broadcast: true }, { room }, ...clients.map((c) => ({ user: c.user }))];
+    const channels = ["all", "room:" + room, ...clients.map((c) => "user:" + c.user)];
+    const releaseAt = clients.map((_, i) => Math.floor(((i + 1) * batches) / (clientsN + 1)));
+    for (let n = 1; n <= batches; n++) {
+      const body = JSON.stringify({ messages: entries.map((e) => ({ ...e, data: { n } })) });
+      const res = await fetch(url + "/api/batch", { method: "POST", body });
+      const answer = await res.json();
+      if (res.status !== 200) throw new Error("batch: " + JSON.stringify(answer));
+      answer.results.forEach((r, i) => {
+        if (r.error) throw new Error("batch entry: " + JSON.stringify(r));
+        (published[channels[i]] ||= []).push(r.seq);
+      });
+      clients.forEach((c, i) => {
+        if (releaseAt[i] !== n) return;
+        const release = held.get(c.s.io.engine.id);
+        if (release) release();
+      });
+      await sleep(5);
+    }
+    out({ published });
+    // Every client has everything it is owed (or the wait runs out and the test says what
+    // is missing).
+    const owed = (c) => ["all", "room:" + room, "user:" + c.user];
+    const done = (c) => owed(c).every((ch) => (c.got[ch] || []).length >= published[ch].length);
+    for (let i = 0; i < 100 && !clients.every(done); i++) await sleep(50);
+    await sleep(200); // anything delivered twice shows up too
+    for (const c of clients) {
+      const owner = Buffer.from(c.s.io.engine.id, "base64url").readUInt16BE(1);
+      const own = await c.s.emitWithAck("publish", { room: "where-" + tag, data: 1 });
+      const wsShard = own.ok ? Number(own.result.id.split("-")[1]) : null;
+      out({ client: c.user, owner, ws_shard: wsShard, transport: c.s.io.engine.transport.name,
+            got: Object.fromEntries(owed(c).map((ch) => [ch, c.got[ch] || []])),
+            recovered: c.recovered, other: c.other });
+      c.s.close();
+    }
+  },
+
+  // `count` fresh users, one after another (every other one on the default transports,
+  // the rest WebSocket only): each publishes to its own user the moment its `connect`
+  // event fires, and waits (at most 3 s) for that push to arrive live. Prints per client
+  // the publish answer and whether the push arrived.
+  async connect_then_user_push(count) {
+    const tag = Math.random().toString(36).slice(2);
+    for (let i = 0; i < Number(count || 30); i++) {
+      const user = `fresh${i}-${tag}`;
+      const opts = { auth: { user }, forceNew: true, reconnection: false };
+      if (i % 2 === 0) opts.transports = ["websocket"];
+      const s = io(url, opts);
+      const got = new Promise((r) => {
+        s.on("message", (msg) => { if (msg && msg.i === i) r(true); });
+        setTimeout(() => r(false), 3000);
+      });
+      await connected(s);
+      const published = await post(`/api/users/${user}/messages`, JSON.stringify({ i }));
+      out({ user, transport: opts.transports ? "websocket" : "default", published, live: await got });
+      s.close();
+    }
+  },
+
   // Hostile input on raw Engine.IO WebSockets; a neighbour socket.io client must still
   // get a broadcast afterwards.
   async abuse() {

@@ -31,9 +31,10 @@ pub struct SioState {
     /// (`hooks::visible_headers`), kept for the CONNECTs that come after the handshake.
     /// None without hooks, so a connection pays nothing for them then.
     pub headers: Option<Box<[(String, String)]>>,
-    /// Application hook calls in flight for this connection: a polling session is handed
-    /// to its WebSocket only once they are answered (`services::socketio`).
-    pub hooks_pending: u32,
+    /// Answers still to come for this connection (application hook calls, a CONNECT reply
+    /// waiting for Redis subscriptions): a polling session is handed to its WebSocket only
+    /// once they are sent (`services::socketio`).
+    pub answers_pending: u32,
 }
 
 /// Packets a WebSocket may send while its polling session is handed over: socket.io-client
@@ -57,7 +58,7 @@ impl SioState {
             partial: None,
             held: None,
             headers: None,
-            hooks_pending: 0,
+            answers_pending: 0,
         }
     }
 
