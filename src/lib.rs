@@ -15,7 +15,7 @@
 //! portlock.rs        one standalone process per port (an abstract unix socket claim)
 //! conn.rs            one upgraded connection: bounded outbound queue, read/write poll
 //! hub/               the data plane: connections by key, delivery, per-codec frames, index,
-//!                    recovery seam, receipts, socket.io sockets by rooms (sockets.rs),
+//!                    receipts, socket.io sockets by rooms (sockets.rs),
 //!                    where each channel is on the shard (positions.rs, for hand-overs);
 //!                    no Redis, no wire format
 //! backend/           standalone vs cluster: publish, history, inbox, receipts, presence
@@ -40,6 +40,8 @@
 //! ws/handshake.rs    sans-IO RFC 6455 upgrade checks and the 101 response
 //! ws/frame.rs        sans-IO frames: encode once, decode and unmask client frames, close codes
 //! ws/deflate.rs      sans-IO RFC 7692 permessage-deflate: negotiation, compress once, inflate capped
+//! seam.rs            sans-IO seam between a replay and live delivery for one connection
+//!                    (held back, released in order, duplicates dropped; moves with a session)
 //! envelope.rs        the MessagePack envelope published messages travel in between processes
 //! json.rs            the one strict "is this JSON" check
 //! origin.rs          sans-IO Origin and Host checks (--allowed-origins, --allowed-hosts)
@@ -70,6 +72,7 @@ pub mod metrics;
 pub mod origin;
 pub mod portlock;
 pub mod protocol;
+pub mod seam;
 pub mod server;
 pub mod services;
 pub mod shard;

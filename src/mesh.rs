@@ -106,7 +106,7 @@ pub struct SioSnapshot {
     /// Its recovery state: replays (`recover`, `join` with `since`) still running, each
     /// with the position reached (the rest goes on on the WebSocket, after what `queued`
     /// holds), and the duplicate floors of replays that just ended.
-    pub recovering: Option<Box<crate::hub::recovery::Recovering>>,
+    pub recovering: Option<Box<crate::seam::Recovering>>,
     /// Per channel the session receives (`all`, its user, its rooms and socket id rooms):
     /// where the channel was on the old shard when the session left it. Every numbered
     /// message at or below it that the session was owed reached it there (some may be in

@@ -14,7 +14,7 @@ pub mod index;
 pub mod polling;
 pub mod positions;
 pub mod receipts;
-pub mod recovery;
+
 pub mod session;
 pub mod sockets;
 /// The user of an indexed connection, whatever its transport: a polling session's key
@@ -58,12 +58,12 @@ use crate::metrics::Metrics;
 use crate::protocol::socketio::engineio::Sid;
 use crate::protocol::socketio::session::socket_owner;
 use crate::protocol::Codec;
+use crate::seam::Admit;
 use crate::ws::frame::{self, close_code, OpCode};
 use frames::Frames;
 use index::{Change, Index};
 use polling::{Polling, POLL_BIT};
 use receipts::{Receipt, Receipts};
-use recovery::Admit;
 pub use session::Session;
 
 // The slab holds one per connection: keep it small (the budget is summed in conn.rs).

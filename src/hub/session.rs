@@ -58,7 +58,7 @@ pub struct Session {
     pub publish_bucket: TokenBucket,
     /// Channels being recovered (replay under way, or a short grace after it); None for
     /// almost every connection, so it costs one pointer.
-    pub recovering: Option<Box<super::recovery::Recovering>>,
+    pub recovering: Option<Box<crate::seam::Recovering>>,
     /// socket.io state; None for native and raw connections, so it costs one pointer.
     pub sio: Option<Box<SioState>>,
 }

@@ -17,10 +17,10 @@ use crate::config::Config;
 use crate::conn::ConnKey;
 use crate::ctx::Ctx;
 use crate::envelope::{PayloadKind, Target};
-use crate::hub::recovery::Recovering;
 use crate::hub::Session;
 use crate::mesh::{self, Delivery, Peers, Publish, Shared};
 use crate::protocol::Codec;
+use crate::seam::Recovering;
 
 /// Runs `test` on a fresh unpinned executor with a one-shard context.
 fn on_executor<F, Fut>(config: Config, test: F)

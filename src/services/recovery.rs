@@ -1,5 +1,5 @@
 //! Nothing lost: replaying a channel's history to a recovering connection (no gap, no
-//! duplicate at the seam with live delivery, which `hub::recovery` holds back), then
+//! duplicate at the seam with live delivery, which `seam` holds back), then
 //! handing an offline user's inbox to a new connection. Protocol-neutral: replayed
 //! messages and the end-of-recovery marker are encoded by the connection's codec.
 //!
@@ -13,10 +13,10 @@ use super::Services;
 use crate::conn::ConnKey;
 use crate::envelope::Target;
 use crate::hub::frames::stored_frame;
-use crate::hub::recovery::Recovering;
 use crate::mesh::Replay;
 use crate::metrics::Metrics;
 use crate::protocol::{Recovered, Since};
+use crate::seam::Recovering;
 use crate::ws::frame::close_code;
 
 /// How often a replay waiting for queue room looks again.

@@ -1280,7 +1280,7 @@ fn upgrade_step(svc: &Rc<Services>, key: ConnKey, step: SioUpgradeStep) {
 /// per channel, what came after the position it had there: the old shard delivered it
 /// nothing after that position, and this shard delivered it nothing before this call, so
 /// whatever passed between the two is in the history. Live messages of those channels
-/// are held back meanwhile and the ones it had are dropped (`hub::recovery`), so it gets
+/// are held back meanwhile and the ones it had are dropped (`seam`), so it gets
 /// every numbered message once, in order. Unnumbered ones (`?scope=local`, emitters and
 /// Node servers through `--socketio-adapter`) are not held: one passing in the move may be
 /// missed.

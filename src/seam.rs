@@ -1,4 +1,5 @@
-//! The seam between replay and live delivery for one connection. No I/O.
+//! The seam between replay and live delivery for one connection. No I/O. Below `mesh`,
+//! since a socket.io session moving between shards carries its state (`SioSnapshot`).
 //!
 //! While a channel is being recovered, live messages for it are held back; once the replay
 //! is queued, held messages newer than the replay follow, and for a short grace period any
