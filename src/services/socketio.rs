@@ -336,12 +336,7 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
         // Rooms first (with the user's claims now set), so a push to them sent once the
         // client sees `connect` reaches it; then the reply, then the emits.
         owner.hook_apply_rooms(key, &outcome);
-        let mut pending = unconfirmed(&owner, key, nsp);
-        pending.extend(outcome.join.iter().map(|room| format!("room:{room}")));
-        pending.retain(|channel| !owner.backend.is_subscribed(channel));
-        if !pending.is_empty() {
-            owner.backend.wait_subscribed(&pending).await;
-        }
+        owner.hook_wait_joined(&outcome).await;
         let Some(socket) = socket_of(&owner, key, nsp) else {
             return;
         };
@@ -358,30 +353,14 @@ fn connect(svc: &Rc<Services>, key: ConnKey, nsp: u8, auth: Option<&Value>) {
     }
 }
 
-/// The CONNECT reply of an admitted socket: at once standalone, or once this shard's
-/// subscriptions to what the socket receives are confirmed in cluster mode, so a push sent
-/// after the client saw `connect` reaches it live (a user push meanwhile would find no
-/// subscriber and go to the offline inbox only). The wait is bounded by the broker's; past
-/// it the reply goes out anyway (the socket is in, and pushes flow once Redis confirms).
-/// Pushes queued before the reply reach the client's socket after its `connect`
-/// (socket.io-client buffers events of a namespace until it is connected).
+/// The CONNECT reply of an admitted socket, at once. It does not wait for Redis to confirm
+/// this shard's subscriptions: pushes queued before the reply would reach socket.io-client
+/// before its `connect` handler runs (it emits buffered events first), so a client that
+/// resumes from the highest seq it saw would skip what it missed while reconnecting. A
+/// user push in that short window is caught by the subscription's position read
+/// (`services::gaps`) or kept in the inbox (docs/SOCKETIO.md, Known gaps).
 fn reply_connected(svc: &Rc<Services>, key: ConnKey, nsp: u8) {
-    let pending = unconfirmed(svc, key, nsp);
-    if pending.is_empty() {
-        send_connect(svc, key, nsp);
-        return;
-    }
-    let owner = svc.clone();
-    let answer = AnswerPending::new(svc, key);
-    let task = async move {
-        let _answer = answer;
-        owner.backend.wait_subscribed(&pending).await;
-        send_connect(&owner, key, nsp);
-    };
-    if svc.ctx.tasks.spawn(task).is_err() {
-        Metrics::inc(&svc.ctx.metrics.tasks_refused_total);
-        send_connect(svc, key, nsp);
-    }
+    send_connect(svc, key, nsp);
 }
 
 /// The CONNECT reply naming namespace `nsp`'s socket, if it is still connected (the
@@ -391,21 +370,6 @@ fn send_connect(svc: &Services, key: ConnKey, nsp: u8) {
         let reply = packet::encode_connect(namespace_name(nsp), socket.as_str());
         send_packet(svc, key, &reply);
     }
-}
-
-/// Cluster mode: the channels a connected socket receives (`all`, its user's, its socket
-/// id's room) whose subscriptions this shard has not confirmed yet; empty standalone.
-fn unconfirmed(svc: &Services, key: ConnKey, nsp: u8) -> Vec<String> {
-    let user = svc.hub.with_session(key, |s| s.user.clone()).flatten();
-    let mut channels = vec!["all".to_string()];
-    if let Some(user) = user {
-        channels.push(format!("user:{user}"));
-    }
-    if let Some(socket) = socket_of(svc, key, nsp) {
-        channels.push(format!("room:{}", socket.as_str()));
-    }
-    channels.retain(|channel| !svc.backend.is_subscribed(channel));
-    channels
 }
 
 /// The `protocol` of socket.io clients in hook documents.
@@ -1099,8 +1063,8 @@ pub fn on_mesh_upgrade(
 /// How often a `Take` looks whether the session's pending answers are sent.
 const ANSWERS_PENDING_POLL: Duration = Duration::from_millis(5);
 
-/// Counts an answer a socket.io connection is owed (a hook call, a CONNECT reply waiting
-/// for subscriptions) for as long as its task runs (the task holds it), so a polling
+/// Counts an answer a socket.io connection is owed (a hook call) for as long as its task
+/// runs (the task holds it), so a polling
 /// session is not handed to a WebSocket with an answer still to come: the answer would
 /// find the polling session gone. Dropped with the task, whether it ran or not; a stale key
 /// makes both ends no-ops.

@@ -31,9 +31,8 @@ pub struct SioState {
     /// (`hooks::visible_headers`), kept for the CONNECTs that come after the handshake.
     /// None without hooks, so a connection pays nothing for them then.
     pub headers: Option<Box<[(String, String)]>>,
-    /// Answers still to come for this connection (application hook calls, a CONNECT reply
-    /// waiting for Redis subscriptions): a polling session is handed to its WebSocket only
-    /// once they are sent (`services::socketio`).
+    /// Answers still to come for this connection (application hook calls): a polling
+    /// session is handed to its WebSocket only once they are sent (`services::socketio`).
     pub answers_pending: u32,
 }
 
