@@ -1282,8 +1282,7 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot, moved: bool) {
     // removed session): it resumes here, after the part that was queued, so the client gets
     // the rest and its `recovered` event. Live messages held back for it are in the
     // history, so the new replay has them (starting it again drops them). Replays that
-    // just ended keep their floor against late duplicates. The state goes in first, so
-    // the hand-over below adds its channels to it.
+    // just ended keep their floor against late duplicates.
     let replaying: Vec<(Target, Since)> = snapshot
         .recovering
         .as_ref()
@@ -1294,12 +1293,14 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot, moved: bool) {
             Target::parse(&channel).map(|target| (target, Since { seq, epoch }))
         })
         .collect();
-    if let Some(recovering) = snapshot.recovering {
-        svc.hub
-            .with_session(key, |s| s.recovering = Some(recovering));
-    }
+    let mut recovering = snapshot.recovering;
     if moved && !snapshot.positions.is_empty() {
         Metrics::inc(&svc.ctx.metrics.socketio_handovers_total);
+        // The state goes in first, so the hand-over adds its channels to it.
+        if let Some(recovering) = recovering.take() {
+            svc.hub
+                .with_session(key, |s| s.recovering = Some(recovering));
+        }
         // A channel whose replay resumes below needs no hand-over replay: live messages
         // were held on the old shard, so the resumed replay covers the move too.
         let channels: Vec<(Target, Option<Since>)> = snapshot
@@ -1319,12 +1320,15 @@ fn adopt(svc: &Rc<Services>, key: ConnKey, snapshot: SioSnapshot, moved: bool) {
             svc.start_handover(key, channels);
         }
     }
-    if !replaying.is_empty() {
-        // Holds back live messages of these channels before the queued frames go out.
-        svc.start_recovery(key, replaying, false);
-    }
     for frame in snapshot.queued {
         svc.hub.send(key, frame);
+    }
+    if let Some(recovering) = recovering {
+        svc.hub
+            .with_session(key, |s| s.recovering = Some(recovering));
+    }
+    if !replaying.is_empty() {
+        svc.start_recovery(key, replaying, false);
     }
     // What the client sent during the hand-over, now that its namespaces are known.
     for inbound in held.map(|h| *h).unwrap_or_default() {
