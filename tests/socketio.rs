@@ -755,3 +755,91 @@ fn a_user_push_right_after_connect_through_redis_arrives_live() {
         }
     }
 }
+
+/// A raw Engine.IO WebSocket that CONNECTed `/`: the stream and its socket id.
+fn raw_socket(server: &Server) -> (Client, String) {
+    let (mut ws, _) = tungstenite::connect(format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket",
+        server.addr
+    ))
+    .unwrap();
+    set_read_timeout(&mut ws, WAIT);
+    let open = next_sio_text(&mut ws);
+    assert!(open.starts_with("0{"), "{open}");
+    ws.send(tungstenite::Message::text("40")).unwrap();
+    let reply = next_sio_text(&mut ws);
+    let reply: Value = serde_json::from_str(reply.strip_prefix("40").unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {reply}"));
+    (ws, reply["sid"].as_str().unwrap().to_string())
+}
+
+/// The next Engine.IO text packet that is not a ping (pings are answered).
+fn next_sio_text(ws: &mut Client) -> String {
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().unwrap() {
+            if t.as_str() == "2" {
+                ws.send(tungstenite::Message::text("3")).unwrap();
+                continue;
+            }
+            return t.as_str().to_string();
+        }
+    }
+}
+
+/// The `message` event argument of the next packet (after `42`, pushes carry an ack id).
+fn next_sio_message(ws: &mut Client) -> Value {
+    let text = next_sio_text(ws);
+    let rest = text.strip_prefix("42").unwrap();
+    let array: Value = serde_json::from_str(rest.trim_start_matches(|c: char| c.is_ascii_digit()))
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(array[0], "message", "{text}");
+    array[1].clone()
+}
+
+#[test]
+fn a_push_to_a_socket_id_reaches_that_socket_in_whichever_process_holds_it() {
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let (mut on_a, id_a) = raw_socket(&a);
+    let (mut neighbour, _) = raw_socket(&a);
+    let (mut on_b, id_b) = raw_socket(&b);
+    // No subscription per socket: each shard of each process has its sockets channel.
+    assert_eq!(redis.numsub(&format!("volley:room:{id_a}")), 0);
+    let channels = redis
+        .try_command(&["PUBSUB", "CHANNELS", "volley:sockets:*"])
+        .unwrap();
+    assert!(channels.starts_with("*2 "), "{channels}");
+    // Published on the other process, numbered as the socket's room, once each.
+    for n in 1..=2u64 {
+        let body = json!({ "n": n }).to_string();
+        let answer = post_json(&b, &format!("/api/rooms/{id_a}/messages"), &body);
+        assert_eq!(answer["seq"], n, "{answer}");
+        let got = next_sio_message(&mut on_a);
+        assert_eq!(got["_volley"]["seq"], n, "{got}");
+        assert_eq!(got["_volley"]["channel"], format!("room:{id_a}"), "{got}");
+    }
+    let answer = post_json(&a, &format!("/api/rooms/{id_b}/messages"), r#"{"to":"b"}"#);
+    assert_eq!(answer["seq"], 1, "{answer}");
+    let got = next_sio_message(&mut on_b);
+    assert_eq!(got["_volley"]["channel"], format!("room:{id_b}"), "{got}");
+    // Nobody else had them: the next thing each gets is this broadcast.
+    b.broadcast(br#"{"after":1}"#);
+    for ws in [&mut on_a, &mut neighbour, &mut on_b] {
+        let got = next_sio_message(ws);
+        assert_eq!(got["_volley"]["channel"], "all", "{got}");
+    }
+    // A made-up id of the same process reaches nobody (the full id is compared).
+    let mut forged = id_a.clone().into_bytes();
+    forged[19] = if forged[19] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let answer = post_json(&b, &format!("/api/rooms/{forged}/messages"), "{}");
+    assert_eq!(answer["recipients"], 0, "{answer}");
+    // ... and its history is the socket's room's own.
+    let history = get_json(&a, &format!("/api/channels/room:{id_a}/history?since=0"));
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{history}"
+    );
+}

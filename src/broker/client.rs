@@ -268,9 +268,12 @@ impl Broker {
     }
 
     /// True when the subscriber link is up and has confirmed every channel it resubscribed
-    /// at its last (re)connect: messages published now reach this shard.
+    /// at its last (re)connect, the fixed ones included (pushes to this process's socket ids
+    /// come on one): messages published now reach this shard.
     pub fn is_ready(&self) -> bool {
-        self.sub_state.get() == LinkState::Up && self.resubscribing.borrow().is_empty()
+        self.sub_state.get() == LinkState::Up
+            && self.resubscribing.borrow().is_empty()
+            && self.fixed_ready()
     }
 
     /// Why the broker is not fully working, in words (None when it is): a link down or
@@ -305,10 +308,12 @@ impl Broker {
         None
     }
 
-    /// True when the subscriber link has confirmed a subscription to `channel`.
+    /// True when the subscriber link has confirmed a subscription to `channel` (a refcounted
+    /// or a fixed one).
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.sub_state.get() == LinkState::Up
-            && self.confirmed.borrow().contains(channel.as_bytes())
+            && (self.confirmed.borrow().contains(channel.as_bytes())
+                || self.fixed_confirmed.borrow().contains(channel.as_bytes()))
     }
 
     /// Waits (at most `SUBSCRIBE_WAIT_MAX`) until every Redis channel in `channels` is a
