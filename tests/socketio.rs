@@ -843,3 +843,145 @@ fn a_push_to_a_socket_id_reaches_that_socket_in_whichever_process_holds_it() {
         "{history}"
     );
 }
+
+#[test]
+fn a_socket_id_room_is_caught_up_after_the_subscriber_link_drops() {
+    const PUSHES: u64 = 60;
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let (mut socket, id) = raw_socket(&a);
+    // Published on B while the subscriber links (A's among them) are killed and come back:
+    // what A's shard missed meanwhile comes from the room's history.
+    let addr = b.addr;
+    let path = format!("/api/rooms/{id}/messages");
+    let publisher = std::thread::spawn(move || {
+        for n in 1..=PUSHES {
+            let body = json!({ "n": n }).to_string();
+            let mut status = 0;
+            for _ in 0..100 {
+                status = request(addr, "POST", &path, body.as_bytes()).0;
+                if status != 503 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert_eq!(status, 200, "push {n}");
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+    });
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let killed = redis
+            .try_command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .unwrap();
+        assert!(killed.starts_with(':'), "{killed}");
+    }
+    publisher.join().unwrap();
+    let mut seqs = Vec::new();
+    while (seqs.len() as u64) < PUSHES {
+        let got = next_sio_message(&mut socket);
+        seqs.push(got["_volley"]["seq"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seqs,
+        (1..=PUSHES).collect::<Vec<_>>(),
+        "in order, once, no gap"
+    );
+    // Nothing more: the next message is this broadcast.
+    b.broadcast(br#"{"after":1}"#);
+    let got = next_sio_message(&mut socket);
+    assert_eq!(got["_volley"]["channel"], "all", "{got}");
+    eprintln!("gap_replayed_total on A: {}", a.total("gap_replayed_total"));
+}
+
+/// The local ports of process `pid`'s TCP connections to `port`: its socket inodes, looked
+/// up in /proc/net/tcp.
+fn ports_to(pid: i32, port: u16) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            let remote = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
+            (remote == port && inodes.iter().any(|i| i == f[9])).then_some(local)
+        })
+        .collect()
+}
+
+/// Drops the subscriber links of one volley process only (CLIENT KILL ID), once they are up
+/// (after an earlier kill they come back after a growing backoff): the other processes stay
+/// subscribed, so what they publish meanwhile is missed by that process's shards.
+fn kill_subscribers_of(redis: &common::redis::Redis, server: &Server) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while kill_subscribers_once(redis, server) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no subscriber link of {} came up",
+            server.pid()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn kill_subscribers_once(redis: &common::redis::Redis, server: &Server) -> usize {
+    let ports = ports_to(server.pid(), redis.port);
+    let list = redis
+        .try_command(&["CLIENT", "LIST", "TYPE", "pubsub"])
+        .unwrap();
+    let mut id = None;
+    let mut killed = 0;
+    for token in list.split_whitespace() {
+        if let Some(n) = token.strip_prefix("id=") {
+            id = Some(n.to_string());
+        } else if let Some(addr) = token.strip_prefix("addr=") {
+            let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+            if ports.contains(&port) {
+                let id = id.take().unwrap();
+                redis.try_command(&["CLIENT", "KILL", "ID", &id]).unwrap();
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+#[test]
+fn a_push_to_a_socket_that_never_had_one_is_caught_up_after_its_link_drops() {
+    const SOCKETS: usize = 4;
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let mut sockets: Vec<(Client, String)> = (0..SOCKETS).map(|_| raw_socket(&a)).collect();
+    // Each socket's first push is published on B while A's subscriber links are down (A
+    // waits its reconnect backoff, ~50-100 ms): only A's catch-up can bring it.
+    for (_, id) in &sockets {
+        kill_subscribers_of(&redis, &a);
+        let answer = post_json(&b, &format!("/api/rooms/{id}/messages"), r#"{"n":1}"#);
+        assert_eq!(answer["seq"], 1, "{answer}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    for (socket, id) in &mut sockets {
+        let answer = post_json(&b, &format!("/api/rooms/{id}/messages"), r#"{"n":2}"#);
+        assert_eq!(answer["seq"], 2, "{answer}");
+        let seqs: Vec<Value> = (0..2)
+            .map(|_| next_sio_message(socket)["_volley"]["seq"].clone())
+            .collect();
+        assert_eq!(
+            seqs,
+            [1, 2],
+            "socket {id}: the missed push, then the live one"
+        );
+    }
+    assert!(a.total("gap_replayed_total") > 0);
+}

@@ -137,6 +137,29 @@ impl Hub {
         })
     }
 
+    /// The socket ids this shard made whose sockets it still holds (not the ones a hand-over
+    /// brought from another shard): their rooms come on the process's sockets channel.
+    pub fn own_socket_ids(&self) -> Vec<Sid> {
+        let conns = self.conns.borrow();
+        let polls = self.polls.borrow();
+        let sessions = conns
+            .iter()
+            .map(|(_, c)| &c.session)
+            .chain(polls.iter().map(|(_, p)| &p.session));
+        let mut ids = Vec::new();
+        for session in sessions {
+            if let Some(sio) = &session.sio {
+                ids.extend(
+                    sio.sockets
+                        .iter()
+                        .map(|(_, id)| *id)
+                        .filter(|id| usize::from(id.owner()) == self.ctx.id),
+                );
+            }
+        }
+        ids
+    }
+
     /// Queues the same frame(s) to each connection, under the usual queue limits; returns
     /// how many took it.
     pub fn send_shared(&self, keys: &[ConnKey], frame: &Bytes) -> u32 {

@@ -391,7 +391,10 @@ impl Services {
     pub fn on_broker(self: &Rc<Self>, incoming: Incoming) {
         match incoming {
             Incoming::Message { channel, payload } => self.on_broker_message(channel, payload),
-            Incoming::Reconnected => self.gaps.begin_catch_up(),
+            Incoming::Reconnected => {
+                self.gaps.begin_catch_up();
+                self.hold_socket_rooms();
+            }
             Incoming::Subscribed { channels } => self.learn_marks(channels),
             Incoming::Resubscribed => self.replay_gaps(),
         }
@@ -518,11 +521,70 @@ impl Services {
     /// history what each channel got while it was down, holding live messages back until
     /// then, so connected clients miss nothing without asking.
     fn replay_gaps(self: &Rc<Self>) {
-        for channel in self.gaps.catching_up() {
+        let (unknown, known): (Vec<Bytes>, Vec<Bytes>) = self
+            .gaps
+            .catching_up()
+            .into_iter()
+            .partition(|channel| self.gaps.is_unknown(channel));
+        if !unknown.is_empty() {
+            let svc = self.clone();
+            let task = async move { svc.catch_up_unknown(unknown).await };
+            if self.ctx.tasks.spawn(task).is_err() {
+                Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+            }
+        }
+        for channel in known {
             let svc = self.clone();
             let task = async move { svc.catch_up(channel).await };
             if self.ctx.tasks.spawn(task).is_err() {
                 Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+            }
+        }
+    }
+
+    /// The subscriber link came back: the rooms of the socket ids this shard made hold their
+    /// live messages too, though nothing was ever delivered for most of them (they have no
+    /// position here; before, each had a subscription and a position read at subscribe).
+    fn hold_socket_rooms(&self) {
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
+        for id in self.hub.own_socket_ids() {
+            let channel = redis.keys.channel(&format!("room:{}", id.as_str()));
+            self.gaps.hold_unknown(Bytes::from(channel));
+        }
+    }
+
+    /// Catches up socket id rooms that had no position here: one read of where each is now
+    /// (per `gaps::MARKS_READ_CHUNK`), then a history read only for the ones ever numbered;
+    /// the others (nearly all) let their held messages go and cost no entry again.
+    async fn catch_up_unknown(self: Rc<Self>, channels: Vec<Bytes>) {
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
+        for chunk in channels.chunks(gaps::MARKS_READ_CHUNK) {
+            // A failed read: every channel of the chunk reads its history instead.
+            let numbered: Vec<bool> = match redis.positions(chunk).await {
+                Ok(positions) => positions.iter().map(|p| p.seq > 0).collect(),
+                Err(_) => vec![true; chunk.len()],
+            };
+            for (channel, numbered) in chunk.iter().zip(numbered) {
+                if !numbered {
+                    self.release(channel);
+                    self.gaps.forget_unmoved(channel);
+                    continue;
+                }
+                let svc = self.clone();
+                let caught = channel.clone();
+                let task = async move {
+                    svc.clone().catch_up(caught.clone()).await;
+                    svc.gaps.forget_unmoved(&caught);
+                };
+                if self.ctx.tasks.spawn(task).is_err() {
+                    // Held messages must not wait for a catch-up that will not run.
+                    Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+                    self.release(channel);
+                }
             }
         }
     }
