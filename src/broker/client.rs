@@ -268,12 +268,11 @@ impl Broker {
     }
 
     /// True when the subscriber link is up and has confirmed every channel it resubscribed
-    /// at its last (re)connect, the fixed ones included (pushes to this process's socket ids
-    /// come on one): messages published now reach this shard.
+    /// at its last (re)connect: messages published now reach this shard. The fixed
+    /// subscriptions are sent first, so they are confirmed by then too whenever there was
+    /// anything to resubscribe (a shard with sockets has at least `all`).
     pub fn is_ready(&self) -> bool {
-        self.sub_state.get() == LinkState::Up
-            && self.resubscribing.borrow().is_empty()
-            && self.fixed_ready()
+        self.sub_state.get() == LinkState::Up && self.resubscribing.borrow().is_empty()
     }
 
     /// Why the broker is not fully working, in words (None when it is): a link down or
@@ -772,11 +771,14 @@ async fn subscriber_session(
     if incoming.send(Incoming::Reconnected).await.is_err() {
         return "the shard is stopping".into();
     }
-    let mut subscribed = HashSet::new();
-    if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
+    // The fixed ones first: Redis answers in order, so when the last refcounted channel is
+    // confirmed (`Incoming::Resubscribed`, the catch-up) the sockets channel of this
+    // process's socket ids is subscribed too, and a catch-up misses nothing published on it.
+    if let Err(reason) = subscribe_fixed(broker, stream).await {
         return reason;
     }
-    if let Err(reason) = subscribe_fixed(broker, stream).await {
+    let mut subscribed = HashSet::new();
+    if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
         return reason;
     }
     // Until Redis confirms all of these, this shard may miss what is published on them.
