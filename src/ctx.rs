@@ -88,6 +88,14 @@ impl Ctx {
         &self.shared.node_id
     }
 
+    /// 16 bits of the node id, carried in this process's socket.io socket ids so a push to
+    /// one goes on a Redis channel of its process (`Keys::sockets_channel`). Two processes
+    /// may share a tag: each then also receives the other's socket pushes, and finds no
+    /// socket for them (the full id is compared).
+    pub fn node_tag(&self) -> u16 {
+        node_tag(&self.shared.node_id)
+    }
+
     /// A message id unique in the cluster: node, shard, counter.
     pub fn next_message_id(&self) -> String {
         let n = self.next_message.get();
@@ -207,4 +215,12 @@ async fn stopped(stop: &Stop, slot: usize) {
         Poll::Pending
     })
     .await
+}
+
+/// The first 16 bits of a node id (hex, as `mesh::Shared` makes it); 0 for anything else.
+fn node_tag(node_id: &str) -> u16 {
+    node_id
+        .get(..4)
+        .and_then(|hex| u16::from_str_radix(hex, 16).ok())
+        .unwrap_or(0)
 }

@@ -755,3 +755,233 @@ fn a_user_push_right_after_connect_through_redis_arrives_live() {
         }
     }
 }
+
+/// A raw Engine.IO WebSocket that CONNECTed `/`: the stream and its socket id.
+fn raw_socket(server: &Server) -> (Client, String) {
+    let (mut ws, _) = tungstenite::connect(format!(
+        "ws://{}/socket.io/?EIO=4&transport=websocket",
+        server.addr
+    ))
+    .unwrap();
+    set_read_timeout(&mut ws, WAIT);
+    let open = next_sio_text(&mut ws);
+    assert!(open.starts_with("0{"), "{open}");
+    ws.send(tungstenite::Message::text("40")).unwrap();
+    let reply = next_sio_text(&mut ws);
+    let reply: Value = serde_json::from_str(reply.strip_prefix("40").unwrap())
+        .unwrap_or_else(|e| panic!("{e}: {reply}"));
+    (ws, reply["sid"].as_str().unwrap().to_string())
+}
+
+/// The next Engine.IO text packet that is not a ping (pings are answered).
+fn next_sio_text(ws: &mut Client) -> String {
+    loop {
+        if let tungstenite::Message::Text(t) = ws.read().unwrap() {
+            if t.as_str() == "2" {
+                ws.send(tungstenite::Message::text("3")).unwrap();
+                continue;
+            }
+            return t.as_str().to_string();
+        }
+    }
+}
+
+/// The `message` event argument of the next packet (after `42`, pushes carry an ack id).
+fn next_sio_message(ws: &mut Client) -> Value {
+    let text = next_sio_text(ws);
+    let rest = text.strip_prefix("42").unwrap();
+    let array: Value = serde_json::from_str(rest.trim_start_matches(|c: char| c.is_ascii_digit()))
+        .unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(array[0], "message", "{text}");
+    array[1].clone()
+}
+
+#[test]
+fn a_push_to_a_socket_id_reaches_that_socket_in_whichever_process_holds_it() {
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let (mut on_a, id_a) = raw_socket(&a);
+    let (mut neighbour, _) = raw_socket(&a);
+    let (mut on_b, id_b) = raw_socket(&b);
+    // No subscription per socket: each shard of each process has its sockets channel.
+    assert_eq!(redis.numsub(&format!("volley:room:{id_a}")), 0);
+    let channels = redis
+        .try_command(&["PUBSUB", "CHANNELS", "volley:sockets:*"])
+        .unwrap();
+    assert!(channels.starts_with("*2 "), "{channels}");
+    // Published on the other process, numbered as the socket's room, once each.
+    for n in 1..=2u64 {
+        let body = json!({ "n": n }).to_string();
+        let answer = post_json(&b, &format!("/api/rooms/{id_a}/messages"), &body);
+        assert_eq!(answer["seq"], n, "{answer}");
+        let got = next_sio_message(&mut on_a);
+        assert_eq!(got["_volley"]["seq"], n, "{got}");
+        assert_eq!(got["_volley"]["channel"], format!("room:{id_a}"), "{got}");
+    }
+    let answer = post_json(&a, &format!("/api/rooms/{id_b}/messages"), r#"{"to":"b"}"#);
+    assert_eq!(answer["seq"], 1, "{answer}");
+    let got = next_sio_message(&mut on_b);
+    assert_eq!(got["_volley"]["channel"], format!("room:{id_b}"), "{got}");
+    // Nobody else had them: the next thing each gets is this broadcast.
+    b.broadcast(br#"{"after":1}"#);
+    for ws in [&mut on_a, &mut neighbour, &mut on_b] {
+        let got = next_sio_message(ws);
+        assert_eq!(got["_volley"]["channel"], "all", "{got}");
+    }
+    // A made-up id of the same process reaches nobody (the full id is compared).
+    let mut forged = id_a.clone().into_bytes();
+    forged[19] = if forged[19] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    let answer = post_json(&b, &format!("/api/rooms/{forged}/messages"), "{}");
+    assert_eq!(answer["recipients"], 0, "{answer}");
+    // ... and its history is the socket's room's own.
+    let history = get_json(&a, &format!("/api/channels/room:{id_a}/history?since=0"));
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{history}"
+    );
+}
+
+#[test]
+fn a_socket_id_room_is_caught_up_after_the_subscriber_link_drops() {
+    const PUSHES: u64 = 60;
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let (mut socket, id) = raw_socket(&a);
+    // Published on B while the subscriber links (A's among them) are killed and come back:
+    // what A's shard missed meanwhile comes from the room's history.
+    let addr = b.addr;
+    let path = format!("/api/rooms/{id}/messages");
+    let publisher = std::thread::spawn(move || {
+        for n in 1..=PUSHES {
+            let body = json!({ "n": n }).to_string();
+            let mut status = 0;
+            for _ in 0..100 {
+                status = request(addr, "POST", &path, body.as_bytes()).0;
+                if status != 503 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            assert_eq!(status, 200, "push {n}");
+            std::thread::sleep(std::time::Duration::from_millis(15));
+        }
+    });
+    for _ in 0..3 {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let killed = redis
+            .try_command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .unwrap();
+        assert!(killed.starts_with(':'), "{killed}");
+    }
+    publisher.join().unwrap();
+    let mut seqs = Vec::new();
+    while (seqs.len() as u64) < PUSHES {
+        let got = next_sio_message(&mut socket);
+        seqs.push(got["_volley"]["seq"].as_u64().unwrap());
+    }
+    assert_eq!(
+        seqs,
+        (1..=PUSHES).collect::<Vec<_>>(),
+        "in order, once, no gap"
+    );
+    // Nothing more: the next message is this broadcast.
+    b.broadcast(br#"{"after":1}"#);
+    let got = next_sio_message(&mut socket);
+    assert_eq!(got["_volley"]["channel"], "all", "{got}");
+    eprintln!("gap_replayed_total on A: {}", a.total("gap_replayed_total"));
+}
+
+/// The local ports of process `pid`'s TCP connections to `port`: its socket inodes, looked
+/// up in /proc/net/tcp.
+fn ports_to(pid: i32, port: u16) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok()?;
+            let remote = u16::from_str_radix(f[2].rsplit(':').next()?, 16).ok()?;
+            (remote == port && inodes.iter().any(|i| i == f[9])).then_some(local)
+        })
+        .collect()
+}
+
+/// Drops the subscriber links of one volley process only (CLIENT KILL ID), once they are up
+/// (after an earlier kill they come back after a growing backoff): the other processes stay
+/// subscribed, so what they publish meanwhile is missed by that process's shards.
+fn kill_subscribers_of(redis: &common::redis::Redis, server: &Server) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while kill_subscribers_once(redis, server) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no subscriber link of {} came up",
+            server.pid()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn kill_subscribers_once(redis: &common::redis::Redis, server: &Server) -> usize {
+    let ports = ports_to(server.pid(), redis.port);
+    let list = redis
+        .try_command(&["CLIENT", "LIST", "TYPE", "pubsub"])
+        .unwrap();
+    let mut id = None;
+    let mut killed = 0;
+    for token in list.split_whitespace() {
+        if let Some(n) = token.strip_prefix("id=") {
+            id = Some(n.to_string());
+        } else if let Some(addr) = token.strip_prefix("addr=") {
+            let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+            if ports.contains(&port) {
+                let id = id.take().unwrap();
+                redis.try_command(&["CLIENT", "KILL", "ID", &id]).unwrap();
+                killed += 1;
+            }
+        }
+    }
+    killed
+}
+
+#[test]
+fn a_push_to_a_socket_that_never_had_one_is_caught_up_after_its_link_drops() {
+    const SOCKETS: usize = 4;
+    let redis = common::redis::Redis::start();
+    let a = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let b = Server::start(&["--shards", "2", "--redis", &redis.url()]);
+    let mut sockets: Vec<(Client, String)> = (0..SOCKETS).map(|_| raw_socket(&a)).collect();
+    // Each socket's first push is published on B while A's subscriber links are down (A
+    // waits its reconnect backoff, ~50-100 ms): only A's catch-up can bring it.
+    for (_, id) in &sockets {
+        kill_subscribers_of(&redis, &a);
+        let answer = post_json(&b, &format!("/api/rooms/{id}/messages"), r#"{"n":1}"#);
+        assert_eq!(answer["seq"], 1, "{answer}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    for (socket, id) in &mut sockets {
+        let answer = post_json(&b, &format!("/api/rooms/{id}/messages"), r#"{"n":2}"#);
+        assert_eq!(answer["seq"], 2, "{answer}");
+        let seqs: Vec<Value> = (0..2)
+            .map(|_| next_sio_message(socket)["_volley"]["seq"].clone())
+            .collect();
+        assert_eq!(
+            seqs,
+            [1, 2],
+            "socket {id}: the missed push, then the live one"
+        );
+    }
+    assert!(a.total("gap_replayed_total") > 0);
+}

@@ -4,7 +4,7 @@
 # Usage: tools/bench-idle.sh [--conns 15000] [--broadcasts 20] [--interval-ms 1000]
 #                            [--shards 2] [--size 100] [--rate 5000] [--timeout-s 900]
 #                            [--volley-bin PATH] [--no-build] [--json] [--keep-logs]
-#                            [--socketio]
+#                            [--socketio] [--redis]
 #
 #   Builds release volley and swarm, starts `volley serve` on a free 127.0.0.1 port, opens
 #   --conns WebSocket connections with `swarm hold` (several swarm processes of at most
@@ -62,6 +62,7 @@ need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; 
 is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
 
 SOCKETIO=()
+REDIS=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --conns) need_value "$@"; CONNS="$2"; shift 2 ;;
@@ -76,6 +77,7 @@ while [[ $# -gt 0 ]]; do
         --json) JSON=1; shift ;;
         --keep-logs) KEEP_LOGS=1; shift ;;
         --socketio) SOCKETIO=(--socketio); shift ;;
+        --redis) REDIS=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) die "unknown argument $1; see --help" ;;
     esac
@@ -91,7 +93,7 @@ done
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
-COMMAND="tools/bench-idle.sh --conns $CONNS --broadcasts $BROADCASTS --interval-ms $INTERVAL_MS --shards $SHARDS --size $SIZE --rate $RATE"
+COMMAND="tools/bench-idle.sh --conns $CONNS --broadcasts $BROADCASTS --interval-ms $INTERVAL_MS --shards $SHARDS --size $SIZE --rate $RATE${SOCKETIO[*]:+ --socketio}$( (( REDIS )) && echo " --redis" || true)"
 
 log() { echo "bench-idle: $*" >&2; }
 
@@ -106,6 +108,7 @@ SWARM="$REPO/target/release/swarm"
 
 LOGS="$(mktemp -d /tmp/bench-idle.XXXXXX)"
 SERVER_PID=""
+REDIS_PID=""
 SWARM_PIDS=()
 PUBLISH_PID=""
 WATCHDOG_PID=""
@@ -131,6 +134,12 @@ cleanup() {
             log "server $SERVER_PID did not stop 15 s after SIGTERM; sending SIGKILL"
             kill -KILL "$SERVER_PID" 2>/dev/null || true
         fi
+    fi
+    if [[ -n "$REDIS_PID" ]] && kill -0 "$REDIS_PID" 2>/dev/null; then
+        kill -TERM "$REDIS_PID" 2>/dev/null || true
+        # It writes its log on the way out: wait, so the log directory can be removed.
+        for _ in $(seq 1 100); do kill -0 "$REDIS_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -0 "$REDIS_PID" 2>/dev/null && kill -KILL "$REDIS_PID" 2>/dev/null || true
     fi
     if [[ -n "$WATCHDOG_PID" ]]; then kill -TERM "$WATCHDOG_PID" 2>/dev/null || true; fi
     if (( KEEP_LOGS )) || (( rc != 0 )); then
@@ -187,8 +196,24 @@ server_alive() { kill -0 "$SERVER_PID" 2>/dev/null || die "server exited early; 
 # --- server ---------------------------------------------------------------------------
 PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
 CLK_TCK="$(getconf CLK_TCK)"
-log "starting $VOLLEY serve --listen 127.0.0.1:$PORT --shards $SHARDS (logs in $LOGS)"
-"$VOLLEY" serve --listen "127.0.0.1:$PORT" --shards "$SHARDS" >"$LOGS/server.log" 2>&1 &
+REDIS_ARGS=()
+if (( REDIS )); then
+    REDIS_SERVER="$(command -v redis-server || true)"
+    [[ -n "$REDIS_SERVER" ]] || die "--redis: redis-server not found; install it (Debian: apt-get install redis-server)"
+    REDIS_PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+    "$REDIS_SERVER" --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --daemonize no --dir "$LOGS" --logfile "$LOGS/redis.log" >/dev/null 2>&1 &
+    REDIS_PID=$!
+    for i in $(seq 1 100); do
+        kill -0 "$REDIS_PID" 2>/dev/null || die "redis-server exited at start; see $LOGS/redis.log"
+        [[ "$(redis-cli -p "$REDIS_PORT" PING 2>/dev/null)" == *PONG* ]] && break
+        (( i == 100 )) && die "redis-server on port $REDIS_PORT did not answer PING in 10 s"
+        sleep 0.1
+    done
+    REDIS_ARGS=(--redis "redis://127.0.0.1:$REDIS_PORT")
+fi
+log "starting $VOLLEY serve --listen 127.0.0.1:$PORT --shards $SHARDS ${REDIS_ARGS[*]} (logs in $LOGS)"
+"$VOLLEY" serve --listen "127.0.0.1:$PORT" --shards "$SHARDS" "${REDIS_ARGS[@]}" >"$LOGS/server.log" 2>&1 &
 SERVER_PID=$!
 for i in $(seq 1 $(( HEALTH_WAIT_S * 10 ))); do
     server_alive

@@ -47,6 +47,8 @@ pub struct Redis {
     pub keys: Keys,
     /// `--socketio-adapter`: socket.io's channel names and this node's uid; None when off.
     pub socketio: Option<SocketIoKeys>,
+    /// This process's `Keys::sockets_channel`: every shard subscribes to it for its life.
+    sockets_channel: String,
     /// (message id, local recipients) of this process's own messages seen on this shard's
     /// subscription, newest last, until the publishing shard asks.
     own_deliveries: RefCell<VecDeque<(String, u32)>>,
@@ -82,19 +84,22 @@ impl Redis {
             .as_ref()
             .map(|adapter| SocketIoKeys::new(&adapter.key, &config.prefix, ctx.node_id()));
         let broker = Broker::new(ctx.id, config, heartbeat);
+        // Pushes to this process's socket ids, whichever of its shards holds the socket (a
+        // polling session handed to another shard keeps its ids): one subscription per
+        // shard instead of one per socket.
+        let sockets_channel = keys.sockets_channel(ctx.node_tag());
+        let mut channels = vec![sockets_channel.clone()];
+        let mut patterns = Vec::new();
         if let Some(sio) = &socketio {
             // Every shard reads socket.io's channels itself, like volley's own: a Node
             // server counts each subscriber of a request channel as one server to answer.
             let namespaces = &ctx.config.socketio.namespaces;
-            broker.subscribe_always(
-                namespaces.iter().map(|(_, nsp)| sio.request(nsp)).collect(),
-                namespaces
-                    .iter()
-                    .map(|(_, nsp)| sio.broadcast_pattern(nsp))
-                    .collect(),
-            );
+            channels.extend(namespaces.iter().map(|(_, nsp)| sio.request(nsp)));
+            patterns.extend(namespaces.iter().map(|(_, nsp)| sio.broadcast_pattern(nsp)));
         }
+        broker.subscribe_always(channels, patterns);
         Redis {
+            sockets_channel,
             broker: Rc::new(broker),
             socketio,
             keys,
@@ -125,7 +130,9 @@ impl Redis {
         }
         let config = &self.ctx.config;
         let name = publish.target.to_string();
-        let channel = self.keys.channel(&name);
+        // A socket id's room goes on its process's sockets channel (no subscription per
+        // socket); its numbering, history and receipts stay the room's own.
+        let channel = self.keys.pubsub_channel(&name);
         let seq_key = self.keys.seq(&name);
         let history_key = self.keys.history(&name);
         // Only user channels have an inbox; other channels pass size 0 (and unused keys).
@@ -687,7 +694,11 @@ impl Redis {
 
     /// A local connection's interest in a volley channel moved.
     pub fn interest(&self, channel: &str, add: bool) {
-        let channel = self.keys.channel(channel);
+        let channel = self.keys.pubsub_channel(channel);
+        if channel == self.sockets_channel {
+            // This process's socket ids: subscribed for the shard's life already.
+            return;
+        }
         if add {
             self.broker.interest_add(&channel);
         } else {
@@ -697,13 +708,17 @@ impl Redis {
 
     /// True when Redis confirmed this shard's subscription to a volley channel.
     pub fn is_subscribed(&self, channel: &str) -> bool {
-        self.broker.is_subscribed(&self.keys.channel(channel))
+        self.broker
+            .is_subscribed(&self.keys.pubsub_channel(channel))
     }
 
     /// Waits (bounded by the broker) until this shard's subscriptions to `channels` are
     /// confirmed.
     pub async fn wait_subscribed(&self, channels: &[String]) {
-        let names: Vec<String> = channels.iter().map(|c| self.keys.channel(c)).collect();
+        let names: Vec<String> = channels
+            .iter()
+            .map(|c| self.keys.pubsub_channel(c))
+            .collect();
         self.broker.wait_subscribed(&names).await;
     }
 

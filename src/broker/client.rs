@@ -268,7 +268,9 @@ impl Broker {
     }
 
     /// True when the subscriber link is up and has confirmed every channel it resubscribed
-    /// at its last (re)connect: messages published now reach this shard.
+    /// at its last (re)connect: messages published now reach this shard. The fixed
+    /// subscriptions are sent first, so they are confirmed by then too whenever there was
+    /// anything to resubscribe (a shard with sockets has at least `all`).
     pub fn is_ready(&self) -> bool {
         self.sub_state.get() == LinkState::Up && self.resubscribing.borrow().is_empty()
     }
@@ -305,10 +307,12 @@ impl Broker {
         None
     }
 
-    /// True when the subscriber link has confirmed a subscription to `channel`.
+    /// True when the subscriber link has confirmed a subscription to `channel` (a refcounted
+    /// or a fixed one).
     pub fn is_subscribed(&self, channel: &str) -> bool {
         self.sub_state.get() == LinkState::Up
-            && self.confirmed.borrow().contains(channel.as_bytes())
+            && (self.confirmed.borrow().contains(channel.as_bytes())
+                || self.fixed_confirmed.borrow().contains(channel.as_bytes()))
     }
 
     /// Waits (at most `SUBSCRIBE_WAIT_MAX`) until every Redis channel in `channels` is a
@@ -767,11 +771,14 @@ async fn subscriber_session(
     if incoming.send(Incoming::Reconnected).await.is_err() {
         return "the shard is stopping".into();
     }
-    let mut subscribed = HashSet::new();
-    if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
+    // The fixed ones first: Redis answers in order, so when the last refcounted channel is
+    // confirmed (`Incoming::Resubscribed`, the catch-up) the sockets channel of this
+    // process's socket ids is subscribed too, and a catch-up misses nothing published on it.
+    if let Err(reason) = subscribe_fixed(broker, stream).await {
         return reason;
     }
-    if let Err(reason) = subscribe_fixed(broker, stream).await {
+    let mut subscribed = HashSet::new();
+    if let Err(reason) = sync_subscriptions(broker, stream, &mut subscribed).await {
         return reason;
     }
     // Until Redis confirms all of these, this shard may miss what is published on them.

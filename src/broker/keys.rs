@@ -27,6 +27,34 @@ impl Keys {
         format!("{}:{channel}", self.prefix)
     }
 
+    /// `{prefix}:sockets:{node tag}`: the pub/sub channel of every socket.io socket id room
+    /// of one process (socket ids carry the tag, `session::socket_id`). Each shard of that
+    /// process subscribes to it for its whole life, so a socket costs no subscription; a
+    /// message on it is numbered, stored and caught up as its room's (`room:<socket id>`).
+    pub fn sockets_channel(&self, node_tag: u16) -> String {
+        format!("{}:sockets:{node_tag:04x}", self.prefix)
+    }
+
+    /// The pub/sub channel of volley channel `channel`: its own (`channel`), except for a
+    /// room named by a socket id, whose channel is its process's `sockets_channel`.
+    pub fn pubsub_channel(&self, channel: &str) -> String {
+        match sockets_tag(channel) {
+            Some(tag) => self.sockets_channel(tag),
+            None => self.channel(channel),
+        }
+    }
+
+    /// The node tag of a `sockets_channel` name, or None for any other channel.
+    pub fn sockets_channel_tag(&self, redis_channel: &str) -> Option<u16> {
+        let hex = redis_channel
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix(":sockets:")?;
+        if hex.len() != 4 {
+            return None;
+        }
+        u16::from_str_radix(hex, 16).ok()
+    }
+
     /// The volley channel a pub/sub channel name carries, or None when it is not ours.
     pub fn channel_of<'a>(&self, redis_channel: &'a str) -> Option<&'a str> {
         redis_channel
@@ -360,6 +388,13 @@ for i = 1, #all, 2 do
 end
 return {given_up, out}
 "#;
+
+/// The node tag of volley channel `room:<socket id>` (`session::socket_owner`), or None
+/// for any other channel.
+fn sockets_tag(channel: &str) -> Option<u16> {
+    let room = channel.strip_prefix("room:")?;
+    crate::protocol::socketio::session::socket_owner(room).map(|owner| owner.node)
+}
 
 #[cfg(test)]
 mod tests {

@@ -491,25 +491,26 @@ impl Hub {
             Target::User(user) => index.user_conns(user),
             Target::Room(room) => {
                 // A socket.io socket id names its connection (no index entry).
-                let socket = socket_owner(room)
-                    .filter(|&(shard, _, _)| usize::from(shard) == self.ctx.id)
-                    .map(|(_, index, generation)| ConnKey { index, generation });
-                if let Some(key) = socket {
+                let socket =
+                    socket_owner(room).filter(|owner| usize::from(owner.shard) == self.ctx.id);
+                if let Some(owner) = socket {
                     let owns = |session: &Session| {
                         session.sio.as_ref().is_some_and(|s| {
                             s.sockets.iter().any(|(_, id)| id.as_str() == room.as_str())
                         })
                     };
-                    if key.index & POLL_BIT != 0 {
-                        let at = (key.index & !POLL_BIT) as usize;
-                        if polls
-                            .get(at)
-                            .is_some_and(|p| p.generation == key.generation && owns(&p.session))
-                        {
-                            poll_keys.push(key);
+                    if owner.index & POLL_BIT != 0 {
+                        let at = (owner.index & !POLL_BIT) as usize;
+                        if let Some(p) = polls.get(at) {
+                            if owner.matches(owner.index, p.generation) && owns(&p.session) {
+                                poll_keys.push(ConnKey {
+                                    index: owner.index,
+                                    generation: p.generation,
+                                });
+                            }
                         }
-                    } else if let Some(conn) = conns.get_mut(key.index as usize) {
-                        if conn.generation() == key.generation && owns(&conn.session) {
+                    } else if let Some(conn) = conns.get_mut(owner.index as usize) {
+                        if owner.matches(owner.index, conn.generation()) && owns(&conn.session) {
                             push(conn);
                         }
                     }

@@ -64,10 +64,8 @@ impl Hub {
             for room in rooms {
                 keys.extend_from_slice(index.room_conns(room));
                 // A socket id names its connection on its owning shard (no index entry).
-                if let Some((shard, index, generation)) = socket_owner(room) {
-                    if usize::from(shard) == self.ctx.id {
-                        keys.push(ConnKey { index, generation });
-                    }
+                if let Some(key) = self.socket_key(room) {
+                    keys.push(key);
                 }
             }
             keys.sort_unstable_by_key(|k| (k.index, k.generation));
@@ -105,16 +103,61 @@ impl Hub {
         if !self.index.borrow().room_conns(room).is_empty() {
             return true;
         }
-        socket_owner(room).is_some_and(|(shard, index, generation)| {
-            usize::from(shard) == self.ctx.id
-                && self
-                    .with_session(ConnKey { index, generation }, |s| {
-                        s.sio.as_ref().is_some_and(|sio| {
-                            sio.sockets.iter().any(|(_, id)| id.as_str() == room)
-                        })
-                    })
-                    .unwrap_or(false)
+        self.socket_key(room).is_some_and(|key| {
+            self.with_session(key, |s| {
+                s.sio
+                    .as_ref()
+                    .is_some_and(|sio| sio.sockets.iter().any(|(_, id)| id.as_str() == room))
+            })
+            .unwrap_or(false)
         })
+    }
+
+    /// The key of the slot on this shard a socket id names, if that slot is taken by a
+    /// generation the id matches (a hint only: the session must still list the id).
+    fn socket_key(&self, room: &str) -> Option<ConnKey> {
+        let owner = socket_owner(room)?;
+        if usize::from(owner.shard) != self.ctx.id {
+            return None;
+        }
+        let generation = if owner.index & POLL_BIT != 0 {
+            self.polls
+                .borrow()
+                .get((owner.index & !POLL_BIT) as usize)
+                .map(|p| p.generation)?
+        } else {
+            self.conns
+                .borrow()
+                .get(owner.index as usize)
+                .map(|c| c.generation())?
+        };
+        owner.matches(owner.index, generation).then_some(ConnKey {
+            index: owner.index,
+            generation,
+        })
+    }
+
+    /// The socket ids this shard made whose sockets it still holds (not the ones a hand-over
+    /// brought from another shard): their rooms come on the process's sockets channel.
+    pub fn own_socket_ids(&self) -> Vec<Sid> {
+        let conns = self.conns.borrow();
+        let polls = self.polls.borrow();
+        let sessions = conns
+            .iter()
+            .map(|(_, c)| &c.session)
+            .chain(polls.iter().map(|(_, p)| &p.session));
+        let mut ids = Vec::new();
+        for session in sessions {
+            if let Some(sio) = &session.sio {
+                ids.extend(
+                    sio.sockets
+                        .iter()
+                        .map(|(_, id)| *id)
+                        .filter(|id| usize::from(id.owner()) == self.ctx.id),
+                );
+            }
+        }
+        ids
     }
 
     /// Queues the same frame(s) to each connection, under the usual queue limits; returns

@@ -54,6 +54,12 @@ pub struct Gaps {
     channels: RefCell<HashMap<Bytes, Entry>>,
 }
 
+/// The position of a channel never numbered.
+const UNNUMBERED: Mark = Mark {
+    epoch: None,
+    seq: 0,
+};
+
 /// Whether a delivery is past a mark: another epoch (the numbering restarted) or a higher
 /// seq in the same one.
 fn is_before(mark: &Mark, delivery: &Delivery) -> bool {
@@ -140,6 +146,43 @@ impl Gaps {
             if entry.mark.is_some() && entry.held.is_none() {
                 entry.held = Some(Vec::new());
             }
+        }
+    }
+
+    /// The subscriber link came back, and `channel` (a socket id's room on a sockets
+    /// channel) has no position here: nothing numbered was delivered for it on this shard,
+    /// so it is at 0 of no numbering, and its live messages are held like the others'.
+    /// [`Gaps::forget_unmoved`] drops it again once its catch-up found nothing.
+    pub fn hold_unknown(&self, channel: Bytes) {
+        let mut channels = self.channels.borrow_mut();
+        if channels.len() >= CHANNELS_MAX || channels.contains_key(&channel) {
+            return;
+        }
+        let entry = Entry {
+            mark: Some(UNNUMBERED),
+            held: Some(Vec::new()),
+            learned: true,
+        };
+        channels.insert(channel, entry);
+    }
+
+    /// True when the channel is held at the position [`Gaps::hold_unknown`] gave it.
+    pub fn is_unknown(&self, channel: &[u8]) -> bool {
+        self.channels
+            .borrow()
+            .get(channel)
+            .is_some_and(|e| e.learned && e.mark == Some(UNNUMBERED))
+    }
+
+    /// Forgets a channel whose catch-up ended where it started (nothing delivered), so a
+    /// socket id room costs no entry while it gets nothing.
+    pub fn forget_unmoved(&self, channel: &[u8]) {
+        let mut channels = self.channels.borrow_mut();
+        if channels
+            .get(channel)
+            .is_some_and(|e| e.held.is_none() && e.learned && e.mark == Some(UNNUMBERED))
+        {
+            channels.remove(channel);
         }
     }
 

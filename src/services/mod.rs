@@ -31,6 +31,7 @@ use crate::hub::{Hub, Removed};
 use crate::log;
 use crate::mesh::{Delivery, Presence, Publish, ShardMsg, ShardReport};
 use crate::metrics::Metrics;
+use crate::protocol::socketio::session::socket_owner;
 use crate::protocol::{check_name, ErrorCode, OpError, Ref};
 
 /// An op refused: the code and the words the client gets.
@@ -93,7 +94,6 @@ impl Services {
     /// A connection left the hub: unsubscribe, update presence, tell its rooms.
     pub fn disconnected(self: &Rc<Self>, removed: Removed) {
         self.backend.interest("all", false);
-        socketio::released(self, &removed);
         let user = removed.session.user.as_deref();
         if let Some(user) = user {
             let channel = format!("user:{user}");
@@ -391,7 +391,10 @@ impl Services {
     pub fn on_broker(self: &Rc<Self>, incoming: Incoming) {
         match incoming {
             Incoming::Message { channel, payload } => self.on_broker_message(channel, payload),
-            Incoming::Reconnected => self.gaps.begin_catch_up(),
+            Incoming::Reconnected => {
+                self.gaps.begin_catch_up();
+                self.hold_socket_rooms();
+            }
             Incoming::Subscribed { channels } => self.learn_marks(channels),
             Incoming::Resubscribed => self.replay_gaps(),
         }
@@ -410,14 +413,13 @@ impl Services {
             sio_adapter::on_message(self, &channel, &payload);
             return;
         }
-        let target = std::str::from_utf8(&channel)
-            .ok()
-            .and_then(|c| redis.keys.channel_of(c))
-            .and_then(Target::parse);
         let decoded = envelope::decode(&payload)
             .map_err(|e| e.to_string())
             .and_then(|envelope| {
-                if Some(&envelope.target) == target.as_ref() {
+                // Each target has one pub/sub channel (a socket id's room: its process's
+                // sockets channel, shared with that process's other socket ids).
+                let name = envelope.target.to_string();
+                if redis.keys.pubsub_channel(&name).as_bytes() == &channel[..] {
                     Ok(envelope)
                 } else {
                     Err(format!(
@@ -460,7 +462,18 @@ impl Services {
                     payload: envelope.payload,
                 },
             };
-            match self.gaps.admit(&channel, delivery) {
+            // Positions are per volley channel: on a sockets channel, per socket id room
+            // (`room:<id>` under the prefix, as if it had a channel of its own).
+            let position_key = if redis
+                .keys
+                .sockets_channel_tag(std::str::from_utf8(&channel).unwrap_or_default())
+                .is_some()
+            {
+                Bytes::from(redis.keys.channel(&delivery.publish.target.to_string()))
+            } else {
+                channel.clone()
+            };
+            match self.gaps.admit(&position_key, delivery) {
                 gaps::Admitted::Now(delivery) => self.deliver(&delivery),
                 // Counted for its publisher when the catch-up releases it.
                 gaps::Admitted::Held => return,
@@ -474,7 +487,14 @@ impl Services {
 
     /// New subscriptions were confirmed: learn where their channels are now, so a later
     /// reconnect knows what this shard would have missed.
-    fn learn_marks(self: &Rc<Self>, channels: Vec<Bytes>) {
+    fn learn_marks(self: &Rc<Self>, mut channels: Vec<Bytes>) {
+        if let Some(redis) = &self.backend.redis {
+            // Another process's sockets channel (a connection here joined one of its socket
+            // ids): its positions are per socket id room, learned as they deliver.
+            channels.retain(|c| {
+                std::str::from_utf8(c).map_or(true, |c| redis.keys.sockets_channel_tag(c).is_none())
+            });
+        }
         let unknown = self.gaps.unknown(channels);
         if unknown.is_empty() {
             return;
@@ -501,11 +521,70 @@ impl Services {
     /// history what each channel got while it was down, holding live messages back until
     /// then, so connected clients miss nothing without asking.
     fn replay_gaps(self: &Rc<Self>) {
-        for channel in self.gaps.catching_up() {
+        let (unknown, known): (Vec<Bytes>, Vec<Bytes>) = self
+            .gaps
+            .catching_up()
+            .into_iter()
+            .partition(|channel| self.gaps.is_unknown(channel));
+        if !unknown.is_empty() {
+            let svc = self.clone();
+            let task = async move { svc.catch_up_unknown(unknown).await };
+            if self.ctx.tasks.spawn(task).is_err() {
+                Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+            }
+        }
+        for channel in known {
             let svc = self.clone();
             let task = async move { svc.catch_up(channel).await };
             if self.ctx.tasks.spawn(task).is_err() {
                 Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+            }
+        }
+    }
+
+    /// The subscriber link came back: the rooms of the socket ids this shard made hold their
+    /// live messages too, though nothing was ever delivered for most of them (they have no
+    /// position here; before, each had a subscription and a position read at subscribe).
+    fn hold_socket_rooms(&self) {
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
+        for id in self.hub.own_socket_ids() {
+            let channel = redis.keys.channel(&format!("room:{}", id.as_str()));
+            self.gaps.hold_unknown(Bytes::from(channel));
+        }
+    }
+
+    /// Catches up socket id rooms that had no position here: one read of where each is now
+    /// (per `gaps::MARKS_READ_CHUNK`), then a history read only for the ones ever numbered;
+    /// the others (nearly all) let their held messages go and cost no entry again.
+    async fn catch_up_unknown(self: Rc<Self>, channels: Vec<Bytes>) {
+        let Some(redis) = &self.backend.redis else {
+            return;
+        };
+        for chunk in channels.chunks(gaps::MARKS_READ_CHUNK) {
+            // A failed read: every channel of the chunk reads its history instead.
+            let numbered: Vec<bool> = match redis.positions(chunk).await {
+                Ok(positions) => positions.iter().map(|p| p.seq > 0).collect(),
+                Err(_) => vec![true; chunk.len()],
+            };
+            for (channel, numbered) in chunk.iter().zip(numbered) {
+                if !numbered {
+                    self.release(channel);
+                    self.gaps.forget_unmoved(channel);
+                    continue;
+                }
+                let svc = self.clone();
+                let caught = channel.clone();
+                let task = async move {
+                    svc.clone().catch_up(caught.clone()).await;
+                    svc.gaps.forget_unmoved(&caught);
+                };
+                if self.ctx.tasks.spawn(task).is_err() {
+                    // Held messages must not wait for a catch-up that will not run.
+                    Metrics::inc(&self.ctx.metrics.tasks_refused_total);
+                    self.release(channel);
+                }
             }
         }
     }
@@ -637,8 +716,18 @@ impl Services {
         let Some(redis) = &self.backend.redis else {
             return;
         };
-        self.gaps
-            .prune(|channel| std::str::from_utf8(channel).is_ok_and(|c| redis.broker.wants(c)));
+        // A socket id room (positions kept per room on a sockets channel) is wanted while a
+        // connection here is in it.
+        self.gaps.prune(|channel| {
+            std::str::from_utf8(channel).is_ok_and(|c| {
+                redis.broker.wants(c)
+                    || redis
+                        .keys
+                        .channel_of(c)
+                        .and_then(|c| c.strip_prefix("room:"))
+                        .is_some_and(|room| socket_owner(room).is_some() && self.hub.has_room(room))
+            })
+        });
     }
 
     /// Every second: write presence counters again when Redis may have lost them (soon

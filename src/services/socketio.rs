@@ -382,12 +382,14 @@ fn refuse_connect(svc: &Services, key: ConnKey, nsp: u8, message: &str) {
     send_packet(svc, key, &packet::encode_connect_error(name, message));
 }
 
-/// A new namespace socket's id: it names this connection (shard, slot, generation).
+/// A new namespace socket's id: it names this connection (shard, slot, generation) and
+/// this process (its node tag).
 fn new_socket_id(svc: &Services, key: ConnKey) -> Sid {
     let spare = random_sid(svc.ctx.id);
     let random = spare.as_str().as_bytes();
     socket_id(
         svc.ctx.id as u16,
+        svc.ctx.node_tag(),
         key.index,
         key.generation,
         [random[16], random[17], random[18], random[19]],
@@ -429,16 +431,10 @@ fn admit(svc: &Rc<Services>, key: ConnKey, nsp: u8, socket: Sid, identity: Ident
             Some(true)
         })
         .flatten();
-    match added {
-        None => false,
-        Some(false) => true,
-        Some(true) => {
-            // The room named by the socket id: the hub finds the connection from the id
-            // itself (no index entry); Redis still needs to know this process wants it.
-            socket_interest(svc, socket.as_str(), true);
-            true
-        }
-    }
+    // The room named by the socket id costs nothing more: the hub finds the connection
+    // from the id itself (no index entry), and in cluster mode its pushes come on this
+    // process's sockets channel, which every shard subscribed at start.
+    added.is_some()
 }
 
 /// The user a CONNECT names, verified, to give the connection once it is admitted; None
@@ -519,32 +515,8 @@ pub(super) fn disconnect(svc: &Rc<Services>, key: ConnKey, nsp: u8, socket: Sid)
             }
         }
     });
-    // An adopted connection has its socket ids as ordinary rooms.
-    if svc.leave_room(key, socket.as_str()).is_err() {
-        socket_interest(svc, socket.as_str(), false);
-    }
-}
-
-/// A socket.io connection left the hub: drop the interest in its socket id rooms that were
-/// not index rooms (those, `Services::disconnected` already left).
-pub fn released(svc: &Services, removed: &crate::hub::Removed) {
-    let Some(sio) = &removed.session.sio else {
-        return;
-    };
-    for (_, socket) in &sio.sockets {
-        if !removed
-            .rooms
-            .iter()
-            .any(|(room, _)| &**room == socket.as_str())
-        {
-            socket_interest(svc, socket.as_str(), false);
-        }
-    }
-}
-
-/// Cluster mode: this process wants (or no longer wants) a socket id's room.
-pub fn socket_interest(svc: &Services, socket: &str, add: bool) {
-    svc.backend.interest(&format!("room:{socket}"), add);
+    // An adopted connection has its socket ids as ordinary rooms; others are in none.
+    let _ = svc.leave_room(key, socket.as_str());
 }
 
 /// An ACK of a server push: the ack id names (channel, seq) among the channels this

@@ -75,24 +75,53 @@ impl SioState {
     }
 }
 
-/// A socket id that names its connection: shard, slab index and generation, then 4 random
-/// bytes. The hub finds a socket's connection from the room name alone (`to(socketId)`),
-/// so no index entry per socket is kept; the connection must still list the id in
-/// [`SioState::sockets`], so a made-up or stale id reaches nobody.
-pub fn socket_id(shard: u16, index: u32, generation: u32, random: [u8; 4]) -> Sid {
+/// A socket id that names its connection and its process: shard, slab index, the low 16
+/// bits of the slot's generation and the process's node tag (`Ctx::node_tag`), then 4
+/// random bytes. The hub finds a socket's connection from the room name alone
+/// (`to(socketId)`), so no index entry per socket is kept, and in cluster mode a push to it
+/// goes on the Redis channel of its process (`broker::keys::Keys::sockets_channel`), so no
+/// subscription per socket is kept either. The connection must still list the id in
+/// [`SioState::sockets`], so a made-up or stale id (the generation is only a hint) reaches
+/// nobody.
+pub fn socket_id(shard: u16, node: u16, index: u32, generation: u32, random: [u8; 4]) -> Sid {
     let mut bytes = [0u8; super::engineio::SID_RANDOM_BYTES];
     bytes[..4].copy_from_slice(&index.to_be_bytes());
-    bytes[4..8].copy_from_slice(&generation.to_be_bytes());
+    // Truncated on purpose: the id has room for 12 bytes, and the full id is compared anyway.
+    bytes[4..6].copy_from_slice(&(generation as u16).to_be_bytes());
+    bytes[6..8].copy_from_slice(&node.to_be_bytes());
     bytes[8..].copy_from_slice(&random);
     Sid::new(shard, &bytes)
 }
 
-/// (shard, slab index, generation) named by a socket id [`socket_id`] made.
-pub fn socket_owner(room: &str) -> Option<(u16, u32, u32)> {
+/// Where a socket id [`socket_id`] made lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub shard: u16,
+    /// The node tag of the process that made it.
+    pub node: u16,
+    pub index: u32,
+    /// The low 16 bits of the slot's generation.
+    pub generation: u16,
+}
+
+impl SocketOwner {
+    /// True when the slot `index` at `generation` may hold the socket (a hint: the
+    /// session must still list the id).
+    pub fn matches(&self, index: u32, generation: u32) -> bool {
+        self.index == index && self.generation == generation as u16
+    }
+}
+
+/// Where a socket id [`socket_id`] made lives; any other 20-character sid parses too (its
+/// fields are then noise, which the session check turns away).
+pub fn socket_owner(room: &str) -> Option<SocketOwner> {
     let (shard, random) = super::engineio::sid_parts(room)?;
-    let index = u32::from_be_bytes([random[0], random[1], random[2], random[3]]);
-    let generation = u32::from_be_bytes([random[4], random[5], random[6], random[7]]);
-    Some((shard, index, generation))
+    Some(SocketOwner {
+        shard,
+        node: u16::from_be_bytes([random[6], random[7]]),
+        index: u32::from_be_bytes([random[0], random[1], random[2], random[3]]),
+        generation: u16::from_be_bytes([random[4], random[5]]),
+    })
 }
 
 #[cfg(test)]
@@ -101,8 +130,11 @@ mod tests {
 
     #[test]
     fn a_socket_id_names_its_connection() {
-        let id = socket_id(1, 7, 99, [1, 2, 3, 4]);
-        assert_eq!(socket_owner(id.as_str()), Some((1, 7, 99)));
+        let id = socket_id(1, 0xbeef, 7, 0x1_0063, [1, 2, 3, 4]);
+        let owner = socket_owner(id.as_str()).unwrap();
+        assert_eq!((owner.shard, owner.node, owner.index), (1, 0xbeef, 7));
+        assert!(owner.matches(7, 0x1_0063) && owner.matches(7, 0x63));
+        assert!(!owner.matches(7, 0x64) && !owner.matches(8, 0x1_0063));
         assert_eq!(socket_owner("lobby"), None);
     }
 }
