@@ -89,11 +89,23 @@ impl Server {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
     }
 
+    /// Waits for `/healthz` to answer 200 and, with Redis, `"status":"ok"`: a shard whose
+    /// links are still connecting answers "degraded" (200) and refuses cluster publishes
+    /// with 503. A server that stays degraded (a test that starts it against a broken
+    /// Redis) is taken as it is after `DEGRADED_WAIT`.
     fn wait_healthy(&self) {
+        const DEGRADED_WAIT: Duration = Duration::from_secs(3);
         let deadline = Instant::now() + WAIT;
+        let mut degraded_since: Option<Instant> = None;
         loop {
-            if let Ok((200, _)) = try_request(self.addr, "GET", "/healthz", b"") {
-                return;
+            if let Ok((200, body)) = try_request(self.addr, "GET", "/healthz", b"") {
+                if !body.contains("\"degraded\"") {
+                    return;
+                }
+                let since = *degraded_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= DEGRADED_WAIT {
+                    return;
+                }
             }
             assert!(Instant::now() < deadline, "server never became healthy");
             std::thread::sleep(Duration::from_millis(20));
