@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 
+use common::node;
 use common::*;
 use serde_json::{json, Value};
 
@@ -298,41 +299,9 @@ fn a_full_queue_refuses_at_once() {
     assert_eq!(refs, vec![json!(1), json!(2)]);
 }
 
-/// Runs a scenario of tools/socketio-client/scenarios.js (the real socket.io-client 4.8,
-/// installed by tools/test.sh) against `server`; returns the JSON lines it printed.
-fn socketio_scenario(server: &Server, name: &str, args: &[&str]) -> Vec<Value> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/socketio-client");
-    assert!(
-        dir.join("node_modules/socket.io-client").is_dir(),
-        "socket.io-client is not installed: run tools/test.sh (it runs `npm ci` in tools/socketio-client)"
-    );
-    let out = Command::new("node")
-        .current_dir(dir)
-        .arg("scenarios.js")
-        .arg(name)
-        .arg(format!("http://{}", server.addr))
-        .args(args)
-        .output()
-        .expect("run node (v18+ is needed)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "scenario {name} failed: {stdout}\n{}\nserver: {}",
-        String::from_utf8_lossy(&out.stderr),
-        server.stderr()
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 /// The value of the first line that has `key`.
 fn seen<'a>(lines: &'a [Value], key: &str) -> &'a Value {
-    lines
-        .iter()
-        .find_map(|l| l.get(key))
-        .unwrap_or_else(|| panic!("no {key:?} in {lines:?}"))
+    &node::line(lines, key)[key]
 }
 
 fn check_socketio_hooks(backend: &Backend, lines: &[Value]) {
@@ -408,7 +377,7 @@ fn check_socketio_hooks(backend: &Backend, lines: &[Value]) {
 fn socketio_connects_and_events_reach_the_app_over_websocket() {
     let backend = Backend::start();
     let server = Server::start(&["--shards", "2", "--app-webhook", &backend.url()]);
-    let lines = socketio_scenario(&server, "hooks", &["websocket"]);
+    let lines = node::scenario(&server, "hooks", &["websocket"]);
     check_socketio_hooks(&backend, &lines);
     assert_eq!(server.total("hook_refusals_total"), 2, "mallory, deny");
 }
@@ -417,12 +386,12 @@ fn socketio_connects_and_events_reach_the_app_over_websocket() {
 fn socketio_connects_and_events_reach_the_app_over_polling_and_the_upgrade() {
     let backend = Backend::start();
     let server = Server::start(&["--shards", "2", "--app-webhook", &backend.url()]);
-    let lines = socketio_scenario(&server, "hooks", &[]);
+    let lines = node::scenario(&server, "hooks", &[]);
     check_socketio_hooks(&backend, &lines);
     assert_eq!(seen(&lines, "transport"), "websocket");
     // A CONNECT whose hook answers only after the client upgraded: the hand-over waits for
     // the answer, so the reply and the welcome reach the client on its WebSocket.
-    let lines = socketio_scenario(&server, "sleepy_connect", &[]);
+    let lines = node::scenario(&server, "sleepy_connect", &[]);
     assert_eq!(seen(&lines, "sleepy"), "connected");
     assert_eq!(seen(&lines, "upgraded"), "websocket");
     assert_eq!(seen(&lines, "welcome")["user"], "sleepy");
@@ -434,7 +403,7 @@ fn without_a_webhook_socketio_events_stay_unknown_and_connects_are_not_asked() {
     let server = Server::start(&["--shards", "1"]);
     // The push scenario asks for an unknown event's ack and expects unknown_op; it checks
     // nothing else about hooks.
-    let lines = socketio_scenario(&server, "push", &["websocket"]);
+    let lines = node::scenario(&server, "push", &["websocket"]);
     let unknown = seen(&lines, "unknown");
     assert_eq!(unknown["error"]["code"], "unknown_op", "{unknown}");
     assert_eq!(server.total("hook_calls_total"), 0);
@@ -454,7 +423,7 @@ fn a_hung_webhook_gives_socketio_clients_errors_and_the_shard_keeps_serving() {
         "--app-webhook-timeout-ms",
         "1000",
     ]);
-    let lines = socketio_scenario(&server, "hook_timeout", &[]);
+    let lines = node::scenario(&server, "hook_timeout", &[]);
     assert_eq!(seen(&lines, "published")["status"], 200);
     assert_eq!(seen(&lines, "meanwhile")["during"], "slow hook");
     let slow = seen(&lines, "slow");
@@ -501,7 +470,7 @@ fn the_socketio_reference_app_runs_as_a_tiny_hook_backend() {
         "--socketio-namespace",
         "/custom",
     ]);
-    let lines = socketio_scenario(&server, "reference_app", &[]);
+    let lines = node::scenario(&server, "reference_app", &[]);
     assert_eq!(
         seen(&lines, "root_auth"),
         &json!({"user": "zoe", "token": "t-1"})

@@ -396,11 +396,7 @@ impl SioClients {
     /// Starts the clients (`modes` in turn: websocket, default or polling) against the
     /// proxy's https:// address, trusting `cert` only; returns them once all are connected.
     fn start(proxy: &Proxy, cert: &Path, modes: &str, sources: &[Ipv4Addr]) -> SioClients {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/socketio-client");
-        assert!(
-            dir.join("node_modules/socket.io-client").is_dir(),
-            "socket.io-client is not installed: run tools/test.sh (it runs `npm ci` in tools/socketio-client)"
-        );
+        let dir = common::node::client_dir();
         let sources: Vec<String> = sources.iter().map(Ipv4Addr::to_string).collect();
         // 127.0.0.1, not localhost: the certificate names both, and node may resolve
         // localhost to ::1, which cannot be reached from a 127.x source address.

@@ -8,53 +8,13 @@
 
 mod common;
 use base64::Engine;
+use common::node::{client_dir, line, scenario};
 use common::*;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
-
-fn client_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/socketio-client");
-    assert!(
-        dir.join("node_modules/socket.io-client").is_dir(),
-        "socket.io-client is not installed: run tools/test.sh (it runs `npm ci` in tools/socketio-client)"
-    );
-    dir
-}
-
-/// Runs one scenario to its end; returns the JSON lines it printed.
-fn scenario(server: &Server, name: &str, args: &[&str]) -> Vec<Value> {
-    let out = Command::new("node")
-        .current_dir(client_dir())
-        .arg("scenarios.js")
-        .arg(name)
-        .arg(format!("http://{}", server.addr))
-        .args(args)
-        .output()
-        .expect("run node (v18+ is needed)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "scenario {name} failed: {stdout}\n{}\nserver: {}",
-        String::from_utf8_lossy(&out.stderr),
-        server.stderr()
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// The first line that has `key`.
-fn line<'a>(lines: &'a [Value], key: &str) -> &'a Value {
-    lines
-        .iter()
-        .find(|l| l.get(key).is_some())
-        .unwrap_or_else(|| panic!("no {key:?} in {lines:?}"))
-}
 
 fn check_push(lines: &[Value]) {
     assert_eq!(line(lines, "join")["join"], json!({"ok": true}));

@@ -7,42 +7,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+use common::node::{self, line};
 use common::redis::Redis;
 use common::*;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-use std::process::Command;
-
-fn client_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/socketio-client");
-    assert!(
-        dir.join("node_modules/@socket.io/redis-emitter").is_dir(),
-        "the socket.io packages are not installed: run tools/test.sh (it runs `npm ci` in tools/socketio-client)"
-    );
-    dir
-}
 
 /// Runs one scenario of cluster.js to its end; returns the JSON lines it printed.
 fn scenario(name: &str, redis: &Redis, args: &[String], servers: &[&Server]) -> Vec<Value> {
-    let out = Command::new("node")
-        .current_dir(client_dir())
-        .arg("cluster.js")
-        .arg(name)
-        .arg(redis.url())
-        .args(args)
-        .output()
-        .expect("run node (v18+ is needed)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let logs: Vec<String> = servers.iter().map(|s| s.stderr()).collect();
-    assert!(
-        out.status.success(),
-        "scenario {name} failed: {stdout}\n{}\nvolley: {logs:?}",
-        String::from_utf8_lossy(&out.stderr),
-    );
-    stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    let mut all = vec![name.to_string(), redis.url()];
+    all.extend_from_slice(args);
+    node::run("cluster.js", &all, || {
+        let logs: Vec<String> = servers.iter().map(|s| s.stderr()).collect();
+        format!("volley: {logs:?}")
+    })
 }
 
 /// A volley process in the socket.io cluster.
@@ -81,13 +58,6 @@ fn log_of<'a>(lines: &'a [Value], client: &str) -> &'a Vec<Value> {
 
 fn events(log: &[Value]) -> Vec<&str> {
     log.iter().map(|e| e[0].as_str().unwrap()).collect()
-}
-
-fn line<'a>(lines: &'a [Value], key: &str) -> &'a Value {
-    lines
-        .iter()
-        .find(|l| l.get(key).is_some())
-        .unwrap_or_else(|| panic!("no {key:?} in {lines:?}"))
 }
 
 #[test]

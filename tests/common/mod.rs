@@ -7,6 +7,7 @@
 
 pub mod browser;
 pub mod faultproxy;
+pub mod node;
 pub mod proxy;
 pub mod redis;
 
