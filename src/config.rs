@@ -569,6 +569,13 @@ pub fn listen_host(listen: &str) -> &str {
     }
 }
 
+/// The first address `host:port` resolves to, resolved once at start (`--redis`,
+/// `--app-webhook`); None when it resolves to nothing.
+fn resolve_once(host: &str, port: u16) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    (host, port).to_socket_addrs().ok()?.next()
+}
+
 /// `--listen` as an IP:port, or a host name resolved once, now (an IPv4 address when the
 /// name has one, as most clients try it first).
 pub fn resolve_listen(listen: &str) -> Result<SocketAddr, ConfigError> {
@@ -900,12 +907,7 @@ impl ServeArgs {
                         "--redis {shown}: {why}; use e.g. redis://127.0.0.1:6379 or redis://:password@host:6379/0"
                     ))
                 })?;
-                use std::net::ToSocketAddrs;
-                let addr = (host.as_str(), port)
-                    .to_socket_addrs()
-                    .ok()
-                    .and_then(|mut addrs| addrs.next())
-                    .ok_or_else(|| {
+                let addr = resolve_once(&host, port).ok_or_else(|| {
                         ConfigError(format!(
                             "--redis {shown}: cannot resolve host '{host}'; check the name or use an IP address"
                         ))
@@ -1202,12 +1204,7 @@ impl WebhookArgs {
                 "--app-webhook {url}: {e}; example: http://127.0.0.1:3000/volley"
             ))
         })?;
-        use std::net::ToSocketAddrs;
-        let addr = (host.as_str(), port)
-            .to_socket_addrs()
-            .ok()
-            .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| {
+        let addr = resolve_once(&host, port).ok_or_else(|| {
                 ConfigError(format!(
                     "--app-webhook {url}: cannot resolve {host}:{port}; use an IP address or a name this host resolves (it is resolved once, at start)"
                 ))
