@@ -70,11 +70,8 @@ BUILD=1
 JSON=0
 EXTRA=()
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "bench-box: $*" >&2; exit 2; }
-log() { echo "bench-box: $*" >&2; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+PROG=bench-box
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 ARGS=("$@")
 while [[ $# -gt 0 ]]; do

@@ -82,11 +82,8 @@ HEALTH_WAIT_S=30
 DELIVERY_QUIET_S=3
 DELIVERY_WAIT_S=60
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "bench-cluster: $*" >&2; exit 2; }
-log() { echo "bench-cluster: $*" >&2; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+PROG=bench-cluster
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
     case "$1" in

@@ -67,11 +67,8 @@ STRICT=0
 JSON=0
 KEEP_LOGS=0
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "bench-faults: $*" >&2; exit 2; }
-log() { echo "bench-faults: $*" >&2; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+PROG=bench-faults
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
     case "$1" in

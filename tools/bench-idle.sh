@@ -56,10 +56,8 @@ DELIVERY_QUIET_S=3
 # Most seconds to wait for delivery after the last broadcast was answered.
 DELIVERY_WAIT_S=60
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "bench-idle: $*" >&2; exit 2; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+PROG=bench-idle
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SOCKETIO=()
 REDIS=0
@@ -95,7 +93,6 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 COMMAND="tools/bench-idle.sh --conns $CONNS --broadcasts $BROADCASTS --interval-ms $INTERVAL_MS --shards $SHARDS --size $SIZE --rate $RATE${SOCKETIO[*]:+ --socketio}$( (( REDIS )) && echo " --redis" || true)"
 
-log() { echo "bench-idle: $*" >&2; }
 
 if (( BUILD )); then
     log "building release volley and swarm (cargo build --release -p volley -p swarm)"

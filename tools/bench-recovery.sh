@@ -50,11 +50,8 @@ HEALTH_WAIT_S=20
 # One swarm run: connects, storm, live check, closes.
 SWARM_TIMEOUT_S=300
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "bench-recovery: $*" >&2; exit 2; }
-log() { echo "bench-recovery: $*" >&2; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+PROG=bench-recovery
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
     case "$1" in

@@ -46,11 +46,8 @@ BUILD_TRIES=10
 BUILD_PAUSE_S=30
 HEALTH_WAIT_S=20
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "bench-targeted: $*" >&2; exit 2; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
-log() { echo "bench-targeted: $*" >&2; }
+PROG=bench-targeted
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
     case "$1" in

@@ -71,11 +71,8 @@ REDIS_PREFIX=volley
 # Seconds to wait for the cluster to come up.
 READY_WAIT_S=30
 
-usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
-die() { echo "cluster: $*" >&2; exit 2; }
-log() { echo "cluster: $*" >&2; }
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "$1 needs a value; see --help"; }
-is_uint() { [[ "$1" =~ ^[0-9]+$ ]]; }
+PROG=cluster
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
